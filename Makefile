@@ -1,0 +1,58 @@
+# Sentinel Fleet: the two set-up commands are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit lint fmt typecheck bench load-test up down logs clean compose-check
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check uv
+	@$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(PY) -m tools.run_fleet
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check shared services tests tools bench
+	$(VENV)/bin/ruff format --check shared services tests tools bench
+	$(VENV)/bin/mypy shared services
+
+fmt: install
+	$(VENV)/bin/ruff format shared services tests tools bench
+	$(VENV)/bin/ruff check --fix shared services tests tools bench
+
+typecheck: install
+	$(VENV)/bin/mypy shared services
+
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+load-test: install
+	$(PY) -m tools.load_test $(LOAD_ARGS)
+
+compose-check: install
+	$(VENV)/bin/docker-compose config --quiet
+
+up:
+	docker compose up -d --build
+
+down:
+	docker compose down
+
+logs:
+	docker compose logs -f --tail=200
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

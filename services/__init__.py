@@ -1,0 +1,1 @@
+"""The fleet's services: gateway (with the event processor), analytics, optimizer, replicator."""

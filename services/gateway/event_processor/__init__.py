@@ -1,0 +1,1 @@
+"""The event processor: consumes access events from Kafka and stores each exactly once."""

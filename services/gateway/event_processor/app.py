@@ -1,0 +1,44 @@
+"""The event processor as its own service (to scale out): `python -m services.gateway.event_processor`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from services.gateway import __version__
+from services.gateway.event_processor.service import ProcessorService
+from services.gateway.settings import GatewaySettings, get_settings
+from shared.db import create_pool, ping
+from shared.service_app import create_service_app, readiness_checks
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings.require_database_url(), min_size=1, max_size=4,
+                                 command_timeout=settings.database_timeout_s)
+        processor = ProcessorService(settings, pool)
+        app.state.processor = processor
+        checks = readiness_checks(app)
+        checks["database"] = lambda: ping(pool)
+        checks["kafka"] = processor.check_ready
+        processor.start()
+        try:
+            yield
+        finally:
+            await processor.stop()
+            await pool.close()
+
+    app = create_service_app(service="event_processor", version=__version__, lifespan=lifespan)
+
+    @app.get("/status", tags=["processor"])
+    async def status(request: Request) -> dict[str, Any]:
+        processor: ProcessorService = request.app.state.processor
+        return processor.status()
+
+    return app

@@ -1,0 +1,121 @@
+"""Runs the EventProcessor under supervision: (re)connects to Kafka with backoff, stops gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+from services.gateway.event_processor.processor import EventProcessor, ProcessorTuning
+from services.gateway.settings import GatewaySettings
+from shared.kafka import create_consumer, create_producer, ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+class ProcessorService:
+    def __init__(self, settings: GatewaySettings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.tuning = ProcessorTuning(
+            batch_size=settings.processor_batch_size,
+            flush_interval_ms=settings.processor_flush_interval_ms,
+        )
+        self.processor: EventProcessor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.consuming = False
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="event-processor")
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        self._stopping = True
+        if self.processor is not None:
+            self.processor.stop()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    async def _supervise(self) -> None:
+        bootstrap = self.settings.require_kafka()
+        delay = 0.5
+        while not self._stopping:
+            consumer = create_consumer(
+                bootstrap,
+                self.settings.access_events_topic,
+                group_id=self.settings.processor_group_id,
+                session_timeout_ms=self.settings.kafka_session_timeout_ms,
+                heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+                max_poll_records=max(self.tuning.batch_size, 1),
+            )
+            producer = create_producer(bootstrap, request_timeout_ms=self.settings.kafka_request_timeout_ms)
+            try:
+                await ensure_topics(
+                    bootstrap,
+                    {
+                        self.settings.access_events_topic: self.settings.access_events_partitions,
+                        self.settings.access_events_dlq_topic: 1,
+                    },
+                )
+                await producer.start()
+                await consumer.start()
+                self.processor = EventProcessor(
+                    consumer=consumer,
+                    dlq_producer=producer,
+                    pool=self.pool,
+                    dlq_topic=self.settings.access_events_dlq_topic,
+                    tuning=self.tuning,
+                    max_message_bytes=self.settings.processor_max_message_bytes,
+                )
+                if self._stopping:
+                    break
+                self.consuming = True
+                self.last_error = None
+                delay = 0.5
+                log.info("event processor consuming %s as %s",
+                         self.settings.access_events_topic, self.settings.processor_group_id)
+                await self.processor.run()
+            except KafkaError as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("event processor lost Kafka (%s); reconnecting in %.1fs", exc, delay)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("event processor failed; restarting in %.1fs", delay)
+            finally:
+                self.consuming = False
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def check_ready(self) -> None:
+        if not self.consuming:
+            raise RuntimeError(self.last_error or "not consuming yet")
+
+    def status(self) -> dict[str, Any]:
+        stats = self.processor.stats if self.processor else None
+        return {
+            "consuming": self.consuming,
+            "group_id": self.settings.processor_group_id,
+            "topic": self.settings.access_events_topic,
+            "batch_size": self.tuning.batch_size,
+            "flush_interval_ms": self.tuning.flush_interval_ms,
+            "stored": stats.stored if stats else 0,
+            "duplicates": stats.duplicates if stats else 0,
+            "dead_lettered": stats.dead_lettered if stats else 0,
+            "batches": stats.batches if stats else 0,
+            "last_error": self.last_error or (stats.last_error if stats else None),
+        }

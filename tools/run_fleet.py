@@ -1,0 +1,95 @@
+"""`make run`: the whole fleet on one machine, no Docker, nothing pre-installed.
+
+Starts embedded PostgreSQL and the Tansu broker for the settings that are unset, applies the
+migrations, then hands the four services to honcho (a Procfile runner) which multiplexes
+their output and stops them all on Ctrl-C; the embedded servers are stopped last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from shared.db import apply_migrations, ensure_database, with_database
+from shared.embedded import EmbeddedKafka, EmbeddedPostgres
+from shared.settings import REPO_ROOT, FleetSettings
+
+log = logging.getLogger("run_fleet")
+
+DATA_DIR = REPO_ROOT / ".data"
+PRIMARY_DB = "sentinel"
+REPLICA_DB = "sentinel_replica"
+
+SERVICES = {
+    "gateway": "services.gateway",
+    "analytics": "services.analytics",
+    "optimizer": "services.optimizer",
+    "replicator": "services.replicator",
+}
+
+
+def prepare_infrastructure(stack: ExitStack, settings: FleetSettings, data_dir: Path) -> dict[str, str]:
+    """Start what is missing and return the environment that points every service at it."""
+    env: dict[str, str] = {}
+    database_url = settings.database_url
+    if not database_url:
+        pg = stack.enter_context(EmbeddedPostgres(data_dir / "postgres", port=55432))
+        asyncio.run(ensure_database(pg.dsn, PRIMARY_DB))
+        database_url = with_database(pg.dsn, PRIMARY_DB)
+        print(f"embedded PostgreSQL: {database_url}", flush=True)
+    timescale_url = settings.timescale_url
+    if not timescale_url:
+        asyncio.run(ensure_database(database_url, REPLICA_DB))
+        timescale_url = with_database(database_url, REPLICA_DB)
+    bootstrap = settings.kafka_bootstrap_servers
+    if not bootstrap:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        kafka = stack.enter_context(EmbeddedKafka(port=59092, log_path=data_dir / "tansu.log"))
+        bootstrap = kafka.bootstrap_servers
+        print(f"embedded Kafka broker: {bootstrap}", flush=True)
+    asyncio.run(apply_migrations(database_url, "primary"))
+    asyncio.run(apply_migrations(timescale_url, "replica"))
+    env["DATABASE_URL"] = database_url
+    env["TIMESCALE_URL"] = timescale_url
+    env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                        help="where the embedded database keeps its files (default: .data/)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s run_fleet %(message)s")
+
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    settings = FleetSettings()
+    with ExitStack() as stack:
+        env = prepare_infrastructure(stack, settings, args.data_dir)
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        manager = Manager(Printer(sys.stdout))
+        for name, module in SERVICES.items():
+            manager.add_process(name, f"{sys.executable} -m {module}", env=child_env, cwd=str(REPO_ROOT))
+        urls = {
+            "gateway": settings.gateway_url,
+            "analytics": settings.analytics_url,
+            "optimizer": settings.optimizer_url,
+            "replicator": settings.replicator_url,
+        }
+        print("Sentinel Fleet starting:", flush=True)
+        for name, url in urls.items():
+            print(f"  {name:<11} {url}  (docs: {url}/docs)", flush=True)
+        print(f"  breakers    {settings.gateway_url}/breaker\nCtrl-C stops everything.", flush=True)
+        manager.loop()
+        return int(manager.returncode or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
