@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import install_error_handlers
 from shared.request_context import request_id_var
+from shared.settings import FleetSettings
 from shared.tracing import instrument_app
 
 ReadinessCheck = Callable[[], Awaitable[object]]
@@ -85,6 +86,7 @@ def create_service_app(
     *,
     service: str,
     version: str,
+    settings: FleetSettings,
     lifespan: Lifespan | None = None,
     title: str | None = None,
     description: str = "",
@@ -105,6 +107,7 @@ def create_service_app(
         lifespan=_lifespan,
     )
     app.state.service_name = service
+    app.state.settings = settings
     readiness_checks(app)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)

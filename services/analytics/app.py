@@ -27,8 +27,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         finally:
             await pool.close()
 
-    app = create_service_app(service="analytics", version=__version__, lifespan=lifespan,
+    app = create_service_app(service="analytics", version=__version__, settings=settings, lifespan=lifespan,
                              description="Access analytics, uploads and performance intake.")
-    app.state.settings = settings
     app.include_router(routes.router)
     return app

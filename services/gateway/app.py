@@ -53,9 +53,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await http.aclose()
             await publisher.close()
 
-    app = create_service_app(service="gateway", version=__version__, lifespan=lifespan,
+    app = create_service_app(service="gateway", version=__version__, settings=settings, lifespan=lifespan,
                              description="Front door of the fleet: event ingestion and proxy.")
-    app.state.settings = settings
     app.include_router(ingest.router)
     app.include_router(proxy.router)
     return app

@@ -13,8 +13,7 @@ from shared.service_app import create_service_app
 
 def create_app(settings: OptimizerSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = create_service_app(service="optimizer", version=__version__)
-    app.state.settings = settings
+    app = create_service_app(service="optimizer", version=__version__, settings=settings)
 
     @app.get("/api/v1/optimizer/status", tags=["optimizer"])
     async def status() -> dict[str, Any]:

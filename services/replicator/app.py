@@ -31,7 +31,7 @@ def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
             await target.close()
             await source.close()
 
-    app = create_service_app(service="replicator", version=__version__, lifespan=lifespan)
+    app = create_service_app(service="replicator", version=__version__, settings=settings, lifespan=lifespan)
 
     @app.get("/status", tags=["replication"])
     async def status(request: Request) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await processor.stop()
             await pool.close()
 
-    app = create_service_app(service="event_processor", version=__version__, lifespan=lifespan)
+    app = create_service_app(service="event_processor", version=__version__, settings=settings, lifespan=lifespan)
 
     @app.get("/status", tags=["processor"])
     async def status(request: Request) -> dict[str, Any]:
