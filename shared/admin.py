@@ -26,7 +26,9 @@ def require_admin(
     if settings.admin_token is None:
         raise ApiError(403, "the admin API is disabled: ADMIN_TOKEN is not set", code="admin_disabled")
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiError(401, "missing bearer token", code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "missing bearer token", code="unauthorized", headers={"WWW-Authenticate": "Bearer"}
+        )
     expected = settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
         raise ApiError(403, "invalid admin token", code="forbidden")

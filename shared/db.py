@@ -62,8 +62,10 @@ async def apply_migrations(dsn: str, target: MigrationTarget) -> list[str]:
                        applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                        PRIMARY KEY (target, name))"""
             )
-            done = {r["name"] for r in await conn.fetch(
-                "SELECT name FROM schema_migrations WHERE target = $1", target)}
+            done = {
+                r["name"]
+                for r in await conn.fetch("SELECT name FROM schema_migrations WHERE target = $1", target)
+            }
             for path in migration_files(target):
                 if path.name in done:
                     continue

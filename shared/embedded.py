@@ -76,8 +76,14 @@ class EmbeddedPostgres:
 
     def _pg(self, program: str, args: list[str], timeout: float = 60) -> None:
         cmd = [str(_postgres_bin_path() / program), "-D", str(self.data_dir), *args]
-        subprocess.run(cmd, check=True, user=self._user, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            cmd,
+            check=True,
+            user=self._user,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
@@ -111,7 +117,9 @@ class EmbeddedPostgres:
         self._prepare_user()
         if not (self.data_dir / "PG_VERSION").exists():
             log.info("initialising embedded PostgreSQL in %s", self.data_dir)
-            self._pg("initdb", ["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"], timeout=120)
+            self._pg(
+                "initdb", ["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"], timeout=120
+            )
         if self._running_pid() is not None:
             raise RuntimeError(
                 f"an embedded PostgreSQL already runs on {self.data_dir}; stop the other fleet first"
@@ -121,8 +129,11 @@ class EmbeddedPostgres:
             f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=on -c max_connections=200 "
             "-c shared_buffers=256MB -c synchronous_commit=on"
         )
-        self._pg("pg_ctl", ["-w", "-t", "60", "-o", options, "-l", str(self.data_dir / "server.log"), "start"],
-                 timeout=90)
+        self._pg(
+            "pg_ctl",
+            ["-w", "-t", "60", "-o", options, "-l", str(self.data_dir / "server.log"), "start"],
+            timeout=90,
+        )
         self._started_here = True
         wait_for_port(self.port)
         return self
@@ -170,9 +181,20 @@ class EmbeddedKafka:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         log.info("starting embedded Kafka broker on %s", self.bootstrap_servers)
         self._process = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         if out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]

@@ -55,7 +55,11 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def error_response(
-    status_code: int, message: str, *, code: str | None = None, details: Any = None,
+    status_code: int,
+    message: str,
+    *,
+    code: str | None = None,
+    details: Any = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
@@ -74,14 +78,18 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
     out = []
     for err in errors:
         loc = err.get("loc", ())
-        out.append({"loc": _describe_location(loc), "message": err.get("msg", "invalid"), "type": err.get("type")})
+        out.append(
+            {"loc": _describe_location(loc), "message": err.get("msg", "invalid"), "type": err.get("type")}
+        )
     return out
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers)
+        return error_response(
+            exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -91,7 +99,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if isinstance(exc.detail, str) else _CODES_BY_STATUS.get(exc.status_code, "error")
+        message = (
+            exc.detail if isinstance(exc.detail, str) else _CODES_BY_STATUS.get(exc.status_code, "error")
+        )
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -23,8 +23,8 @@ __all__ = [
     "BadgeStatus",
     "EventParseError",
     "derive_event_id",
-    "parse_event_bytes",
     "event_record",
+    "parse_event_bytes",
     "parse_timestamp",
 ]
 

@@ -16,7 +16,9 @@ from aiokafka.errors import TopicAlreadyExistsError
 log = logging.getLogger(__name__)
 
 
-def create_producer(bootstrap_servers: str, *, request_timeout_ms: int = 10_000, linger_ms: int = 2) -> AIOKafkaProducer:
+def create_producer(
+    bootstrap_servers: str, *, request_timeout_ms: int = 10_000, linger_ms: int = 2
+) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",

@@ -107,8 +107,16 @@ class FleetSettings(BaseSettings):
     admin_token: SecretStr | None = Field(None, validation_alias="ADMIN_TOKEN")
     api_keys: str | None = Field(None, validation_alias="API_KEYS")
 
-    @field_validator("database_url", "timescale_url", "kafka_bootstrap_servers", "admin_token",
-                     "api_keys", "otel_exporter_otlp_endpoint", "cache_l3_path", mode="before")
+    @field_validator(
+        "database_url",
+        "timescale_url",
+        "kafka_bootstrap_servers",
+        "admin_token",
+        "api_keys",
+        "otel_exporter_otlp_endpoint",
+        "cache_l3_path",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `FOO=` in a compose file or .env means "not set", not "the empty string".

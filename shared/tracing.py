@@ -68,7 +68,7 @@ def _instrument_libraries() -> None:
 
     for instrumentor in (
         HTTPXClientInstrumentor(),
-        AsyncPGInstrumentor(),
+        AsyncPGInstrumentor(),  # type: ignore[no-untyped-call]
         RedisInstrumentor(),
         AIOKafkaInstrumentor(),
     ):

@@ -27,8 +27,9 @@ def event_dict(**overrides: Any) -> dict[str, Any]:
     return base
 
 
-def random_events(count: int, *, seed: int = 7, start: datetime | None = None,
-                  people: int = 200, doors: int = 40) -> list[dict[str, Any]]:
+def random_events(
+    count: int, *, seed: int = 7, start: datetime | None = None, people: int = 200, doors: int = 40
+) -> list[dict[str, Any]]:
     """A reproducible stream of plausible events (mostly granted, office hours weighted)."""
     rng = random.Random(seed)
     start = start or datetime(2025, 1, 6, tzinfo=UTC)
@@ -37,14 +38,20 @@ def random_events(count: int, *, seed: int = 7, start: datetime | None = None,
         day = rng.randrange(0, 28)
         hour = rng.choices(range(24), weights=[1] * 7 + [8] * 11 + [1] * 6)[0]
         ts = start + timedelta(days=day, hours=hour, seconds=rng.randrange(3600))
-        out.append({
-            "event_id": f"ev-{seed}-{i}",
-            "timestamp": ts.isoformat(),
-            "person_id": f"p{rng.randrange(people)}",
-            "door_id": f"d{rng.randrange(doors)}",
-            "badge_id": f"b{rng.randrange(people)}",
-            "access_result": rng.choices(["Granted", "Denied", "Timeout", "Error"], weights=[90, 8, 1, 1])[0],
-            "badge_status": rng.choices(["Valid", "Invalid", "Expired", "Suspended"], weights=[95, 2, 2, 1])[0],
-            "facility_id": f"f{rng.randrange(3)}",
-        })
+        out.append(
+            {
+                "event_id": f"ev-{seed}-{i}",
+                "timestamp": ts.isoformat(),
+                "person_id": f"p{rng.randrange(people)}",
+                "door_id": f"d{rng.randrange(doors)}",
+                "badge_id": f"b{rng.randrange(people)}",
+                "access_result": rng.choices(
+                    ["Granted", "Denied", "Timeout", "Error"], weights=[90, 8, 1, 1]
+                )[0],
+                "badge_status": rng.choices(
+                    ["Valid", "Invalid", "Expired", "Suspended"], weights=[95, 2, 2, 1]
+                )[0],
+                "facility_id": f"f{rng.randrange(3)}",
+            }
+        )
     return out

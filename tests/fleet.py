@@ -48,8 +48,11 @@ class ServiceProcess:
     def start(self, wait_ready: bool = False, timeout_s: float = 30.0) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module], cwd=REPO_ROOT, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", self.module],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         self.wait_for("/ready" if wait_ready else "/health", timeout_s)
@@ -102,8 +105,14 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start a service process; every one is stopped when the test ends."""
     started: list[ServiceProcess] = []
 
-    def start(module: str, env: dict[str, str], *, port: int | None = None, wait_ready: bool = False,
-              timeout_s: float = 30.0) -> ServiceProcess:
+    def start(
+        module: str,
+        env: dict[str, str],
+        *,
+        port: int | None = None,
+        wait_ready: bool = False,
+        timeout_s: float = 30.0,
+    ) -> ServiceProcess:
         service = ServiceProcess(module, env, tmp_path, port)
         started.append(service)
         return service.start(wait_ready=wait_ready, timeout_s=timeout_s)

@@ -120,7 +120,9 @@ class RedisProvider:
             self._process.wait(timeout=10)
 
 
-def start_redis_server(binary: str | None = None, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis_server(
+    binary: str | None = None, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """A private redis-server (tests that stop and restart Redis use their own)."""
     binary = binary or redis_server_binary()
     if not binary:
@@ -129,7 +131,8 @@ def start_redis_server(binary: str | None = None, port: int | None = None) -> tu
     port = port or free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, timeout_s=10)
     return proc, f"redis://127.0.0.1:{port}/0"

@@ -62,8 +62,12 @@ def prepare_infrastructure(stack: ExitStack, settings: FleetSettings, data_dir: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
-                        help="where the embedded database keeps its files (default: .data/)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DATA_DIR,
+        help="where the embedded database keeps its files (default: .data/)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s run_fleet %(message)s")
 

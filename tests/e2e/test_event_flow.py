@@ -50,12 +50,21 @@ def test_posted_event_reaches_the_summary_through_the_gateway(
 
 
 def test_every_service_serves_the_common_endpoints(
-    database_url: str, replica_url: str, kafka_bootstrap: str, topic_name: str,
+    database_url: str,
+    replica_url: str,
+    kafka_bootstrap: str,
+    topic_name: str,
     start_service: Callable[..., ServiceProcess],
 ) -> None:
-    env = {"DATABASE_URL": database_url, "TIMESCALE_URL": replica_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "ACCESS_EVENTS_TOPIC": topic_name, "EVENT_PROCESSOR_GROUP_ID": topic_name + "-g",
-           "KAFKA_SESSION_TIMEOUT_MS": "2000", "KAFKA_HEARTBEAT_INTERVAL_MS": "300"}
+    env = {
+        "DATABASE_URL": database_url,
+        "TIMESCALE_URL": replica_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ACCESS_EVENTS_TOPIC": topic_name,
+        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-g",
+        "KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+    }
     services = {
         "gateway": start_service("services.gateway", env, wait_ready=True),
         "analytics": start_service("services.analytics", env, wait_ready=True),

@@ -22,9 +22,18 @@ async def test_events_are_stored_once_per_event_id(database_url: str) -> None:
 
 
 async def test_stored_row_keeps_every_field_and_the_extras(database_url: str) -> None:
-    event = AccessEvent.model_validate(event_dict(
-        event_id="e-full", access_result="denied", badge_status="expired", door_held_open_time=12.5,
-        entry_without_badge=True, device_status="tamper", facility_id="hq", firmware="1.2"))
+    event = AccessEvent.model_validate(
+        event_dict(
+            event_id="e-full",
+            access_result="denied",
+            badge_status="expired",
+            door_held_open_time=12.5,
+            entry_without_badge=True,
+            device_status="tamper",
+            facility_id="hq",
+            firmware="1.2",
+        )
+    )
     conn = await asyncpg.connect(database_url)
     try:
         assert await store_events(conn, [event]) == 1
@@ -60,7 +69,8 @@ async def test_replica_schema_has_the_contract_primary_key(replica_url: str) -> 
         cols = await conn.fetch(
             """SELECT a.attname FROM pg_index i JOIN pg_attribute a
                  ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-               WHERE i.indrelid = 'access_events_replica'::regclass AND i.indisprimary""")
+               WHERE i.indrelid = 'access_events_replica'::regclass AND i.indisprimary"""
+        )
     finally:
         await conn.close()
     assert {r["attname"] for r in cols} == {"time", "event_id"}

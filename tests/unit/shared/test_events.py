@@ -9,7 +9,10 @@ from pydantic import ValidationError
 from shared.events import AccessEvent, AccessResult, EventParseError, derive_event_id, parse_event_bytes
 
 LOAD_GENERATOR_MESSAGE = {
-    "event_id": "abc", "timestamp": "2025-01-01T12:00:00.123456", "person_id": "p1", "door_id": "d1",
+    "event_id": "abc",
+    "timestamp": "2025-01-01T12:00:00.123456",
+    "person_id": "p1",
+    "door_id": "d1",
     "access_result": "Granted",
 }
 
@@ -37,10 +40,14 @@ def test_offset_times_are_converted_to_utc() -> None:
     assert event.timestamp.tzinfo == UTC
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("granted", "Granted"), ("DENIED", "Denied"),
-                                                (" timeout ", "Timeout"), ("Error", "Error")])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("granted", "Granted"), ("DENIED", "Denied"), (" timeout ", "Timeout"), ("Error", "Error")],
+)
 def test_access_result_is_case_insensitive(raw: str, expected: str) -> None:
-    assert AccessEvent.model_validate({**LOAD_GENERATOR_MESSAGE, "access_result": raw}).access_result == expected
+    assert (
+        AccessEvent.model_validate({**LOAD_GENERATOR_MESSAGE, "access_result": raw}).access_result == expected
+    )
 
 
 def test_badge_status_is_case_insensitive_and_optional() -> None:
@@ -84,8 +91,10 @@ def test_missing_required_field() -> None:
     assert "door_id" in info.value.message
 
 
-@pytest.mark.parametrize(("raw", "reason"), [(b"{not json", "invalid_json"), (b"[1,2]", "not_an_object"),
-                                             (b"x" * 70_000, "oversized")])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(b"{not json", "invalid_json"), (b"[1,2]", "not_an_object"), (b"x" * 70_000, "oversized")],
+)
 def test_unparseable_messages_have_a_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(EventParseError) as info:
         parse_event_bytes(raw)
