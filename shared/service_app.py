@@ -14,7 +14,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -126,11 +127,21 @@ def create_service_app(
         body = {"status": "ok" if healthy else "degraded", "service": service, "checks": outcome}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
+    # Each app gets its own registry for the HTTP metrics: the instrumentator silently records
+    # nothing for a second app registering the same names in one process (tests build many).
+    # /metrics serves that registry plus the process-wide one (breakers, caches, processor...).
+    http_registry = CollectorRegistry(auto_describe=True)
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=["/metrics", "/health", "/ready"],
-    ).instrument(app, metric_namespace="", metric_subsystem="").expose(
-        app, endpoint="/metrics", include_in_schema=False, should_gzip=False
-    )
+        registry=http_registry,
+    ).instrument(app, metric_namespace="", metric_subsystem="")
+    app.state.http_metrics_registry = http_registry
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body = generate_latest(REGISTRY) + generate_latest(http_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     instrument_app(app)
     return app

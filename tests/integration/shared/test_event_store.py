@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.db import apply_migrations
+from shared.db import apply_migrations, migration_files
 from shared.event_store import store_events
 from shared.events import AccessEvent
 from tests.factories import event_dict
@@ -60,7 +60,8 @@ async def test_migrations_are_applied_once(database_url: str) -> None:
         names = await conn.fetch("SELECT name FROM schema_migrations WHERE target = 'primary'")
     finally:
         await conn.close()
-    assert [r["name"] for r in names] == ["0001_access_events.sql"]
+    assert [r["name"] for r in names] == [p.name for p in migration_files("primary")]
+    assert names[0]["name"] == "0001_access_events.sql"
 
 
 async def test_replica_schema_has_the_contract_primary_key(replica_url: str) -> None:
