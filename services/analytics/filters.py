@@ -26,8 +26,11 @@ class EventFilter(BaseModel):
         """SQL WHERE clause (with leading keyword, or empty) and its parameters."""
         clauses: list[str] = []
         params: list[Any] = []
-        for column, op, value in (("time", ">=", self.start), ("time", "<", self.end),
-                                  ("facility_id", "=", self.facility_id)):
+        for column, op, value in (
+            ("time", ">=", self.start),
+            ("time", "<", self.end),
+            ("facility_id", "=", self.facility_id),
+        ):
             if value is not None:
                 params.append(value)
                 clauses.append(f"{column} {op} ${first_param + len(params) - 1}")
@@ -53,8 +56,11 @@ def event_filter(
     from shared.errors import ApiError
 
     try:
-        return EventFilter(start=_parse_optional_time(start, "start"), end=_parse_optional_time(end, "end"),
-                           facility_id=facility_id or None)
+        return EventFilter(
+            start=_parse_optional_time(start, "start"),
+            end=_parse_optional_time(end, "end"),
+            facility_id=facility_id or None,
+        )
     except ValueError as exc:
         raise ApiError(422, f"invalid filter: {exc}") from None
 

@@ -4,24 +4,53 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import asyncpg
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
+from services.analytics.analyses import AnalyticsService
+from services.analytics.anomalies import AnomalyParameters
 from services.analytics.filters import Filters
-from services.analytics.summary import access_summary
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
+def get_service(request: Request) -> AnalyticsService:
+    service: AnalyticsService = request.app.state.analytics
+    return service
 
 
-Pool = Annotated[asyncpg.Pool, Depends(get_pool)]
+Service = Annotated[AnalyticsService, Depends(get_service)]
+
+
+@router.get("/patterns")
+async def unique_patterns(service: Service, flt: Filters) -> dict[str, Any]:
+    """The unique-patterns analysis: users, doors, pairs, time, results, recommendations."""
+    return await service.get_unique_patterns_analysis(flt)
 
 
 @router.get("/summary")
-async def summary(pool: Pool, flt: Filters) -> dict[str, Any]:
+async def summary(service: Service, flt: Filters) -> dict[str, Any]:
     """Totals, success rate, events per hour (UTC) and the busiest doors."""
-    return await access_summary(pool, flt)
+    return await service.get_summary(flt)
+
+
+@router.get("/anomalies")
+async def detected_anomalies(
+    service: Service,
+    flt: Filters,
+    burst_min_denials: Annotated[int, Query(ge=2, le=1000)] = 3,
+    burst_window_s: Annotated[float, Query(gt=0, le=86400)] = 60.0,
+    history_min_events: Annotated[int, Query(ge=2, le=1_000_000)] = 20,
+    unusual_hour_max_share: Annotated[float, Query(gt=0, lt=1)] = 0.02,
+    held_open_threshold_s: Annotated[float, Query(ge=0, le=86400)] = 30.0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> dict[str, Any]:
+    """Denial bursts, unusual hours, invalid badges granted, doors held open, entries without badge."""
+    params = AnomalyParameters(
+        burst_min_denials=burst_min_denials,
+        burst_window_s=burst_window_s,
+        history_min_events=history_min_events,
+        unusual_hour_max_share=unusual_hour_max_share,
+        held_open_threshold_s=held_open_threshold_s,
+        limit=limit,
+    )
+    return await service.get_anomalies(flt, params)
