@@ -1,17 +1,26 @@
-"""Replicator app: metrics and status on REPLICATION_METRICS_PORT."""
+"""Replicator app: the replication loop in the background, metrics and status on REPLICATION_METRICS_PORT."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from services.replicator import __version__
+from services.replicator.service import ReplicatorService
 from services.replicator.settings import ReplicatorSettings, get_settings
-from shared.db import create_pool, ping
+from shared.resources import start_resource_guard
 from shared.service_app import create_service_app, readiness_checks
+
+
+def _service(request: Request) -> ReplicatorService:
+    service: ReplicatorService = request.app.state.replicator
+    return service
+
+
+Replicator = Annotated[ReplicatorService, Depends(_service)]
 
 
 def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
@@ -19,29 +28,31 @@ def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        source = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
-        target = await create_pool(settings.require_timescale_url(), min_size=1, max_size=2)
-        app.state.source, app.state.target = source, target
+        guard = start_resource_guard(settings, service="replicator")
+        service = ReplicatorService(settings, guard=guard)
+        await service.open()
+        app.state.replicator = service
         checks = readiness_checks(app)
-        checks["source"] = lambda: ping(source)
-        checks["target"] = lambda: ping(target)
+        checks["source"] = service.check_source
+        checks["target"] = service.check_target
+        service.start()
         try:
             yield
         finally:
-            await target.close()
-            await source.close()
+            await service.close()
+            await guard.stop()
 
-    app = create_service_app(service="replicator", version=__version__, settings=settings, lifespan=lifespan)
+    app = create_service_app(
+        service="replicator",
+        version=__version__,
+        settings=settings,
+        lifespan=lifespan,
+        description="Copies access events from the primary to the replica in commit order.",
+    )
 
     @app.get("/status", tags=["replication"])
-    async def status(request: Request) -> dict[str, Any]:
-        row = await request.app.state.target.fetchrow(
-            "SELECT last_seq, rows_total, updated_at FROM replication_state WHERE stream = 'access_events'"
-        )
-        return {
-            "watermark": int(row["last_seq"]) if row else 0,
-            "rows_replicated": int(row["rows_total"]) if row else 0,
-            "updated_at": row["updated_at"].isoformat() if row else None,
-        }
+    async def status(service: Replicator) -> dict[str, Any]:
+        """Watermark (commit-order position), rows replicated, backlog and lag, last batch, errors."""
+        return service.status()
 
     return app

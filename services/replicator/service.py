@@ -1,0 +1,294 @@
+"""The replicator's supervision loop: catch up, wait, repeat; back off while a database is down.
+
+Each database has its own backoff (exponential with full jitter, as in the AWS architecture
+note on backoff): a source outage and a target outage are reported separately in `/status`,
+in `/ready` and in `replication_errors_total{database}`, and whichever comes back first is
+not kept waiting for the other's longer delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.replicator import metrics
+from services.replicator.replication import (
+    BatchResult,
+    SourceError,
+    TargetError,
+    Watermark,
+    backlog_seconds,
+    ensure_state,
+    lag_seconds,
+    read_watermark,
+    replicate_batch,
+)
+from services.replicator.settings import ReplicatorSettings
+from services.replicator.target_schema import SchemaReport, prepare_target
+from shared.db import create_pool
+from shared.resources import ResourceGuard
+
+log = logging.getLogger(__name__)
+
+DATABASES = ("source", "target")
+
+
+@dataclass
+class Backoff:
+    base_s: float = 0.2
+    max_s: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        return random.uniform(0, min(self.max_s, self.base_s * 2**self.attempt))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class ReplicatorState:
+    watermark: Watermark | None = None
+    lag_seconds: float | None = None
+    backlog_seconds: float | None = None
+    last_batch: BatchResult | None = None
+    last_batch_at: float | None = None
+    rows_this_run: int = 0
+    errors: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(DATABASES))
+    schema: SchemaReport | None = None
+    throttled_since: float | None = None
+
+
+class ReplicatorService:
+    def __init__(self, settings: ReplicatorSettings, guard: ResourceGuard | None = None) -> None:
+        self.settings = settings
+        self.guard = guard
+        self.batch_size = settings.replication_batch_size
+        self.interval_s = settings.replication_interval
+        self.state = ReplicatorState()
+        self.source: asyncpg.Pool | None = None
+        self.target: asyncpg.Pool | None = None
+        self._backoff = {db: Backoff(max_s=settings.replication_backoff_max_s) for db in DATABASES}
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        # min_size=0: the service starts (and reports what is missing) while a database is down.
+        timeout = self.settings.replication_statement_timeout_s
+        self.source = await create_pool(
+            self.settings.require_database_url(), min_size=0, max_size=2, command_timeout=timeout
+        )
+        self.target = await create_pool(
+            self.settings.require_timescale_url(), min_size=0, max_size=2, command_timeout=timeout
+        )
+
+    async def close(self) -> None:
+        await self.stop()
+        for pool in (self.target, self.source):
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pool.close(), 10)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="replicator")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=15)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def prepare(self) -> None:
+        """Target schema and the watermark row; raises TargetError while the target is down."""
+        try:
+            self.state.schema = await prepare_target(self.settings.require_timescale_url(), self.settings)
+            assert self.target is not None
+            await ensure_state(self.target, self.settings.replication_stream)
+        except Exception as exc:
+            raise TargetError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def step(self) -> BatchResult:
+        """One batch; updates metrics and state."""
+        assert self.source is not None
+        assert self.target is not None
+        async with _acquire(self.source, SourceError) as source, _acquire(self.target, TargetError) as target:
+            result = await replicate_batch(
+                source,
+                target,
+                stream=self.settings.replication_stream,
+                batch_size=self.batch_size,
+                timeout_s=self.settings.replication_statement_timeout_s,
+            )
+        self.state.watermark = result.watermark
+        if result.rows_read:
+            self.state.last_batch = result
+            self.state.last_batch_at = time.time()
+            self.state.rows_this_run += result.rows_inserted
+            metrics.ROWS_TOTAL.inc(result.rows_inserted)
+            metrics.BATCH_SECONDS.observe(result.seconds)
+            metrics.BATCH_ROWS.observe(result.rows_read)
+            metrics.WATERMARK_SEQ.set(result.watermark.last_seq)
+        return result
+
+    async def refresh_gauges(self) -> None:
+        assert self.source is not None
+        assert self.target is not None
+        try:
+            lag = await lag_seconds(self.target)
+        except Exception as exc:
+            raise TargetError(f"{type(exc).__name__}: {exc}") from exc
+        watermark = self.state.watermark
+        try:
+            if watermark is None:
+                watermark = await read_watermark(self.target, self.settings.replication_stream)
+                self.state.watermark = watermark
+        except Exception as exc:
+            raise TargetError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            backlog = await backlog_seconds(self.source, watermark)
+        except Exception as exc:
+            raise SourceError(f"{type(exc).__name__}: {exc}") from exc
+        self.state.lag_seconds, self.state.backlog_seconds = lag, backlog
+        if lag is not None:
+            metrics.LAG_SECONDS.set(lag)
+        metrics.BACKLOG_SECONDS.set(backlog)
+
+    async def catch_up(self) -> int:
+        """Batches until one comes back short (the source is drained up to now); rows inserted."""
+        inserted = 0
+        while not self._stopping.is_set():
+            await self._wait_for_resources()
+            result = await self.step()
+            self._succeeded("source")
+            self._succeeded("target")
+            inserted += result.rows_inserted
+            if result.rows_read < self.batch_size:
+                break
+        await self.refresh_gauges()
+        return inserted
+
+    async def run_once(self) -> int:
+        """`--once`: schema, one catch-up, done. Errors propagate (the exit code reports them)."""
+        await self.prepare()
+        return await self.catch_up()
+
+    async def run(self) -> None:
+        prepared = False
+        while not self._stopping.is_set():
+            delay = self.interval_s
+            try:
+                if not prepared:
+                    await self.prepare()
+                    prepared = True
+                await self.catch_up()
+            except (SourceError, TargetError) as exc:
+                database = "source" if isinstance(exc, SourceError) else "target"
+                delay = self._failed(database, exc)
+            except Exception as exc:  # a bug must not end replication silently
+                log.exception("replication cycle failed")
+                delay = self._failed("target", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def _wait_for_resources(self) -> None:
+        if self.guard is None or not self.guard.throttled:
+            return
+        self.state.throttled_since = time.time()
+        log.info("replication held: %s above its warning threshold", ", ".join(self.guard.reasons))
+        while not self._stopping.is_set() and not await self.guard.wait_until_clear(timeout_s=1.0):
+            pass
+        self.state.throttled_since = None
+
+    def _succeeded(self, database: str) -> None:
+        if self.state.errors[database] is not None:
+            log.info("replication %s database is back", database)
+        self.state.errors[database] = None
+        self._backoff[database].reset()
+        metrics.UP.labels(database=database).set(1)
+
+    def _failed(self, database: str, exc: BaseException) -> float:
+        delay = self._backoff[database].next_delay()
+        self.state.errors[database] = str(exc)[:500]
+        metrics.ERRORS.labels(database=database).inc()
+        metrics.UP.labels(database=database).set(0)
+        log.warning("replication %s database failed (%s); retrying in %.1fs", database, exc, delay)
+        return max(delay, 0.05)
+
+    async def check_source(self) -> None:
+        assert self.source is not None
+        await self.source.fetchval("SELECT 1")
+
+    async def check_target(self) -> None:
+        assert self.target is not None
+        await self.target.fetchval("SELECT 1")
+
+    def status(self) -> dict[str, Any]:
+        state = self.state
+        watermark = state.watermark
+        last = state.last_batch
+        return {
+            "watermark": {
+                "last_xid": watermark.last_xid if watermark else None,
+                "last_seq": watermark.last_seq if watermark else None,
+            },
+            "rows_replicated": watermark.rows_total if watermark else None,
+            "rows_replicated_this_run": state.rows_this_run,
+            "backlog_seconds": state.backlog_seconds,
+            "lag_seconds": state.lag_seconds,
+            "batch_size": self.batch_size,
+            "interval_seconds": self.interval_s,
+            "last_batch": None
+            if last is None
+            else {
+                "rows_read": last.rows_read,
+                "rows_inserted": last.rows_inserted,
+                "seconds": round(last.seconds, 4),
+                "newest_event_time": _iso(last.newest_time),
+                "at": state.last_batch_at,
+            },
+            "errors": dict(state.errors),
+            "throttled": state.throttled_since is not None,
+            "timescaledb": None
+            if state.schema is None
+            else {
+                "enabled": state.schema.timescale,
+                "compress_after": state.schema.compression_after,
+                "retention": state.schema.retention,
+            },
+        }
+
+
+@contextlib.asynccontextmanager
+async def _acquire(
+    pool: asyncpg.Pool, error: type[SourceError] | type[TargetError]
+) -> AsyncIterator[PoolConnectionProxy]:
+    """A pool connection; failing to get one is reported as the failure of that database."""
+    try:
+        conn = await pool.acquire(timeout=10)
+    except Exception as exc:
+        raise error(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(Exception):
+            await pool.release(conn, timeout=5)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
