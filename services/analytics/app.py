@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from services.analytics import __version__, routes
+from services.analytics import __version__, performance_routes, routes
 from services.analytics.analyses import AnalyticsService
 from services.analytics.settings import AnalyticsSettings, get_settings
 from services.analytics.worker_pool import WorkerPool
@@ -46,4 +46,5 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         description="Access analytics, uploads and performance intake.",
     )
     app.include_router(routes.router)
+    app.include_router(performance_routes.router)  # its lifespan runs the snapshots and alerts
     return app

@@ -1,0 +1,187 @@
+"""Performance intake and read-out: the monitor summary, browser vitals and UI batches, history export.
+
+The router carries its own lifespan (merged into the app's by FastAPI): it starts the
+background snapshots and the threshold evaluation, and stops them on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from shared.errors import ApiError, validation_details
+from shared.performance import export_history_csv, export_history_json, get_performance_monitor
+from shared.performance.alerts import AlertDispatcher
+from shared.performance.config import load_monitoring_config
+from shared.performance.realtime import RealTimePerformanceTracker, set_realtime_tracker
+from shared.settings import FleetSettings
+
+MAX_BODY_BYTES = 256 * 1024
+MAX_ITEMS = 1000
+
+
+class VitalReport(BaseModel):
+    """One report of the `web-vitals` library; its other fields (id, delta, navigationType) are kept out."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Literal["LCP", "CLS", "INP", "FCP", "TTFB"]
+    value: float = Field(ge=0)
+    page: str = Field("", max_length=512)
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class FrameReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    frame_time_ms: float = Field(ge=0, le=60_000)
+
+
+class CallbackReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    callback: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    duration_s: float = Field(ge=0, le=3600)
+
+
+_VITALS = TypeAdapter(VitalReport | list[VitalReport])
+_UI = TypeAdapter(FrameReport | CallbackReport | list[FrameReport | CallbackReport])
+
+
+async def _parse(request: Request, adapter: TypeAdapter[Any]) -> list[Any]:
+    """Beacons arrive as JSON whatever their content type (`navigator.sendBeacon` sends text/plain
+    for strings), so the body is decoded here rather than by FastAPI's content-type check."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from None
+    try:
+        parsed = adapter.validate_python(data)
+    except ValidationError as exc:
+        details = validation_details(list(exc.errors()))
+        where = ", ".join(f"{d['loc']}: {d['message']}" for d in details[:5])
+        raise ApiError(422, f"invalid report: {where}", details=details) from None
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if len(items) > MAX_ITEMS:
+        raise ApiError(413, f"at most {MAX_ITEMS} reports per request, got {len(items)}")
+    return items
+
+
+def _tracker(request: Request) -> RealTimePerformanceTracker:
+    tracker: RealTimePerformanceTracker | None = getattr(request.app.state, "performance_tracker", None)
+    if tracker is None:
+        raise ApiError(503, "performance tracking is starting", headers={"Retry-After": "1"})
+    return tracker
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: FleetSettings = app.state.settings
+    config = load_monitoring_config(settings.monitoring_config)
+    monitor = get_performance_monitor()
+    monitor.set_history_size(config.snapshots.history_size)
+    tracker = RealTimePerformanceTracker(
+        config, dispatcher=AlertDispatcher(config.alerts), monitor=monitor, service=app.state.service_name
+    )
+    app.state.performance_tracker = tracker
+    set_realtime_tracker(tracker)
+    monitor.sample_resources()
+    monitor.start(config.snapshots.interval_seconds)
+    tracker.start()
+    try:
+        yield
+    finally:
+        await tracker.stop()
+        await monitor.stop()
+        set_realtime_tracker(None)
+
+
+router = APIRouter(prefix="/api/v1/performance", tags=["performance"], lifespan=_lifespan)
+
+_VITALS_BODY = {"requestBody": {"content": {"application/json": {"schema": _VITALS.json_schema()}}}}
+_UI_BODY = {"requestBody": {"content": {"application/json": {"schema": _UI.json_schema()}}}}
+
+
+@router.get("/summary")
+async def summary() -> dict[str, Any]:
+    """Per operation count, mean, min, max, p50, p95, p99 since start, and the latest resources."""
+    return get_performance_monitor().get_metrics_summary()
+
+
+@router.post("/vitals", status_code=202, openapi_extra=_VITALS_BODY)
+async def vitals(request: Request) -> dict[str, Any]:
+    """Core Web Vitals beacons, one or a list; each is rated by web.dev's boundaries."""
+    reports: list[VitalReport] = await _parse(request, _VITALS)
+    tracker = _tracker(request)
+    ratings = [{"name": r.name, "rating": tracker.record_web_vital(r.name, r.value)} for r in reports]
+    return {"accepted": len(reports), "ratings": ratings}
+
+
+@router.get("/vitals")
+async def vitals_summary(
+    request: Request, window_seconds: Annotated[float, Query(gt=0, le=86_400)] = 300
+) -> dict[str, Any]:
+    """p75 of each vital over the window, with its rating."""
+    return _tracker(request).vitals_summary(window_seconds)
+
+
+@router.post("/ui", status_code=202, openapi_extra=_UI_BODY)
+async def ui(request: Request) -> dict[str, Any]:
+    """Frame times (`{"frame_time_ms"}`) and callback durations (`{"callback", "duration_s"}`)."""
+    reports: list[FrameReport | CallbackReport] = await _parse(request, _UI)
+    tracker = _tracker(request)
+    frames = callbacks = 0
+    for r in reports:
+        if isinstance(r, FrameReport):
+            tracker.record_frame_time(r.frame_time_ms)
+            frames += 1
+        else:
+            tracker.record_callback_duration(r.callback, r.duration_s)
+            callbacks += 1
+    return {"accepted": len(reports), "frames": frames, "callbacks": callbacks}
+
+
+@router.get("/ui")
+async def ui_metrics(request: Request) -> dict[str, Any]:
+    """Recent frame times and callback durations (ring buffers) with totals since start."""
+    return _tracker(request).ui.get_ui_metrics()
+
+
+@router.get("/alerts")
+async def alerts(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+    """The most recent alerts (newest first) and the state of every threshold."""
+    tracker = _tracker(request)
+    return {
+        "alerts": tracker.dispatcher.recent_alerts(limit),
+        "thresholds": tracker.thresholds_state(),
+        "channels": [c.name for c in tracker.dispatcher.channels],
+    }
+
+
+@router.get("/history", responses={200: {"content": {"text/csv": {}, "application/json": {}}}})
+async def history(format: Annotated[Literal["json", "csv"], Query()] = "json") -> Response:
+    """The snapshot history; `format=csv` gives one row per snapshot and operation."""
+    monitor = get_performance_monitor()
+    if format == "csv":
+        return Response(
+            export_history_csv(monitor),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="performance-history.csv"'},
+        )
+    return Response(export_history_json(monitor), media_type="application/json")
