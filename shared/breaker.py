@@ -37,6 +37,7 @@ from shared._breaker_classify import Classifier, Verdict
 from shared._breaker_config import (
     BreakerConfig,
     BreakerConfigError,
+    Seconds,
     build_config,
     load_breaker_file,
     parse_breaker_document,
@@ -50,6 +51,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerOpen",
     "Permit",
+    "Seconds",
     "get_breaker_registry",
 ]
 

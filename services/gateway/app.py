@@ -1,4 +1,4 @@
-"""Gateway app: event ingestion, the proxy to the other services, and the embedded event processor."""
+"""Gateway app: event ingestion, the proxy, circuit breakers and the embedded event processor."""
 
 from __future__ import annotations
 
@@ -8,37 +8,64 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from services.gateway import __version__, ingest, proxy
+from services.gateway import __version__, breaker_routes, ingest, proxy
 from services.gateway.event_processor.service import ProcessorService
 from services.gateway.publisher import EventPublisher
+from services.gateway.rate_limit import IngestLimiter
+from services.gateway.routes_table import load_routes
 from services.gateway.settings import GatewaySettings, get_settings
+from services.gateway.stale_cache import StaleCache
+from shared.breaker import get_breaker_registry
 from shared.db import create_pool, ping
 from shared.service_app import create_service_app, readiness_checks
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Read both files now, so a wrong value stops start-up with a message naming file and key.
+    breakers = get_breaker_registry(settings.circuit_breaker_config)
+    routes = load_routes(settings.routes_config, settings)
+    limiter = IngestLimiter(
+        settings.ingest_rate_limit, settings.ingest_events_rate_limit, settings.rate_limit_storage_uri
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         checks = readiness_checks(app)
         publisher = EventPublisher(
-            settings.require_kafka(), settings.access_events_topic, settings.access_events_partitions,
+            settings.require_kafka(),
+            settings.access_events_topic,
+            settings.access_events_partitions,
             timeout_s=settings.kafka_request_timeout_ms / 1000,
         )
         app.state.publisher = publisher
         checks["kafka"] = publisher.check_ready
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.proxy_timeout_s, connect=2.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx.Limits(
+                max_connections=settings.proxy_max_connections,
+                max_keepalive_connections=settings.proxy_max_keepalive,
+            ),
+            follow_redirects=False,
         )
         app.state.http = http
+        app.state.proxy = proxy.Proxy(
+            http,
+            breakers,
+            StaleCache(
+                max_entries=settings.proxy_stale_entries, max_total_bytes=settings.proxy_stale_max_bytes
+            ),
+        )
         pool = None
         processor = None
         if settings.run_event_processor:
-            pool = await create_pool(settings.require_database_url(), min_size=1, max_size=4,
-                                     command_timeout=settings.database_timeout_s)
-            processor = ProcessorService(settings, pool)
+            pool = await create_pool(
+                settings.require_database_url(),
+                min_size=0,
+                max_size=4,
+                command_timeout=settings.database_timeout_s,
+            )
+            processor = ProcessorService(settings, pool, breakers.get("database"))
             app.state.processor = processor
             checks["database"] = lambda: ping(pool)
             checks["event_processor"] = processor.check_ready
@@ -53,8 +80,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await http.aclose()
             await publisher.close()
 
-    app = create_service_app(service="gateway", version=__version__, settings=settings, lifespan=lifespan,
-                             description="Front door of the fleet: event ingestion and proxy.")
+    app = create_service_app(
+        service="gateway",
+        version=__version__,
+        settings=settings,
+        lifespan=lifespan,
+        description="Front door of the fleet: event ingestion, proxy and circuit breakers.",
+    )
+    app.state.breakers = breakers
+    app.state.kafka_breaker = breakers.get("kafka")
+    app.state.ingest_limiter = limiter
+    app.state.routes = routes
     app.include_router(ingest.router)
-    app.include_router(proxy.router)
+    app.include_router(breaker_routes.router)
+    app.include_router(proxy.build_router(routes))
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
 from typing import Annotated, Any
 
 import orjson
@@ -9,14 +12,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from services.gateway.publisher import BrokerUnavailable, EventPublisher
+from services.gateway.publisher import EventPublisher
+from services.gateway.rate_limit import IngestLimiter, Quota
 from services.gateway.settings import GatewaySettings
+from shared.breaker import CircuitBreaker, CircuitBreakerOpen
 from shared.errors import ApiError, validation_details
 from shared.events import AccessEvent
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
-
-RETRY_AFTER_S = "5"
 
 
 def get_publisher(request: Request) -> EventPublisher:
@@ -38,8 +41,11 @@ def parse_items(payload: Any, max_items: int) -> list[AccessEvent]:
     if not items:
         raise ApiError(422, "the request holds no events", code="empty_batch")
     if len(items) > max_items:
-        raise ApiError(413, f"{len(items)} events in one request; the maximum is {max_items}",
-                       details={"max_events_per_request": max_items})
+        raise ApiError(
+            413,
+            f"{len(items)} events in one request; the maximum is {max_items}",
+            details={"max_events_per_request": max_items},
+        )
     events: list[AccessEvent] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
@@ -50,34 +56,115 @@ def parse_items(payload: Any, max_items: int) -> list[AccessEvent]:
             events.append(AccessEvent.model_validate(item))
         except ValidationError as exc:
             details = validation_details(list(exc.errors()))
-            errors.append({
-                "index": index,
-                "reason": "; ".join(f"{d['loc']}: {d['message']}" for d in details),
-                "fields": details,
-            })
+            errors.append(
+                {
+                    "index": index,
+                    "reason": "; ".join(f"{d['loc']}: {d['message']}" for d in details),
+                    "fields": details,
+                }
+            )
     if errors:
-        raise ApiError(422, f"{len(errors)} of {len(items)} events are invalid; none were accepted",
-                       code="invalid_events", details=errors)
+        raise ApiError(
+            422,
+            f"{len(errors)} of {len(items)} events are invalid; none were accepted",
+            code="invalid_events",
+            details=errors,
+        )
     return events
 
 
-@router.post("/events", status_code=202, responses={
-    413: {"description": "too many events or too large a body"},
-    422: {"description": "invalid events, with index and reason of each"},
-    503: {"description": "Kafka unavailable; retry after Retry-After seconds"},
-})
+def client_identity(request: Request, settings: GatewaySettings) -> str:
+    """The API key's fingerprint when keys are required, else the client address (for rate limits)."""
+    keys = settings.api_key_set
+    if not keys:
+        presented = request.headers.get("x-api-key")
+        if presented:
+            return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+        return "ip:" + (request.client.host if request.client else "unknown")
+    presented = request.headers.get("x-api-key")
+    if not presented:
+        raise ApiError(
+            401,
+            "this gateway requires an API key in the X-API-Key header",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )
+    # Compare against every key so the time taken does not reveal which one nearly matched.
+    valid = False
+    for key in keys:
+        valid |= hmac.compare_digest(presented.encode(), key.encode())
+    if not valid:
+        raise ApiError(
+            401, "the X-API-Key is not valid", code="invalid_api_key", headers={"WWW-Authenticate": "ApiKey"}
+        )
+    return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413,
+            f"body of {declared} bytes exceeds the limit of {limit} bytes",
+            details={"max_request_bytes": limit},
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(
+                413, f"body exceeds the limit of {limit} bytes", details={"max_request_bytes": limit}
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    responses={
+        401: {"description": "API keys are configured and X-API-Key is missing or wrong"},
+        413: {"description": "too many events or too large a body"},
+        422: {"description": "invalid events, with index and reason of each"},
+        429: {"description": "rate limit exceeded; retry after Retry-After seconds"},
+        503: {"description": "Kafka unavailable; retry after Retry-After seconds"},
+    },
+)
 async def post_events(request: Request, publisher: Publisher, settings: Settings) -> JSONResponse:
-    """Accept one access event or a JSON array of them."""
-    body = await request.body()
-    if len(body) > settings.max_request_bytes:
-        raise ApiError(413, f"body of {len(body)} bytes exceeds {settings.max_request_bytes}")
+    """Accept one access event or a JSON array of them; 202 only once Kafka acknowledged every one."""
+    identity = client_identity(request, settings)
+    limiter: IngestLimiter = request.app.state.ingest_limiter
+    quota: Quota | None = None
+    if limiter.enabled:
+        quota = await limiter.hit_request(identity)
+    body = await read_body(request, settings.max_request_bytes)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
     events = parse_items(payload, settings.max_events_per_request)
+    if limiter.enabled:
+        quota = await limiter.hit_events(identity, len(events)) or quota
+    breaker: CircuitBreaker = request.app.state.kafka_breaker
     try:
-        accepted = await publisher.publish(events)
-    except BrokerUnavailable as exc:
-        raise ApiError(503, str(exc), code="broker_unavailable", headers={"Retry-After": RETRY_AFTER_S}) from None
-    return JSONResponse({"accepted": accepted}, status_code=202)
+        accepted = await breaker.call(publisher.publish, events)
+    except CircuitBreakerOpen as exc:
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        raise ApiError(
+            503,
+            f"Kafka is unavailable (circuit breaker {exc.name!r} is {exc.state}); nothing was accepted",
+            code="broker_unavailable",
+            details={"retry_after": float(retry)},
+            headers={"Retry-After": retry},
+        ) from None
+    except ConnectionError as exc:  # BrokerUnavailable
+        retry = str(max(1, math.ceil(breaker.retry_after or 1.0)))
+        raise ApiError(
+            503,
+            f"{exc}; nothing was accepted",
+            code="broker_unavailable",
+            details={"retry_after": float(retry)},
+            headers={"Retry-After": retry},
+        ) from None
+    return JSONResponse({"accepted": accepted}, status_code=202, headers=quota.headers() if quota else None)

@@ -16,14 +16,18 @@ from shared.kafka import create_producer, ensure_topics
 log = logging.getLogger(__name__)
 
 
-class BrokerUnavailable(RuntimeError):
-    """Kafka did not acknowledge in time; the caller answers 503 with Retry-After."""
+class BrokerUnavailable(ConnectionError):
+    """Kafka did not acknowledge in time; the caller answers 503 with Retry-After.
+
+    A ConnectionError, so the `kafka` circuit breaker counts it as a failure."""
 
 
 class EventPublisher:
     """Owns the producer; (re)starts it lazily so the gateway starts even while Kafka is down."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, partitions: int, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, partitions: int, *, timeout_s: float = 10.0
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.partitions = partitions
@@ -36,11 +40,16 @@ class EventPublisher:
             return self._producer
         async with self._lock:
             if self._producer is None:
-                producer = create_producer(self.bootstrap_servers, request_timeout_ms=int(self.timeout_s * 1000))
+                producer = create_producer(
+                    self.bootstrap_servers, request_timeout_ms=int(self.timeout_s * 1000)
+                )
                 try:
                     await asyncio.wait_for(producer.start(), timeout=self.timeout_s)
-                    await ensure_topics(self.bootstrap_servers, {self.topic: self.partitions},
-                                        timeout_ms=int(self.timeout_s * 1000))
+                    await ensure_topics(
+                        self.bootstrap_servers,
+                        {self.topic: self.partitions},
+                        timeout_ms=int(self.timeout_s * 1000),
+                    )
                 except (KafkaError, TimeoutError, OSError) as exc:
                     with contextlib.suppress(Exception):
                         await producer.stop()

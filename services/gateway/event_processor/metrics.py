@@ -1,22 +1,38 @@
-"""Event processor metrics (names fixed by CONTRACT section 6)."""
+"""Event processor metrics (the first three names are fixed by CONTRACT section 6)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_PROCESSED = Counter("event_processor_events_processed_total", "Events newly stored in PostgreSQL")
-EVENTS_DUPLICATE = Counter(
-    "event_processor_events_duplicate_total", "Redelivered or re-sent events that were already stored"
+EVENTS_FAILED = Counter(
+    "event_processor_events_failed_total",
+    "Messages not stored (sent to the dead-letter topic), by reason",
+    ["reason"],
 )
-EVENTS_FAILED = Counter("event_processor_events_failed_total", "Events not stored, by reason", ["reason"])
 EVENT_LATENCY = Histogram(
     "event_processor_latency_seconds",
     "Event timestamp to stored in PostgreSQL",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
+EVENTS_DUPLICATE = Counter(
+    "event_processor_events_duplicate_total", "Redelivered or re-sent events that were already stored"
+)
+DEAD_LETTERED = Counter("event_processor_dead_lettered_total", "Messages written to the dead-letter topic")
 STORE_SECONDS = Histogram(
-    "event_processor_store_seconds", "Duration of one batch insert",
+    "event_processor_store_seconds",
+    "Duration of one batch insert",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+STORE_RETRIES = Counter(
+    "event_processor_store_retries_total",
+    "Batch store attempts that failed because the database was unavailable",
+)
 BATCH_SIZE = Histogram(
-    "event_processor_batch_records", "Records per processed batch",
+    "event_processor_batch_records",
+    "Records per processed batch",
     buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 50000),
+)
+PAUSED = Gauge("event_processor_paused", "1 while consumption is paused because the database is unavailable")
+COMMIT_FAILURES = Counter(
+    "event_processor_commit_failures_total",
+    "Offset commits refused (usually a rebalance); the batch is redelivered",
 )

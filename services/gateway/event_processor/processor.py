@@ -1,9 +1,12 @@
 """The event processor: Kafka → PostgreSQL, batched, idempotent, committed only after storing.
 
-Delivery is at-least-once (offsets are committed after the batch is durably stored) and the
-sink is idempotent (`ON CONFLICT (event_id) DO NOTHING`), so every event is stored exactly once
-however often it is redelivered. Messages that can never be stored go to the dead-letter
-topic with their original bytes and the reason; the processor keeps going.
+Delivery is at-least-once (offsets are committed after the batch is durably stored or dead-
+lettered) and the sink is idempotent (`ON CONFLICT (event_id) DO NOTHING`), so every event is
+stored exactly once however often it is redelivered. Messages that can never be stored go to
+the dead-letter topic with their original bytes, the reason and their source; the processor
+keeps going. While the database is down (its breaker open, or connections failing) the
+processor pauses its partitions, keeps the batch in hand, retries with backoff and commits
+nothing; it resumes by itself.
 """
 
 from __future__ import annotations
@@ -13,15 +16,32 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from services.gateway.event_processor import metrics
-from shared.event_store import store_events
+from services.gateway.event_processor.sink import EventSink, StoreOutcome
+from shared.breaker import CircuitBreakerOpen
 from shared.events import AccessEvent, EventParseError, parse_event_bytes
 
 log = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord  # of bytes key and value; aiokafka ships no type hints
+
+# What "the database is unavailable" looks like; anything else is a bug or bad data.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    CircuitBreakerOpen,
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
 
 
 @dataclass
@@ -38,9 +58,18 @@ class ProcessorStats:
     stored: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    store_retries: int = 0
+    commit_failures: int = 0
+    paused: bool = False
     last_batch_at: float | None = None
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
+
+
+def dlq_reason(exc: EventParseError) -> str:
+    if exc.reason == "invalid_field" and exc.message.startswith("timestamp"):
+        return "invalid_timestamp"
+    return exc.reason
 
 
 class EventProcessor:
@@ -49,7 +78,7 @@ class EventProcessor:
         *,
         consumer: AIOKafkaConsumer,
         dlq_producer: AIOKafkaProducer,
-        pool: asyncpg.Pool,
+        sink: EventSink,
         dlq_topic: str,
         tuning: ProcessorTuning,
         max_message_bytes: int = 64 * 1024,
@@ -57,7 +86,7 @@ class EventProcessor:
     ) -> None:
         self.consumer = consumer
         self.dlq_producer = dlq_producer
-        self.pool = pool
+        self.sink = sink
         self.dlq_topic = dlq_topic
         self.tuning = tuning
         self.max_message_bytes = max_message_bytes
@@ -69,66 +98,161 @@ class EventProcessor:
         """Ask the loop to finish: the batch in hand is stored and committed first."""
         self._stopping.set()
 
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.tuning.flush_interval_ms, max_records=self.tuning.batch_size
-            )
-            records = [record for partition_records in batch.values() for record in partition_records]
-            if not records:
-                continue
-            await self.process(records)
-            await self.consumer.commit()
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
-    async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
-        """Store the valid events of `records`, dead-letter the rest; returns events newly stored."""
+    async def run(self) -> None:
+        while not self.stopping:
+            records = await self._next_batch()
+            if records:
+                await self.handle(records)
+
+    async def _next_batch(self) -> list[Record]:
+        """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one arrived."""
+        size = max(1, self.tuning.batch_size)
+        interval = self.tuning.flush_interval_ms / 1000
+        records: list[Record] = []
+        deadline: float | None = None
+        while len(records) < size and not self.stopping:
+            wait = interval if deadline is None else deadline - time.monotonic()
+            if deadline is not None and wait <= 0:
+                break
+            fetched = await self.consumer.getmany(
+                timeout_ms=max(0, int(wait * 1000)), max_records=size - len(records)
+            )
+            for partition_records in fetched.values():
+                records.extend(partition_records)
+            if not records:
+                return records
+            if deadline is None:
+                deadline = time.monotonic() + interval
+        return records
+
+    async def handle(self, records: list[Record]) -> int:
+        """Store, dead-letter, then commit `records`; returns events newly stored.
+
+        Returns without committing when asked to stop while the database is down: the batch
+        is redelivered to whoever consumes the partitions next.
+        """
         events: list[AccessEvent] = []
+        sources: list[Record] = []
+        dead: list[tuple[Record, str, str]] = []
         for record in records:
             try:
                 events.append(parse_event_bytes(record.value or b"", max_bytes=self.max_message_bytes))
+                sources.append(record)
             except EventParseError as exc:
-                await self._dead_letter(record, exc.reason, exc.message)
-        inserted = await self._store_with_retry(events)
+                dead.append((record, dlq_reason(exc), exc.message))
+        outcome = await self._store_until_done(events)
+        if outcome is None:
+            return 0
+        if outcome.refused:
+            source_of = {id(event): record for event, record in zip(events, sources, strict=True)}
+            for event, reason in outcome.refused:
+                dead.append((source_of[id(event)], "rejected_by_database", reason))
+        if dead:
+            await self._dead_letter(dead)
         now = datetime.now(UTC)
-        for event in events:
+        for event in outcome.stored:
             metrics.EVENT_LATENCY.observe(max(0.0, (now - event.timestamp).total_seconds()))
+        inserted = outcome.inserted
         metrics.EVENTS_PROCESSED.inc(inserted)
-        metrics.EVENTS_DUPLICATE.inc(len(events) - inserted)
+        metrics.EVENTS_DUPLICATE.inc(len(outcome.stored) - inserted)
+        metrics.BATCH_SIZE.observe(len(records))
         self.stats.batches += 1
         self.stats.stored += inserted
-        self.stats.duplicates += len(events) - inserted
+        self.stats.duplicates += len(outcome.stored) - inserted
         self.stats.last_batch_at = time.time()
-        metrics.BATCH_SIZE.observe(len(records))
+        await self._commit(records)
         return inserted
 
-    async def _store_with_retry(self, events: list[AccessEvent]) -> int:
-        delay = 0.2
+    async def _store_until_done(self, events: list[AccessEvent]) -> StoreOutcome | None:
+        delay = 0.1
         while True:
+            started = time.perf_counter()
             try:
-                started = time.perf_counter()
-                inserted = await store_events(self.pool, events)
-                metrics.STORE_SECONDS.observe(time.perf_counter() - started)
-                self.stats.last_error = None
-                return inserted
-            except (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, TimeoutError) as exc:
-                # The database is unreachable: nothing is committed, the batch is retried.
+                outcome = await self.sink.store(events)
+            except DATABASE_DOWN as exc:
+                self.stats.store_retries += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                metrics.EVENTS_FAILED.labels(reason="database_unavailable").inc(len(events))
-                log.warning("storing %d events failed, retrying in %.1fs: %s", len(events), delay, exc)
-                await asyncio.sleep(delay)
+                metrics.STORE_RETRIES.inc()
+                wait = max(delay, exc.retry_after) if isinstance(exc, CircuitBreakerOpen) else delay
+                wait = min(wait, self.retry_backoff_max_s)
+                log.warning(
+                    "database unavailable (%s); %d events held, retrying in %.1fs", exc, len(events), wait
+                )
+                self._pause()
+                if not await self._idle(wait):
+                    return None
                 delay = min(delay * 2, self.retry_backoff_max_s)
+                continue
+            metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+            self.stats.last_error = None
+            self._resume()
+            return outcome
 
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, message: str) -> None:
-        metrics.EVENTS_FAILED.labels(reason=reason).inc()
-        self.stats.dead_lettered += 1
+    async def _idle(self, seconds: float) -> bool:
+        """Wait `seconds` while polling the paused consumer (so the group keeps us); False if stopping."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            # Paused partitions return nothing; polling keeps max_poll_interval from expiring.
+            await self.consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000), max_records=1)
+        return False
+
+    def _pause(self) -> None:
+        if not self.stats.paused:
+            self.consumer.pause(*self.consumer.assignment())
+            self.stats.paused = True
+            metrics.PAUSED.set(1)
+
+    def _resume(self) -> None:
+        if self.stats.paused:
+            self.consumer.resume(*self.consumer.paused())
+            self.stats.paused = False
+            metrics.PAUSED.set(0)
+
+    async def _commit(self, records: list[Record]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if record.offset + 1 > offsets.get(tp, -1):
+                offsets[tp] = record.offset + 1
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took some partitions away: their new owner re-reads the batch and
+            # the idempotent sink drops what is already stored.
+            self.stats.commit_failures += 1
+            metrics.COMMIT_FAILURES.inc()
+            log.warning("offset commit refused (%s); the batch will be redelivered", exc)
+
+    async def _dead_letter(self, dead: list[tuple[Record, str, str]]) -> None:
         # Like Kafka Connect's DLQ: the value is the original bytes untouched, the context
-        # travels in headers.
-        headers = [
-            ("dlq.reason", reason.encode()),
-            ("dlq.error", message.encode()[:1000]),
-            ("dlq.source.topic", record.topic.encode()),
-            ("dlq.source.partition", str(record.partition).encode()),
-            ("dlq.source.offset", str(record.offset).encode()),
-        ]
-        await self.dlq_producer.send_and_wait(self.dlq_topic, record.value or b"", key=record.key, headers=headers)
+        # travels in headers. Every send is acknowledged before the offsets are committed.
+        futures = []
+        for record, reason, message in dead:
+            headers = [
+                ("dlq.reason", reason.encode()),
+                ("dlq.error", message.encode()[:1000]),
+                ("dlq.source.topic", record.topic.encode()),
+                ("dlq.source.partition", str(record.partition).encode()),
+                ("dlq.source.offset", str(record.offset).encode()),
+            ]
+            futures.append(
+                await self.dlq_producer.send(
+                    self.dlq_topic, record.value or b"", key=record.key, headers=headers
+                )
+            )
+        try:
+            await asyncio.gather(*futures)
+        except KafkaError:
+            log.exception("dead-letter topic unavailable; the batch will be redelivered")
+            raise
+        for _, reason, _ in dead:
+            metrics.EVENTS_FAILED.labels(reason=reason).inc()
+        metrics.DEAD_LETTERED.inc(len(dead))
+        self.stats.dead_lettered += len(dead)

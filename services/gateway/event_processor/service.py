@@ -11,16 +11,21 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from services.gateway.event_processor.processor import EventProcessor, ProcessorTuning
+from services.gateway.event_processor.sink import EventSink
 from services.gateway.settings import GatewaySettings
+from shared.breaker import CircuitBreaker
 from shared.kafka import create_consumer, create_producer, ensure_topics
 
 log = logging.getLogger(__name__)
 
 
 class ProcessorService:
-    def __init__(self, settings: GatewaySettings, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, settings: GatewaySettings, pool: asyncpg.Pool, database_breaker: CircuitBreaker
+    ) -> None:
         self.settings = settings
         self.pool = pool
+        self.sink = EventSink(pool, database_breaker)
         self.tuning = ProcessorTuning(
             batch_size=settings.processor_batch_size,
             flush_interval_ms=settings.processor_flush_interval_ms,
@@ -34,7 +39,9 @@ class ProcessorService:
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="event-processor")
 
-    async def stop(self, timeout_s: float = 15.0) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Graceful: the batch in hand is stored and committed, then the consumer leaves the group."""
+        timeout_s = timeout_s if timeout_s is not None else self.settings.processor_shutdown_timeout_s
         self._stopping = True
         if self.processor is not None:
             self.processor.stop()
@@ -72,18 +79,22 @@ class ProcessorService:
                 self.processor = EventProcessor(
                     consumer=consumer,
                     dlq_producer=producer,
-                    pool=self.pool,
+                    sink=self.sink,
                     dlq_topic=self.settings.access_events_dlq_topic,
                     tuning=self.tuning,
                     max_message_bytes=self.settings.processor_max_message_bytes,
+                    retry_backoff_max_s=self.settings.processor_retry_backoff_max_s,
                 )
                 if self._stopping:
                     break
                 self.consuming = True
                 self.last_error = None
                 delay = 0.5
-                log.info("event processor consuming %s as %s",
-                         self.settings.access_events_topic, self.settings.processor_group_id)
+                log.info(
+                    "event processor consuming %s as %s",
+                    self.settings.access_events_topic,
+                    self.settings.processor_group_id,
+                )
                 await self.processor.run()
             except KafkaError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -117,5 +128,9 @@ class ProcessorService:
             "duplicates": stats.duplicates if stats else 0,
             "dead_lettered": stats.dead_lettered if stats else 0,
             "batches": stats.batches if stats else 0,
+            "paused": stats.paused if stats else False,
+            "store_retries": stats.store_retries if stats else 0,
+            "commit_failures": stats.commit_failures if stats else 0,
+            "database_breaker": self.sink.breaker.state,
             "last_error": self.last_error or (stats.last_error if stats else None),
         }

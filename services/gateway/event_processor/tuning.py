@@ -1,0 +1,96 @@
+"""`GET/PUT /admin/tuning` of the event processor: batch size and flush interval, applied live.
+
+The processor reads `ProcessorService.tuning` at every poll, so changing the fields of that one
+object takes effect on the next batch with no restart and no lost message. Values outside the
+bounds are refused with a 422 naming the field; a partial body changes only what it names.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import Gauge
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.gateway.event_processor.service import ProcessorService
+from shared.admin import AdminOnly
+from shared.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE_BOUNDS = (1, 100_000)
+FLUSH_INTERVAL_MS_BOUNDS = (1, 10_000)
+
+SETTING = Gauge("event_processor_setting", "Live tuning value of the event processor", ["setting"])
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+class ProcessorTuningUpdate(BaseModel):
+    """Fields left out keep their current value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int | None = Field(
+        None, ge=BATCH_SIZE_BOUNDS[0], le=BATCH_SIZE_BOUNDS[1], description="records per poll and insert"
+    )
+    flush_interval_ms: int | None = Field(
+        None, ge=FLUSH_INTERVAL_MS_BOUNDS[0], le=FLUSH_INTERVAL_MS_BOUNDS[1],
+        description="longest wait for a batch to fill",
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ProcessorTuningUpdate:
+        if self.batch_size is None and self.flush_interval_ms is None:
+            raise ValueError("give at least one of batch_size, flush_interval_ms")
+        return self
+
+
+class ProcessorTuningView(BaseModel):
+    batch_size: int
+    flush_interval_ms: int
+    bounds: dict[str, tuple[int, int]]
+
+
+def _processor(request: Request) -> ProcessorService:
+    processor: ProcessorService | None = getattr(request.app.state, "processor", None)
+    if processor is None:
+        raise ApiError(
+            404, "this process runs no event processor (GATEWAY_RUN_EVENT_PROCESSOR=false)",
+            code="no_event_processor",
+        )
+    return processor
+
+
+def _view(processor: ProcessorService) -> ProcessorTuningView:
+    tuning = processor.tuning
+    SETTING.labels(setting="batch_size").set(tuning.batch_size)
+    SETTING.labels(setting="flush_interval_ms").set(tuning.flush_interval_ms)
+    return ProcessorTuningView(
+        batch_size=tuning.batch_size,
+        flush_interval_ms=tuning.flush_interval_ms,
+        bounds={"batch_size": BATCH_SIZE_BOUNDS, "flush_interval_ms": FLUSH_INTERVAL_MS_BOUNDS},
+    )
+
+
+@router.get("/tuning", response_model=ProcessorTuningView)
+async def get_tuning(request: Request, _: AdminOnly) -> ProcessorTuningView:
+    """The event processor's live batch size and flush interval, with their bounds."""
+    return _view(_processor(request))
+
+
+@router.put("/tuning", response_model=ProcessorTuningView)
+async def put_tuning(request: Request, update: ProcessorTuningUpdate, _: AdminOnly) -> ProcessorTuningView:
+    """Change the batch size and/or flush interval; effective from the next poll."""
+    processor = _processor(request)
+    tuning = processor.tuning
+    before: dict[str, Any] = {"batch_size": tuning.batch_size, "flush_interval_ms": tuning.flush_interval_ms}
+    if update.batch_size is not None:
+        tuning.batch_size = update.batch_size
+    if update.flush_interval_ms is not None:
+        tuning.flush_interval_ms = update.flush_interval_ms
+    after = {"batch_size": tuning.batch_size, "flush_interval_ms": tuning.flush_interval_ms}
+    log.info("event processor tuning changed", extra={"before": before, "after": after})
+    return _view(processor)
