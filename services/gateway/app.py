@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from services.gateway import __version__, breaker_routes, ingest, proxy
+from services.gateway.event_processor import tuning as processor_tuning
 from services.gateway.event_processor.service import ProcessorService
 from services.gateway.publisher import EventPublisher
 from services.gateway.rate_limit import IngestLimiter
@@ -94,4 +95,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(breaker_routes.router)
     app.include_router(proxy.build_router(routes))
+    app.include_router(processor_tuning.router)
     return app

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from services.gateway import __version__, breaker_routes
+from services.gateway.event_processor import tuning as processor_tuning
 from services.gateway.event_processor.service import ProcessorService
 from services.gateway.settings import GatewaySettings, get_settings
 from shared.breaker import get_breaker_registry
@@ -46,6 +47,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.state.breakers = breakers
     app.include_router(breaker_routes.router)
+    app.include_router(processor_tuning.router)
 
     @app.get("/status", tags=["processor"])
     async def status(request: Request) -> dict[str, Any]:

@@ -37,7 +37,9 @@ class ProcessorTuningUpdate(BaseModel):
         None, ge=BATCH_SIZE_BOUNDS[0], le=BATCH_SIZE_BOUNDS[1], description="records per poll and insert"
     )
     flush_interval_ms: int | None = Field(
-        None, ge=FLUSH_INTERVAL_MS_BOUNDS[0], le=FLUSH_INTERVAL_MS_BOUNDS[1],
+        None,
+        ge=FLUSH_INTERVAL_MS_BOUNDS[0],
+        le=FLUSH_INTERVAL_MS_BOUNDS[1],
         description="longest wait for a batch to fill",
     )
 
@@ -58,7 +60,8 @@ def _processor(request: Request) -> ProcessorService:
     processor: ProcessorService | None = getattr(request.app.state, "processor", None)
     if processor is None:
         raise ApiError(
-            404, "this process runs no event processor (GATEWAY_RUN_EVENT_PROCESSOR=false)",
+            404,
+            "this process runs no event processor (GATEWAY_RUN_EVENT_PROCESSOR=false)",
             code="no_event_processor",
         )
     return processor
