@@ -1,0 +1,145 @@
+"""REST ingestion against a real broker: acks, keys, all-or-nothing, limits, API keys, broker outage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from shared.embedded import free_port
+from shared.kafka import create_consumer
+from tests.factories import event_dict
+from tests.integration.gateway.conftest import serving, write_breakers, write_routes
+
+pytestmark = pytest.mark.integration
+
+
+def settings_for(tmp_path: Path, bootstrap: str, topic: str, **extra: Any) -> GatewaySettings:
+    return GatewaySettings(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        ACCESS_EVENTS_TOPIC=topic,
+        ACCESS_EVENTS_PARTITIONS=2,
+        KAFKA_REQUEST_TIMEOUT_MS=2000,
+        GATEWAY_RUN_EVENT_PROCESSOR=False,
+        TRACING_ENABLED=False,
+        CIRCUIT_BREAKER_CONFIG=write_breakers(
+            tmp_path, kafka={"failure_threshold": 2, "wait_duration_in_open_state": 5}
+        ),
+        GATEWAY_ROUTES_CONFIG=write_routes(tmp_path, "http://127.0.0.1:1"),
+        **extra,
+    )
+
+
+async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 15.0) -> list[Any]:
+    consumer = create_consumer(
+        bootstrap, topic, group_id=topic + "-check", session_timeout_ms=2000, heartbeat_interval_ms=300
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(records) < expected:
+            batch = await consumer.getmany(timeout_ms=200)
+            for partition_records in batch.values():
+                records.extend(partition_records)
+        # A little longer, to see anything that should not be there.
+        batch = await consumer.getmany(timeout_ms=500)
+        for partition_records in batch.values():
+            records.extend(partition_records)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_batch_is_acknowledged_keyed_by_door_and_invalid_batches_publish_nothing(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    app = create_app(settings_for(tmp_path, kafka_bootstrap, topic_name))
+    async with serving(app) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+        bad = [event_dict(), event_dict(access_result="Perhaps"), event_dict(person_id="")]
+        rejected = await client.post("/api/v1/events", json=bad)
+        assert rejected.status_code == 422
+        assert [d["index"] for d in rejected.json()["error"]["details"]] == [1, 2]
+
+        good = [event_dict(door_id=f"door-{i % 3}") for i in range(50)]
+        accepted = await client.post("/api/v1/events", json=good)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json() == {"accepted": 50}
+        single = event_dict(door_id="door-0")
+        assert (await client.post("/api/v1/events", json=single)).json() == {"accepted": 1}
+        assert (await client.post("/api/v1/events", content=b"{not json")).status_code == 400
+
+    records = await consume_all(kafka_bootstrap, topic_name, 51)
+    ids = sorted(orjson.loads(r.value)["event_id"] for r in records)
+    assert ids == sorted([e["event_id"] for e in good] + [single["event_id"]])
+    for record in records:
+        assert record.key == orjson.loads(record.value)["door_id"].encode()
+    # Each door's events are in one partition, in the order they were sent.
+    by_door: dict[bytes, set[int]] = {}
+    for record in records:
+        by_door.setdefault(record.key, set()).add(record.partition)
+    assert all(len(partitions) == 1 for partitions in by_door.values())
+
+
+async def test_limits_api_keys_and_rate_limits(tmp_path: Path, kafka_bootstrap: str, topic_name: str) -> None:
+    settings = settings_for(
+        tmp_path,
+        kafka_bootstrap,
+        topic_name,
+        MAX_EVENTS_PER_REQUEST=5,
+        MAX_REQUEST_BYTES=4096,
+        API_KEYS="alpha, beta",
+        INGEST_RATE_LIMIT="3/minute",
+    )
+    async with serving(create_app(settings)) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+        missing = await client.post("/api/v1/events", json=event_dict())
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "missing_api_key"
+        wrong = await client.post("/api/v1/events", json=event_dict(), headers={"x-api-key": "gamma"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["code"] == "invalid_api_key"
+
+        alpha = {"x-api-key": "alpha"}
+        too_many = await client.post("/api/v1/events", json=[event_dict() for _ in range(6)], headers=alpha)
+        assert too_many.status_code == 413
+        too_big = await client.post("/api/v1/events", content=b"[" + b" " * 5000 + b"]", headers=alpha)
+        assert too_big.status_code == 413
+        ok = await client.post("/api/v1/events", json=[event_dict()], headers=alpha)
+        assert ok.status_code == 202, ok.text
+        assert ok.headers["x-ratelimit-limit"] == "3"
+        assert ok.headers["x-ratelimit-remaining"] == "0"
+        limited = await client.post("/api/v1/events", json=[event_dict()], headers=alpha)
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.headers["x-ratelimit-remaining"] == "0"
+        assert limited.json()["error"]["code"] == "rate_limited"
+        # Another key has its own budget.
+        assert (
+            await client.post("/api/v1/events", json=event_dict(), headers={"x-api-key": "beta"})
+        ).status_code == 202
+
+
+async def test_broker_unavailable_gives_503_then_the_kafka_breaker_answers_fast(
+    tmp_path: Path, topic_name: str
+) -> None:
+    dead_broker = f"127.0.0.1:{free_port()}"
+    app = create_app(settings_for(tmp_path, dead_broker, topic_name))
+    async with serving(app) as gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+        for _ in range(2):
+            response = await client.post("/api/v1/events", json=event_dict())
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "broker_unavailable"
+            assert int(response.headers["retry-after"]) >= 1
+        assert (await client.get("/breaker")).json()["kafka"]["state"] == "open"
+        started = time.perf_counter()
+        fast = await client.post("/api/v1/events", json=event_dict())
+        assert time.perf_counter() - started < 0.5
+        assert fast.status_code == 503
+        assert 1 <= int(fast.headers["retry-after"]) <= 5
+        assert "circuit breaker" in fast.json()["error"]["message"]
