@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,6 +79,19 @@ class Upstream:
         return JSONResponse({})
 
 
+@contextlib.asynccontextmanager
+async def proxied(
+    tmp_path: Path, upstream: Upstream, client_timeout: float = 5
+) -> AsyncIterator[tuple[LocalServer, LocalServer, httpx.AsyncClient]]:
+    """The upstream, a gateway in front of it, and a client of the gateway."""
+    async with (
+        serving(upstream.app) as up,
+        serving(create_app(gateway_settings(tmp_path, up.url))) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=client_timeout) as client,
+    ):
+        yield up, gw, client
+
+
 def gateway_settings(tmp_path: Path, upstream_url: str) -> GatewaySettings:
     return GatewaySettings(
         KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",  # the proxy tests never publish
@@ -91,20 +105,19 @@ def gateway_settings(tmp_path: Path, upstream_url: str) -> GatewaySettings:
 
 async def test_method_query_body_and_headers_pass_through(tmp_path: Path) -> None:
     upstream = Upstream()
-    async with serving(upstream.app) as up, serving(create_app(gateway_settings(tmp_path, up.url))) as gw:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
-            response = await client.post(
-                "/api/v1/analytics/echo?a=1&b=two%20words",
-                content=b'{"k": 1}',
-                headers={
-                    "content-type": "application/json",
-                    "x-request-id": "req-123",
-                    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                    "x-custom": "kept",
-                    "proxy-authorization": "Basic c2VjcmV0",
-                    "te": "trailers",
-                },
-            )
+    async with proxied(tmp_path, upstream, client_timeout=5) as (up, gw, client):
+        response = await client.post(
+            "/api/v1/analytics/echo?a=1&b=two%20words",
+            content=b'{"k": 1}',
+            headers={
+                "content-type": "application/json",
+                "x-request-id": "req-123",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "x-custom": "kept",
+                "proxy-authorization": "Basic c2VjcmV0",
+                "te": "trailers",
+            },
+        )
     assert response.status_code == 200
     seen = response.json()
     assert seen["method"] == "POST"
@@ -129,109 +142,107 @@ async def test_method_query_body_and_headers_pass_through(tmp_path: Path) -> Non
 
 async def test_large_bodies_stream_both_ways(tmp_path: Path) -> None:
     upstream = Upstream()
-    async with serving(upstream.app) as up, serving(create_app(gateway_settings(tmp_path, up.url))) as gw:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
-            received = 0
-            async with client.stream("GET", "/api/v1/analytics/big") as response:
-                assert response.status_code == 200
-                async for chunk in response.aiter_raw():
-                    received += len(chunk)
-            assert received == len(BIG_CHUNK) * BIG_CHUNKS
+    async with proxied(tmp_path, upstream, client_timeout=10) as (_up, _gw, client):
+        received = 0
+        async with client.stream("GET", "/api/v1/analytics/big") as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+        assert received == len(BIG_CHUNK) * BIG_CHUNKS
 
-            async def body() -> AsyncIterator[bytes]:
-                for _ in range(BIG_CHUNKS):
-                    yield BIG_CHUNK
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(BIG_CHUNKS):
+                yield BIG_CHUNK
 
-            upload = await client.post("/api/v1/analytics/upload", content=body())
-            assert upload.json() == {"received": len(BIG_CHUNK) * BIG_CHUNKS}
+        upload = await client.post("/api/v1/analytics/upload", content=body())
+        assert upload.json() == {"received": len(BIG_CHUNK) * BIG_CHUNKS}
 
 
 async def test_4xx_does_not_open_5xx_opens_then_fast_503_and_recovery(tmp_path: Path) -> None:
     upstream = Upstream()
-    async with serving(upstream.app) as up, serving(create_app(gateway_settings(tmp_path, up.url))) as gw:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
-            for _ in range(5):
-                assert (await client.get("/api/v1/analytics/missing")).status_code == 404
-            assert (await client.get("/breaker")).json()["analytics"]["state"] == "closed"
+    async with proxied(tmp_path, upstream, client_timeout=5) as (_up, _gw, client):
+        for _ in range(5):
+            assert (await client.get("/api/v1/analytics/missing")).status_code == 404
+        assert (await client.get("/breaker")).json()["analytics"]["state"] == "closed"
 
-            upstream.status = 500
-            for _ in range(3):
-                assert (await client.post("/api/v1/analytics/echo")).status_code == 500
-            breaker = (await client.get("/breaker")).json()["analytics"]
-            assert breaker["state"] == "open"
-            assert breaker["open"] == 1
-            assert breaker["opened_at"] is not None
+        upstream.status = 500
+        for _ in range(3):
+            assert (await client.post("/api/v1/analytics/echo")).status_code == 500
+        breaker = (await client.get("/breaker")).json()["analytics"]
+        assert breaker["state"] == "open"
+        assert breaker["open"] == 1
+        assert breaker["opened_at"] is not None
 
-            hits = upstream.hits
-            started = time.perf_counter()
-            rejected = await client.post("/api/v1/analytics/echo")
-            elapsed = time.perf_counter() - started
-            assert rejected.status_code == 503
-            assert rejected.json()["error"]["code"] == "upstream_unavailable"
-            assert rejected.json()["error"]["details"]["breaker"] == "analytics"
-            assert int(rejected.headers["retry-after"]) >= 1
-            assert upstream.hits == hits  # never reached the upstream
-            assert elapsed < 0.5
+        hits = upstream.hits
+        started = time.perf_counter()
+        rejected = await client.post("/api/v1/analytics/echo")
+        elapsed = time.perf_counter() - started
+        assert rejected.status_code == 503
+        assert rejected.json()["error"]["code"] == "upstream_unavailable"
+        assert rejected.json()["error"]["details"]["breaker"] == "analytics"
+        assert int(rejected.headers["retry-after"]) >= 1
+        assert upstream.hits == hits  # never reached the upstream
+        assert elapsed < 0.5
 
-            upstream.status = 200
-            await asyncio.sleep(0.6)  # wait_duration_in_open_state
-            assert (await client.get("/api/v1/analytics/echo")).status_code == 200  # the one trial call
-            breaker = (await client.get("/breaker")).json()["analytics"]
-            assert breaker["state"] == "closed"
-            assert (breaker["open"], breaker["half_open"], breaker["closed"]) == (1, 1, 1)
+        upstream.status = 200
+        await asyncio.sleep(0.6)  # wait_duration_in_open_state
+        assert (await client.get("/api/v1/analytics/echo")).status_code == 200  # the one trial call
+        breaker = (await client.get("/breaker")).json()["analytics"]
+        assert breaker["state"] == "closed"
+        assert (breaker["open"], breaker["half_open"], breaker["closed"]) == (1, 1, 1)
 
 
 async def test_stale_answer_while_upstream_is_down(tmp_path: Path) -> None:
     upstream = Upstream()
     up = await LocalServer(upstream.app).start()
     try:
-        async with serving(create_app(gateway_settings(tmp_path, up.url))) as gw:
-            async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
-                fresh = await client.get("/api/v1/analytics/echo?x=1")
-                assert fresh.status_code == 200
-                assert "x-cache" not in fresh.headers
-                await up.stop()
-                # Connection refused: stale while the breaker is still counting...
-                for _ in range(3):
-                    stale = await client.get("/api/v1/analytics/echo?x=1")
-                    assert stale.status_code == 200
-                    assert stale.headers["x-cache"] == "stale"
-                    assert stale.json() == fresh.json()
-                assert (await client.get("/breaker")).json()["analytics"]["state"] == "open"
-                # ...and from memory once it is open; a GET never answered before gets 503.
-                started = time.perf_counter()
+        async with (
+            serving(create_app(gateway_settings(tmp_path, up.url))) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=5) as client,
+        ):
+            fresh = await client.get("/api/v1/analytics/echo?x=1")
+            assert fresh.status_code == 200
+            assert "x-cache" not in fresh.headers
+            await up.stop()
+            # Connection refused: stale while the breaker is still counting...
+            for _ in range(3):
                 stale = await client.get("/api/v1/analytics/echo?x=1")
-                assert time.perf_counter() - started < 0.5
+                assert stale.status_code == 200
                 assert stale.headers["x-cache"] == "stale"
-                assert int(stale.headers["age"]) >= 0
-                unknown = await client.get("/api/v1/analytics/echo?x=2")
-                assert unknown.status_code == 503
-                assert "retry-after" in unknown.headers
-                assert (await client.post("/api/v1/analytics/echo")).status_code == 503
+                assert stale.json() == fresh.json()
+            assert (await client.get("/breaker")).json()["analytics"]["state"] == "open"
+            # ...and from memory once it is open; a GET never answered before gets 503.
+            started = time.perf_counter()
+            stale = await client.get("/api/v1/analytics/echo?x=1")
+            assert time.perf_counter() - started < 0.5
+            assert stale.headers["x-cache"] == "stale"
+            assert int(stale.headers["age"]) >= 0
+            unknown = await client.get("/api/v1/analytics/echo?x=2")
+            assert unknown.status_code == 503
+            assert "retry-after" in unknown.headers
+            assert (await client.post("/api/v1/analytics/echo")).status_code == 503
     finally:
         await up.stop()
 
 
 async def test_upstream_timeout_is_504_and_counts(tmp_path: Path) -> None:
     upstream = Upstream()
-    async with serving(upstream.app) as up, serving(create_app(gateway_settings(tmp_path, up.url))) as gw:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
-            started = time.perf_counter()
-            response = await client.get("/api/v1/analytics/slow")
-            assert response.status_code == 504
-            assert response.json()["error"]["code"] == "upstream_timeout"
-            assert time.perf_counter() - started < 2.5  # route timeout is 1 s, the upstream takes 3 s
-            snapshot = (await client.get("/breaker/analytics")).json()
-            assert snapshot["calls"]["failure"] == 1
-            assert (await client.get("/breaker/nope")).status_code == 404
+    async with proxied(tmp_path, upstream, client_timeout=10) as (_up, _gw, client):
+        started = time.perf_counter()
+        response = await client.get("/api/v1/analytics/slow")
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "upstream_timeout"
+        assert time.perf_counter() - started < 2.5  # route timeout is 1 s, the upstream takes 3 s
+        snapshot = (await client.get("/breaker/analytics")).json()
+        assert snapshot["calls"]["failure"] == 1
+        assert (await client.get("/breaker/nope")).status_code == 404
 
 
 async def test_breaker_listing_has_contract_shape(tmp_path: Path) -> None:
     upstream = Upstream()
-    async with serving(upstream.app) as up, serving(create_app(gateway_settings(tmp_path, up.url))) as gw:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
-            breakers = (await client.get("/breaker")).json()
-            reset = await client.post("/breaker/analytics/reset")
+    async with proxied(tmp_path, upstream, client_timeout=5) as (_up, _gw, client):
+        breakers = (await client.get("/breaker")).json()
+        reset = await client.post("/breaker/analytics/reset")
     assert {"analytics", "kafka"} <= set(breakers)
     for snapshot in breakers.values():
         assert snapshot["state"] in {"closed", "open", "half_open"}

@@ -35,7 +35,8 @@ def test_longest_prefix_wins(tmp_path: Path) -> None:
     path.write_text(
         "routes:\n"
         "  - {prefix: /api, upstream: analytics_url, breaker: analytics}\n"
-        "  - {prefix: /api/v1/optimizer/, upstream: 'http://elsewhere:1', breaker: optimizer, timeout: 500ms}\n"
+        "  - {prefix: /api/v1/optimizer/, upstream: 'http://elsewhere:1', breaker: optimizer,"
+        " timeout: 500ms}\n"
     )
     routes = load_routes(path, SETTINGS)
     found = match(routes, "/api/v1/optimizer/status")
