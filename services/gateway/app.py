@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from services.gateway import __version__, breaker_routes, ingest, proxy
+from services.gateway import __version__, breaker_routes, dashboard, ingest, proxy
 from services.gateway.event_processor import tuning as processor_tuning
 from services.gateway.event_processor.service import ProcessorService
 from services.gateway.publisher import EventPublisher
@@ -94,6 +94,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.routes = routes
     app.include_router(ingest.router)
     app.include_router(breaker_routes.router)
+    app.include_router(dashboard.router)
     app.include_router(proxy.build_router(routes))
     app.include_router(processor_tuning.router)
     return app
