@@ -27,7 +27,7 @@ from tests.servers import PostgresProvider, unique_name
 _GENERATE = """
 INSERT INTO access_events (event_id, time, person_id, door_id, badge_id, access_result, badge_status,
                            facility_id)
-SELECT $1 || '-' || g, now() - ((g * 7919) % 86400) * interval '1 second', 'p' || (g % 500),
+SELECT $1 || '-' || g, now() - ((g::bigint * 7919) % 86400) * interval '1 second', 'p' || (g % 500),
        'd' || (g % 40), 'b' || (g % 500), CASE WHEN g % 10 = 0 THEN 'Denied' ELSE 'Granted' END, 'Valid',
        'f' || (g % 3)
 FROM generate_series(1, $2::int) AS g

@@ -68,9 +68,11 @@ ORDER BY ingest_xid, seq
 LIMIT $3::int
 """
 
+# Sorted by the replica's key so the B-tree is filled in order rather than at random pages.
 _INSERT_FROM_STAGING = f"""
 INSERT INTO access_events_replica ({_EVENT_NAMES}, source_seq)
 SELECT {_EVENT_NAMES}, seq FROM {STAGING_TABLE}
+ORDER BY time, event_id
 ON CONFLICT (time, event_id) DO NOTHING
 """
 
