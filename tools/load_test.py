@@ -1,0 +1,425 @@
+"""Load generator: post realistic access events to the gateway at a target rate, then print a summary.
+
+    python -m tools.load_test --rate 200 --duration 30
+    python -m tools.load_test --target http://gateway:8080 --rate 1000 --batch-size 50 --concurrency 32
+    python -m tools.load_test --shape original --rate 50 --duration 10    # the original system's messages
+
+Events go to `POST /api/v1/events` (one object, or a JSON array with `--batch-size` > 1). They are
+built and checked with :class:`shared.events.AccessEvent`, the wire format's single definition;
+`--shape original` sends the original system's five-field message with a naive timestamp instead.
+
+The run is open-loop: request *n* is due at `start + n * batch_size / rate`, whatever the answers
+before it, and at most `--concurrency` requests are in flight. Latency is measured from the time a
+request was due, not from when a free slot let it go, so a slow gateway shows up in the
+percentiles instead of silently lowering the rate (coordinated omission). Percentiles come from an
+HDR histogram, so memory stays constant however long the run.
+
+Bounds: the run stops at `--duration` seconds or after `--max-events` events, whichever comes
+first; Ctrl-C stops it early and still prints the summary. The only target is the one given with
+`--target` (default: the loopback gateway); nothing is discovered. The JSON summary goes to stdout
+(and to `--output`); exit code 1 when the share of failed requests exceeds `--max-error-ratio`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import json
+import math
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from hdrh.histogram import HdrHistogram
+
+from shared.events import AccessEvent, AccessResult, BadgeStatus
+
+DEFAULT_TARGET = "http://127.0.0.1:8080"
+EVENTS_PATH = "/api/v1/events"
+
+MAX_RATE = 100_000.0  # events per second
+MAX_DURATION_S = 3600.0
+MAX_EVENTS = 10_000_000
+MAX_BATCH = 10_000  # the gateway's default MAX_EVENTS_PER_REQUEST
+MAX_CONCURRENCY = 1_000
+
+_LATENCY_MAX_US = 10 * 60 * 1_000_000  # 10 minutes; anything slower is clamped to it
+
+_RESULTS = tuple(AccessResult)
+_RESULT_WEIGHTS = (90, 8, 1, 1)
+_BADGE_STATUSES = tuple(BadgeStatus)
+_BADGE_WEIGHTS = (95, 2, 2, 1)
+_DEVICE_STATUSES = ("normal", "degraded", "offline")
+_DEVICE_WEIGHTS = (97, 2, 1)
+
+
+class EventGenerator:
+    """Plausible badge swipes happening now.
+
+    A few people and doors are much busier than the rest (Zipf-like weights, as in a real
+    building: the main entrance, the people who come and go all day); each person keeps one
+    badge and one home facility; most swipes are granted with valid badges; doors are sometimes
+    held open and a few entries happen without a badge.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        people: int = 500,
+        doors: int = 60,
+        facilities: int = 3,
+        shape: str = "fleet",
+    ) -> None:
+        if people < 1 or doors < 1 or facilities < 1:
+            raise ValueError("people, doors and facilities must each be at least 1")
+        self.shape = shape
+        self._rng = random.Random(seed)
+        self._people = [f"person-{i:05d}" for i in range(people)]
+        self._person_weights = list(itertools.accumulate(1 / (i + 1) ** 0.8 for i in range(people)))
+        self._doors = [f"door-{i:03d}" for i in range(doors)]
+        self._door_weights = list(itertools.accumulate(1 / (i + 1) for i in range(doors)))
+        self._door_facility = {door: f"facility-{i % facilities}" for i, door in enumerate(self._doors)}
+        # A deterministic run prefix keeps ids unique across runs and reproducible within one.
+        self._run = uuid.UUID(int=self._rng.getrandbits(128)).hex[:12]
+        self._sequence = itertools.count()
+
+    def _pick(self, values: Sequence[str], cumulative: Sequence[float]) -> str:
+        return self._rng.choices(values, cum_weights=cumulative, k=1)[0]
+
+    def event(self) -> dict[str, Any]:
+        """One event as a JSON-ready dict in the chosen shape, validated by the fleet's model."""
+        n = next(self._sequence)
+        person = self._pick(self._people, self._person_weights)
+        door = self._pick(self._doors, self._door_weights)
+        now = datetime.now(UTC)
+        result = self._rng.choices(_RESULTS, weights=_RESULT_WEIGHTS, k=1)[0]
+        event_id = f"load-{self._run}-{n}"
+        if self.shape == "original":
+            # The original load generator: no badge fields, naive ISO timestamp (UTC by contract).
+            message: dict[str, Any] = {
+                "event_id": event_id,
+                "timestamp": now.replace(tzinfo=None).isoformat(timespec="microseconds"),
+                "person_id": person,
+                "door_id": door,
+                "access_result": result.value,
+            }
+            AccessEvent.model_validate(message)
+            return message
+        event = AccessEvent(
+            event_id=event_id,
+            timestamp=now,
+            person_id=person,
+            door_id=door,
+            badge_id="badge-" + person.removeprefix("person-"),
+            access_result=result,
+            badge_status=self._rng.choices(_BADGE_STATUSES, weights=_BADGE_WEIGHTS, k=1)[0],
+            door_held_open_time=round(self._rng.expovariate(1 / 4.0), 2) if self._rng.random() < 0.3 else 0.0,
+            entry_without_badge=self._rng.random() < 0.005,
+            device_status=self._rng.choices(_DEVICE_STATUSES, weights=_DEVICE_WEIGHTS, k=1)[0],
+            facility_id=self._door_facility[door],
+        )
+        return event.model_dump(mode="json")
+
+    def body(self, count: int) -> bytes:
+        """A request body: one object for a single event, an array otherwise."""
+        if count == 1:
+            return orjson.dumps(self.event())
+        return orjson.dumps([self.event() for _ in range(count)])
+
+
+@dataclass
+class RunStats:
+    requests: int = 0
+    events_sent: int = 0
+    events_accepted: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _LATENCY_MAX_US, 3))
+    max_start_delay_s: float = 0.0
+
+    def record_latency(self, seconds: float) -> None:
+        self.latency_us.record_value(min(max(int(seconds * 1_000_000), 1), _LATENCY_MAX_US))
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    target: str
+    rate: float
+    duration_s: float
+    max_events: int
+    batch_size: int
+    concurrency: int
+    timeout_s: float
+    api_key: str | None = None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_target(url: str, *, explicit: bool) -> str:
+    """The gateway base URL, normalised; an implicit target must be on this machine."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--target must be an http(s) URL with a host, got {url!r}")
+    if not explicit and not _is_loopback(parts.hostname):
+        raise ValueError(f"refusing the implicit non-loopback target {url!r}; name it with --target")
+    return url.rstrip("/")
+
+
+async def run_load(
+    plan: LoadPlan, generator: EventGenerator, stop: asyncio.Event | None = None
+) -> dict[str, Any]:
+    """Send the planned load and return the summary (also usable from benchmarks and tests)."""
+    stop = stop or asyncio.Event()
+    stats = RunStats()
+    total_requests = math.ceil(plan.max_events / plan.batch_size)
+    interval = plan.batch_size / plan.rate
+    headers = {"content-type": "application/json"}
+    if plan.api_key:
+        headers["x-api-key"] = plan.api_key
+    limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
+    next_index = itertools.count()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + plan.duration_s
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            index = next(next_index)
+            due = start + index * interval
+            if index >= total_requests or due >= deadline:
+                return
+            delay = due - loop.time()
+            if delay > 0:
+                # Wake early when the run is stopped; otherwise sleep until the request is due.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                if stop.is_set():
+                    return
+            else:
+                stats.max_start_delay_s = max(stats.max_start_delay_s, -delay)
+            remaining = plan.max_events - index * plan.batch_size
+            count = min(plan.batch_size, remaining)
+            body = generator.body(count)
+            stats.requests += 1
+            stats.events_sent += count
+            try:
+                response = await client.post(EVENTS_PATH, content=body, headers=headers)
+            except httpx.TimeoutException:
+                stats.errors["timeout"] += 1
+                continue
+            except httpx.HTTPError as exc:
+                stats.errors[type(exc).__name__] += 1
+                continue
+            finally:
+                stats.record_latency(loop.time() - due)
+            stats.by_status[str(response.status_code)] += 1
+            if response.status_code == 202:
+                try:
+                    stats.events_accepted += int(response.json()["accepted"])
+                except (ValueError, KeyError, TypeError):
+                    stats.errors["bad_202_body"] += 1
+            else:
+                stats.errors[f"http_{response.status_code}"] += 1
+
+    async with httpx.AsyncClient(
+        base_url=plan.target,
+        timeout=plan.timeout_s,
+        limits=limits,
+        headers={"user-agent": "sentinel-load-test"},
+    ) as client:
+        workers = [asyncio.create_task(worker(client)) for _ in range(plan.concurrency)]
+        await asyncio.gather(*workers)
+    elapsed = max(loop.time() - start, 1e-9)
+    return summarise(plan, stats, elapsed, interrupted=stop.is_set())
+
+
+def summarise(plan: LoadPlan, stats: RunStats, elapsed_s: float, *, interrupted: bool) -> dict[str, Any]:
+    hist = stats.latency_us
+    has_latency = hist.get_total_count() > 0
+
+    def ms(value: float) -> float | None:
+        return round(value / 1000.0, 3) if has_latency else None
+
+    failed = sum(stats.errors.values())
+    return {
+        "target": plan.target + EVENTS_PATH,
+        "requested": {
+            "rate": plan.rate,
+            "duration_s": plan.duration_s,
+            "max_events": plan.max_events,
+            "batch_size": plan.batch_size,
+            "concurrency": plan.concurrency,
+        },
+        "elapsed_s": round(elapsed_s, 3),
+        "interrupted": interrupted,
+        "requests": stats.requests,
+        "sent": stats.events_sent,
+        "accepted": stats.events_accepted,
+        "failed_requests": failed,
+        "responses_by_status": dict(sorted(stats.by_status.items())),
+        "errors": dict(sorted(stats.errors.items())),
+        "achieved_rate": round(stats.events_sent / elapsed_s, 2),
+        "accepted_rate": round(stats.events_accepted / elapsed_s, 2),
+        "max_start_delay_ms": round(stats.max_start_delay_s * 1000, 3),
+        "latency_ms": {
+            "p50": ms(hist.get_value_at_percentile(50)),
+            "p95": ms(hist.get_value_at_percentile(95)),
+            "p99": ms(hist.get_value_at_percentile(99)),
+            "max": ms(hist.get_max_value()),
+            "mean": ms(hist.get_mean_value()),
+        },
+    }
+
+
+def _bounded(kind: type[float] | type[int], low: float, high: float, name: str) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (low <= value <= high) or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{name} must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.load_test",
+        description="Post realistic access events to the gateway at a target rate and print a JSON summary.",
+    )
+    parser.add_argument("--target", help=f"gateway base URL (default: {DEFAULT_TARGET})")
+    parser.add_argument(
+        "--rate",
+        type=_bounded(float, 0.01, MAX_RATE, "--rate"),
+        default=100.0,
+        help="events per second (default: 100)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_bounded(float, 0.1, MAX_DURATION_S, "--duration"),
+        default=10.0,
+        help="seconds to run (default: 10)",
+    )
+    parser.add_argument(
+        "--max-events",
+        type=_bounded(int, 1, MAX_EVENTS, "--max-events"),
+        help="stop after this many events (default: rate x duration)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_bounded(int, 1, MAX_BATCH, "--batch-size"),
+        default=1,
+        help="events per request; more than 1 posts a JSON array (default: 1)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_bounded(int, 1, MAX_CONCURRENCY, "--concurrency"),
+        default=16,
+        help="requests in flight at most (default: 16)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_bounded(float, 0.1, 300, "--timeout"),
+        default=10.0,
+        help="seconds per request (default: 10)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("fleet", "original"),
+        default="fleet",
+        help="fleet: every contract field; original: the original system's 5-field message",
+    )
+    parser.add_argument("--people", type=_bounded(int, 1, 10_000_000, "--people"), default=500)
+    parser.add_argument("--doors", type=_bounded(int, 1, 1_000_000, "--doors"), default=60)
+    parser.add_argument("--facilities", type=_bounded(int, 1, 10_000, "--facilities"), default=3)
+    parser.add_argument("--seed", type=int, help="make the people, doors and outcomes reproducible")
+    parser.add_argument("--api-key", help="sent as X-API-Key (needed when the gateway sets API_KEYS)")
+    parser.add_argument(
+        "--max-error-ratio",
+        type=_bounded(float, 0, 1, "--max-error-ratio"),
+        default=0.01,
+        help="exit 1 when more than this share of requests fail (default: 0.01)",
+    )
+    parser.add_argument("--output", type=Path, help="also write the JSON summary to this file")
+    return parser
+
+
+def plan_from_args(args: argparse.Namespace) -> LoadPlan:
+    target = check_target(args.target or DEFAULT_TARGET, explicit=args.target is not None)
+    max_events = args.max_events or max(1, math.ceil(args.rate * args.duration))
+    return LoadPlan(
+        target=target,
+        rate=args.rate,
+        duration_s=args.duration,
+        max_events=min(max_events, MAX_EVENTS),
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        api_key=args.api_key,
+    )
+
+
+async def _main_async(plan: LoadPlan, generator: EventGenerator) -> dict[str, Any]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return await run_load(plan, generator, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        plan = plan_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    generator = EventGenerator(
+        seed=args.seed, people=args.people, doors=args.doors, facilities=args.facilities, shape=args.shape
+    )
+    print(
+        f"load test: {plan.rate:g} events/s for up to {plan.duration_s:g}s "
+        f"({plan.max_events} events at most) -> {plan.target}{EVENTS_PATH}",
+        file=sys.stderr,
+        flush=True,
+    )
+    started = time.monotonic()
+    summary = asyncio.run(_main_async(plan, generator))
+    text = json.dumps(summary, indent=2)
+    print(text, flush=True)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(f"load test finished in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
+    requests = summary["requests"]
+    if requests == 0 or summary["failed_requests"] / requests > args.max_error_ratio:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
