@@ -138,11 +138,19 @@
 
   function renderReplication(rep) {
     const st = rep.status || {};
+    const wm = st.watermark && typeof st.watermark === "object"
+      ? Object.entries(st.watermark).map(([k, v]) => `${k} ${v ?? "–"}`).join(" · ")
+      : String(st.watermark ?? "–");
+    const last = st.last_batch;
+    // `errors` counts failures per database; only the ones that failed are worth a red word.
+    const errors = Object.entries(st.errors || {}).filter(([, v]) => v).map(([k, v]) => `${k} (${v})`);
     return dl([
       ["lag", metric("replication.lag_seconds", rep.lag_seconds, fmtSeconds(rep.lag_seconds))],
       ["backlog", metric("replication.backlog_seconds", rep.backlog_seconds, fmtSeconds(rep.backlog_seconds))],
       ["rows replicated", metric("replication.rows_total", rep.rows_total)],
-      ["watermark", String(st.watermark ?? "–")],
+      ["watermark", wm],
+      ["last batch", last ? `${fmtNumber(last.rows_inserted)} rows in ${fmtSeconds(last.seconds)}` : "–"],
+      ["errors", errors.length ? el("span", { class: "down" }, errors.join(", ")) : "none"],
     ]);
   }
 

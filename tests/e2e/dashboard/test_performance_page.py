@@ -1,0 +1,251 @@
+"""The live performance page in a real headless Chromium against real service processes.
+
+It must load without console errors, show the numbers that /metrics and /breaker give at that
+moment, report its own Core Web Vitals and frame times to the analytics service, and keep
+working per section when a service goes down. A screenshot is left in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.settings import REPO_ROOT
+from tests.factories import event_dict
+from tests.fleet import ServiceProcess
+from tests.servers import unavailable
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+EVENTS = 25
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not shutil.which(CHROMIUM):
+        unavailable("Chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def fleet(
+    database_url: str,
+    replica_url: str,
+    kafka_bootstrap: str,
+    topic_name: str,
+    start_service: Callable[..., ServiceProcess],
+) -> dict[str, ServiceProcess]:
+    env = {
+        "DATABASE_URL": database_url,
+        "TIMESCALE_URL": replica_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ACCESS_EVENTS_TOPIC": topic_name,
+        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
+        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
+        "KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        "ANALYTICS_MAX_WORKERS": "1",
+        "PERFORMANCE_SNAPSHOT_INTERVAL": "1",
+    }
+    analytics = start_service("services.analytics", env, wait_ready=True)
+    optimizer = start_service("services.optimizer", env, wait_ready=True)
+    replicator = start_service("services.replicator", env, wait_ready=True)
+    urls = {"ANALYTICS_URL": analytics.url, "OPTIMIZER_URL": optimizer.url, "REPLICATOR_URL": replicator.url}
+    gateway = start_service("services.gateway", {**env, **urls}, wait_ready=True)
+    return {"gateway": gateway, "analytics": analytics, "optimizer": optimizer, "replicator": replicator}
+
+
+def metric_samples(url: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def quantile_from_buckets(q: float, buckets: list[tuple[float, float]]) -> float:
+    """histogram_quantile, written out again here so the test does not trust the page's own code."""
+    buckets = sorted(buckets)
+    rank = q * buckets[-1][1]
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    raise AssertionError("no bucket reached the rank")
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not seen within {timeout_s}s")
+
+
+def page_values(page: Any) -> dict[str, str]:
+    values: dict[str, str] = page.eval_on_selector_all(
+        "[data-metric]", "els => Object.fromEntries(els.map(e => [e.dataset.metric, e.dataset.value]))"
+    )
+    return values
+
+
+def wait_for_refresh(page: Any, after: float) -> None:
+    """Until the page shows data generated after `after` (epoch seconds)."""
+    page.wait_for_function(
+        "after => Number(document.getElementById('status').dataset.updated || 0) > after",
+        arg=after,
+        timeout=15_000,
+    )
+
+
+def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
+    fleet: dict[str, ServiceProcess], browser: Any
+) -> None:
+    gateway, analytics = fleet["gateway"], fleet["analytics"]
+    now = datetime.now(UTC)
+    # Recent timestamps, so the latency histogram (event time → stored) has figures inside its buckets.
+    events = [
+        event_dict(door_id=f"door-{i % 3}", timestamp=(now - timedelta(milliseconds=40 * i)).isoformat())
+        for i in range(EVENTS)
+    ]
+    assert httpx.post(gateway.url + "/api/v1/events", json=events, timeout=10).status_code == 202
+
+    def processed() -> float:
+        samples = metric_samples(gateway.url).get("event_processor_events_processed_total", [])
+        return sum(s.value for s in samples)
+
+    wait_for(lambda: processed() >= EVENTS, 20, "events stored")
+    # Some traffic through the analytics proxy, so the analytics breaker has calls in its window.
+    for _ in range(3):
+        httpx.get(gateway.url + "/api/v1/analytics/summary", timeout=10)
+
+    errors: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    response = page.goto(gateway.url + "/dashboard/performance?refresh=1000", wait_until="load")
+    assert response is not None
+    assert response.status == 200
+    page.wait_for_selector("#status[data-state='ok']", timeout=15_000)
+
+    # What /metrics and /breaker say now; the traffic has stopped, so the page's next refresh
+    # must show the same figures.
+    wait_for(
+        lambda: (
+            sum(s.value for s in metric_samples(fleet["replicator"].url).get("replication_rows_total", []))
+            >= EVENTS
+        ),
+        20,
+        "replication",
+    )
+    samples = metric_samples(gateway.url)
+    replication = metric_samples(fleet["replicator"].url)
+    breakers = httpx.get(gateway.url + "/breaker", timeout=5).json()
+    assert breakers, "the gateway has no breakers"
+    wait_for_refresh(page, time.time())
+    shown = page_values(page)
+
+    assert float(shown["events.processed_total"]) == sum(
+        s.value for s in samples["event_processor_events_processed_total"]
+    )
+    buckets = [(float(s.labels["le"]), s.value) for s in samples["event_processor_latency_seconds_bucket"]]
+    for q in (0.5, 0.95, 0.99):
+        assert float(shown[f"events.latency.p{round(q * 100)}"]) == pytest.approx(
+            quantile_from_buckets(q, buckets)
+        )
+    for name, b in breakers.items():
+        assert shown[f"breaker.{name}.state"] == b["state"], name
+        for key in ("open", "half_open", "closed", "calls_in_window"):
+            assert float(shown[f"breaker.{name}.{key}"]) == b[key], (name, key)
+    visible = page.inner_text("#breakers")
+    assert all(name in visible for name in breakers)
+    assert float(shown["requests.gateway.count"]) >= 3
+    assert "requests.analytics.p95" in shown
+    assert float(shown["replication.rows_total"]) == sum(
+        s.value for s in replication["replication_rows_total"]
+    )
+    assert float(shown["replication.backlog_seconds"]) == replication["replication_backlog_seconds"][0].value
+    assert "events / s" in page.inner_text("#events")
+
+    # The page's own vitals and frame times arrive at the analytics service through the gateway.
+    def vitals_arrived() -> dict[str, Any] | None:
+        ops = httpx.get(analytics.url + "/api/v1/performance/summary", timeout=5).json()["operations"]
+        return ops if {"web_vitals.TTFB", "web_vitals.FCP"} <= set(ops) else None
+
+    ops = wait_for(vitals_arrived, 15, "web-vitals beacons")
+    assert ops["web_vitals.TTFB"]["count"] >= 1
+    assert 0 < ops["web_vitals.FCP"]["max"] < 30  # seconds
+    ui = wait_for(
+        lambda: (
+            (r := httpx.get(analytics.url + "/api/v1/performance/ui", timeout=5).json())["frames"]["total"]
+            and r
+        ),
+        15,
+        "frame times",
+    )
+    assert ui["frames"]["recent"]["p50"] > 0
+    assert ui["callbacks"]["dashboard.refresh"]["count"] >= 1
+    vitals_view = httpx.get(analytics.url + "/api/v1/performance/vitals", timeout=5).json()
+    assert vitals_view["FCP"]["rating"] in {"good", "needs-improvement", "poor"}
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "performance-page.png"), full_page=True)
+    context.close()
+    assert errors == []
+
+
+def test_sections_degrade_one_by_one_when_a_service_is_down(
+    fleet: dict[str, ServiceProcess], browser: Any
+) -> None:
+    gateway = fleet["gateway"]
+    fleet["replicator"].stop()
+    fleet["optimizer"].stop()
+
+    page_errors: list[str] = []
+    page = browser.new_page()
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    page.goto(gateway.url + "/dashboard/performance?refresh=1000")
+    page.wait_for_selector("#status[data-state='ok']", timeout=15_000)
+    wait_for_refresh(page, time.time())
+
+    down = page.eval_on_selector_all("[data-down]", "els => els.map(e => e.dataset.down)")
+    assert {"replication", "optimizer", "requests.replicator", "requests.optimizer"} <= set(down)
+    assert "unavailable" in page.inner_text("#replication")
+    # Everything else still shows live figures.
+    shown = page_values(page)
+    assert "events.processed_total" in shown
+    assert any(key.startswith("breaker.") for key in shown)
+    assert "requests.analytics.count" in shown
+    page.screenshot(path=str(ARTIFACTS / "performance-page-degraded.png"), full_page=True)
+    page.close()
+    assert page_errors == []
