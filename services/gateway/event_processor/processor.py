@@ -139,8 +139,11 @@ class EventProcessor:
         sources: list[Record] = []
         dead: list[tuple[Record, str, str]] = []
         for record in records:
+            if not record.value:
+                dead.append((record, "empty", "the message has no value (a tombstone or an empty message)"))
+                continue
             try:
-                events.append(parse_event_bytes(record.value or b"", max_bytes=self.max_message_bytes))
+                events.append(parse_event_bytes(record.value, max_bytes=self.max_message_bytes))
                 sources.append(record)
             except EventParseError as exc:
                 dead.append((record, dlq_reason(exc), exc.message))

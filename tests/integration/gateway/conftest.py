@@ -99,3 +99,62 @@ def write_routes(tmp_path: Path, upstream: str, **extra: Any) -> Path:
         )
     )
     return path
+
+
+class CuttableLink:
+    """A TCP forwarder in front of PostgreSQL whose line can be cut and restored, to take the
+    database away from one client without stopping the server other tests share."""
+
+    def __init__(self, dsn: str) -> None:
+        from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        self._unix_path: str | None = None
+        if parts.hostname:
+            self._target = (parts.hostname, parts.port or 5432)
+        else:
+            socket_dir = query["host"][0]
+            port = query.get("port", ["5432"])[0]
+            self._unix_path = f"{socket_dir}/.s.PGSQL.{port}"
+            self._target = ("", 0)
+        self.port = free_port()
+        userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        self.dsn = urlunsplit((parts.scheme, f"{userinfo}127.0.0.1:{self.port}", parts.path, "", ""))
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self._unix_path:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._unix_path)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update({writer, up_writer})
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._writers.difference_update({writer, up_writer})
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Refuse new connections and break the open ones."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
