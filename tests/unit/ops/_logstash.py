@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SECTIONS = ("input", "filter", "output")
+# Bare words a condition may hold outside a field selector `[name]`.
+_CONDITION_WORDS = {"and", "or", "xor", "nand", "in", "not"}
 
 
 class LogstashSyntaxError(ValueError):
@@ -137,6 +139,9 @@ class _Parser:
         parts: list[str] = []
         depth = 0
         while (token := self.peek()) is not None and not (token[1] == "{" and depth == 0):
+            after_bracket = bool(parts) and parts[-1] == "["
+            if token[0] == "word" and token[1] not in _CONDITION_WORDS and not after_bracket:
+                raise LogstashSyntaxError(f"unexpected {token[1]!r} in condition {' '.join(parts)!r}")
             if token[1] in ("[", "("):
                 depth += 1
             elif token[1] in ("]", ")"):
