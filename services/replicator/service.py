@@ -1,6 +1,7 @@
 """The replicator's supervision loop: catch up, wait, repeat; back off while a database is down.
 
-Each database has its own backoff (exponential with full jitter, as in the AWS architecture
+Each database has its own circuit breaker (`replication_source`, `replication_target` in
+CIRCUIT_BREAKER_CONFIG) and its own backoff (exponential with full jitter, as in the AWS architecture
 note on backoff): a source outage and a target outage are reported separately in `/status`,
 in `/ready` and in `replication_errors_total{database}`, and whichever comes back first is
 not kept waiting for the other's longer delay.
@@ -35,6 +36,7 @@ from services.replicator.replication import (
 )
 from services.replicator.settings import ReplicatorSettings
 from services.replicator.target_schema import SchemaReport, prepare_target
+from shared.breaker import CircuitBreakerOpen, Permit, get_breaker_registry
 from shared.db import create_pool
 from shared.resources import ResourceGuard
 
@@ -80,6 +82,8 @@ class ReplicatorService:
         self.source: asyncpg.Pool | None = None
         self.target: asyncpg.Pool | None = None
         self._backoff = {db: Backoff(max_s=settings.replication_backoff_max_s) for db in DATABASES}
+        registry = get_breaker_registry(settings.circuit_breaker_config)
+        self.breakers = {db: registry.get(f"replication_{db}") for db in DATABASES}
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -124,17 +128,41 @@ class ReplicatorService:
             raise TargetError(f"{type(exc).__name__}: {exc}") from exc
 
     async def step(self) -> BatchResult:
-        """One batch; updates metrics and state."""
+        """One batch through both breakers; updates metrics and state."""
         assert self.source is not None
         assert self.target is not None
-        async with _acquire(self.source, SourceError) as source, _acquire(self.target, TargetError) as target:
-            result = await replicate_batch(
-                source,
-                target,
-                stream=self.settings.replication_stream,
-                batch_size=self.batch_size,
-                timeout_s=self.settings.replication_statement_timeout_s,
-            )
+        source_permit = self._permit("source")
+        try:
+            target_permit = self._permit("target")
+        except BaseException:
+            source_permit.release()
+            raise
+        try:
+            async with (
+                _acquire(self.source, SourceError) as source,
+                _acquire(self.target, TargetError) as target,
+            ):
+                result = await replicate_batch(
+                    source,
+                    target,
+                    stream=self.settings.replication_stream,
+                    batch_size=self.batch_size,
+                    timeout_s=self.settings.replication_statement_timeout_s,
+                )
+        except SourceError as exc:
+            source_permit.record_exception(exc.__cause__ or exc)
+            target_permit.release()
+            raise
+        except TargetError as exc:
+            target_permit.record_exception(exc.__cause__ or exc)
+            source_permit.release()
+            raise
+        except BaseException:
+            source_permit.release()
+            target_permit.release()
+            raise
+        source_permit.success()
+        target_permit.success()
         self.state.watermark = result.watermark
         if result.rows_read:
             self.state.last_batch = result
@@ -215,6 +243,14 @@ class ReplicatorService:
             pass
         self.state.throttled_since = None
 
+    def _permit(self, database: str) -> Permit:
+        """Admission by the database's breaker; an open breaker counts as that database failing."""
+        try:
+            return self.breakers[database].acquire()
+        except CircuitBreakerOpen as exc:
+            error = SourceError if database == "source" else TargetError
+            raise error(str(exc)) from exc
+
     def _succeeded(self, database: str) -> None:
         if self.state.errors[database] is not None:
             log.info("replication %s database is back", database)
@@ -224,6 +260,8 @@ class ReplicatorService:
 
     def _failed(self, database: str, exc: BaseException) -> float:
         delay = self._backoff[database].next_delay()
+        if isinstance(exc.__cause__, CircuitBreakerOpen):
+            delay = max(delay, min(exc.__cause__.retry_after, self.settings.replication_backoff_max_s))
         self.state.errors[database] = str(exc)[:500]
         metrics.ERRORS.labels(database=database).inc()
         metrics.UP.labels(database=database).set(0)
@@ -263,6 +301,7 @@ class ReplicatorService:
                 "at": state.last_batch_at,
             },
             "errors": dict(state.errors),
+            "breakers": {db: breaker.state for db, breaker in self.breakers.items()},
             "throttled": state.throttled_since is not None,
             "timescaledb": None
             if state.schema is None

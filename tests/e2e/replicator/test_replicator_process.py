@@ -6,6 +6,7 @@ import asyncio
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,15 +140,21 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
 
 
 @pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL cluster of this test's own, so the test may stop and start it."""
-    server = EmbeddedPostgres(tmp_path / "pgdata")
-    try:
-        server.start()
-    except Exception as exc:
-        unavailable(f"embedded PostgreSQL ({exc})")
-    yield server
-    server.stop()
+def private_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL cluster of this test's own, so the test may stop and start it.
+
+    Its files live in a directory of their own rather than pytest's tmp_path: other pytest runs
+    on the same machine prune old numbered tmp_path roots, which would pull the data directory
+    from under a running server.
+    """
+    with tempfile.TemporaryDirectory(prefix="sentinel-replicator-pg-") as tmp:
+        server = EmbeddedPostgres(Path(tmp) / "pgdata")
+        try:
+            server.start()
+        except Exception as exc:
+            unavailable(f"embedded PostgreSQL ({exc}: {getattr(exc, 'stderr', b'')!r})")
+        yield server
+        server.stop()
 
 
 @pytest.mark.parametrize("down", ["source", "target"])
