@@ -54,6 +54,11 @@ _REQUEST_DROP = _HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
 }
+# The gateway's server adds its own `date` and `server`, and its middleware the X-Request-ID:
+# the upstream's would appear twice.
+_ANSWER_DROP = frozenset({b"date", b"server", b"x-request-id"})
+# Replaced on stale answers.
+_FRESHNESS = frozenset({b"x-cache", b"age"})
 # Answers up to this size are read whole (cheaper than streaming, and cacheable); larger ones
 # and those of unknown length stream through chunk by chunk.
 BUFFER_LIMIT_BYTES = 256 * 1024
@@ -93,8 +98,7 @@ def forward_headers(request: Request) -> list[tuple[bytes, bytes]]:
 
 def _answer_headers(upstream: httpx.Response, *, keep_length: bool) -> list[tuple[bytes, bytes]]:
     raw = [(name.lower(), value) for name, value in upstream.headers.raw]
-    # The gateway's own X-Request-ID middleware adds the id; the upstream's echo would double it.
-    drop = _HOP_BY_HOP | _connection_listed(raw) | {b"x-request-id"}
+    drop = _HOP_BY_HOP | _connection_listed(raw) | _ANSWER_DROP
     if not keep_length:
         drop = drop | {b"content-length"}
     return [(name, value) for name, value in raw if name not in drop]
@@ -230,7 +234,7 @@ class Proxy:
             if cached is not None:
                 PROXY_REQUESTS.labels(route=prefix, outcome="stale").inc()
                 response = Response(cached.body, status_code=cached.status_code)
-                response.raw_headers.extend(cached.headers)
+                response.raw_headers.extend(h for h in cached.headers if h[0] not in _FRESHNESS)
                 response.raw_headers.append(STALE)
                 response.raw_headers.append((b"age", str(int(cached.age(time.monotonic()))).encode()))
                 return response
