@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -231,3 +232,49 @@ def test_gelf_override_routes_only_the_fleet_to_logstash() -> None:
     logstash_ports = {(p["target"], p["protocol"]) for p in services["logstash"]["ports"]}
     assert (12201, "udp") in logstash_ports
     assert (5000, "tcp") in logstash_ports
+
+
+def _interpolated_defaults(*paths: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", line):
+                assert found.setdefault(name, default) == default, f"{name} has two defaults"
+    return found
+
+
+def test_env_example_names_every_variable_with_its_default() -> None:
+    example_file = REPO_ROOT / ".env.example"
+    example = {}
+    for line in example_file.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            example[name] = value
+    assert example == _interpolated_defaults(COMPOSE_FILE, GELF_OVERRIDE)
+    # Using the example as the env file resolves to exactly the defaults.
+    with_example = compose(*[a for p in PROFILES for a in ("--profile", p)], "config", "--format", "json")
+    env_file_run = subprocess.run(
+        [
+            _compose_binary(),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(example_file),
+            *[a for p in PROFILES for a in ("--profile", p)],
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=REPO_ROOT,
+        env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert env_file_run.returncode == 0, env_file_run.stderr
+    assert json.loads(env_file_run.stdout) == json.loads(with_example.stdout)
+    # The fleet reads the same file: whatever it names must be valid settings.
+    FleetSettings.model_validate({k: v for k, v in example.items() if k in setting_names()})
