@@ -1,7 +1,9 @@
 """The analyses the API serves, as one object the routes call (no HTTP here).
 
-Each analysis is cached by the fleet cache (`shared.cache`), keyed by its filters, tagged so
-that new events invalidate only the analyses they can change.
+Each analysis is cached by the fleet cache (`shared.cache`), keyed by its filters and tagged
+by facility, so new events invalidate only the analyses they can change. Database reads go
+through the `database` breaker: while it is open the cache serves the last value (stale)
+instead of queueing requests on a dead server.
 """
 
 from __future__ import annotations
@@ -13,26 +15,55 @@ import asyncpg
 from services.analytics import anomalies, patterns
 from services.analytics.anomalies import AnomalyParameters
 from services.analytics.filters import EventFilter
+from services.analytics.invalidation import filter_tags
 from services.analytics.summary import access_summary
 from services.analytics.worker_pool import WorkerPool
+from shared.breaker import CircuitBreaker
+from shared.cache import HierarchicalCacheManager, cache_with_lock
+
+# Cache names (the keys of `cache_ttl_seconds` in the tuning API) and their default TTLs.
+CACHE_TTLS = {"patterns": 600.0, "summary": 60.0, "anomalies": 120.0}
+
+
+def _tags(flt: EventFilter, **_: Any) -> tuple[str, ...]:
+    return filter_tags(flt.facility_id)
 
 
 class AnalyticsService:
-    def __init__(self, pool: asyncpg.Pool, workers: WorkerPool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        workers: WorkerPool,
+        cache_manager: HierarchicalCacheManager,
+        database_breaker: CircuitBreaker,
+    ) -> None:
         self.pool = pool
         self.workers = workers
+        self.cache_manager = cache_manager
+        self.db = database_breaker
 
+    @cache_with_lock(ttl_seconds=CACHE_TTLS["patterns"], name="patterns", tags=_tags)
     async def get_unique_patterns_analysis(self, flt: EventFilter) -> dict[str, Any]:
-        aggregates = await patterns.fetch_aggregates(self.pool, flt)
+        aggregates = await self.db.call(patterns.fetch_aggregates, self.pool, flt)
         return await self.workers.run(patterns.build_patterns, aggregates, flt.model_dump(mode="json"))
 
+    @cache_with_lock(ttl_seconds=CACHE_TTLS["summary"], name="summary", tags=_tags)
     async def get_summary(self, flt: EventFilter) -> dict[str, Any]:
-        return await access_summary(self.pool, flt)
+        return await self.db.call(access_summary, self.pool, flt)
 
+    @cache_with_lock(ttl_seconds=CACHE_TTLS["anomalies"], name="anomalies", tags=_tags)
     async def get_anomalies(self, flt: EventFilter, params: AnomalyParameters) -> dict[str, Any]:
-        inputs = await anomalies.fetch_inputs(self.pool, flt, params)
+        inputs = await self.db.call(anomalies.fetch_inputs, self.pool, flt, params)
         detected = await self.workers.run(
             anomalies.detect_in_frames, inputs["denials"], inputs["profile"], params
         )
-        unusual_events = await anomalies.fetch_unusual_events(self.pool, flt, detected["cells"])
+        unusual_events = await self.db.call(anomalies.fetch_unusual_events, self.pool, flt, detected["cells"])
         return anomalies.assemble(inputs, detected, unusual_events, params, flt)
+
+    def cached_functions(self) -> dict[str, Any]:
+        """Cache name → bound method, for the warmer."""
+        return {
+            "patterns": self.get_unique_patterns_analysis,
+            "summary": self.get_summary,
+            "anomalies": self.get_anomalies,
+        }

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from services.analytics import __version__, performance_routes, routes
+from services.analytics import __version__, admin_routes, performance_routes, routes
 from services.analytics.analyses import AnalyticsService
+from services.analytics.invalidation import EventsListener
 from services.analytics.settings import AnalyticsSettings, get_settings
+from services.analytics.tuning import AnalyticsTuning
 from services.analytics.worker_pool import WorkerPool
+from shared.breaker import CircuitBreakerOpen, get_breaker_registry
+from shared.cache import IntelligentCacheWarmer, build_cache_manager, set_cache_manager
 from shared.db import create_pool, ping
+from shared.errors import error_response
+from shared.resources import get_resource_guard
 from shared.service_app import create_service_app, readiness_checks
+
+log = logging.getLogger(__name__)
+
+
+def _background_paused() -> bool:
+    guard = get_resource_guard()
+    return guard is not None and guard.throttled
 
 
 def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
@@ -20,21 +36,49 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dsn = settings.require_database_url()
         pool = await create_pool(
-            settings.require_database_url(),
+            dsn,
             min_size=1,
             max_size=10,
             command_timeout=settings.database_timeout_s,
         )
         app.state.pool = pool
         readiness_checks(app)["database"] = lambda: ping(pool)
+        breakers = get_breaker_registry(settings.circuit_breaker_config)
         workers = WorkerPool(settings.analytics_max_workers)
         await workers.start()
         app.state.workers = workers
-        app.state.analytics = AnalyticsService(pool, workers)
+        cache = build_cache_manager(settings)
+        set_cache_manager(cache)
+        await cache.start()
+        app.state.cache = cache
+        listener = EventsListener(dsn, cache)
+        listener.start()
+        app.state.events_listener = listener
+        service = AnalyticsService(pool, workers, cache, breakers.get("database"))
+        app.state.analytics = service
+        app.state.tuning = AnalyticsTuning(
+            chunk_size=settings.analytics_chunk_size,
+            workers=workers,
+            cache=cache,
+            max_memory_mb=settings.analytics_max_memory_mb,
+        )
+        warmer: IntelligentCacheWarmer | None = None
+        if cache.l2 is not None or cache.l3 is not None:
+            warmer = IntelligentCacheWarmer(
+                cache, service.cached_functions(), should_pause=_background_paused
+            )
+            await warmer.start(warm=settings.cache_warm_on_start)
+        app.state.cache_warmer = warmer
         try:
             yield
         finally:
+            if warmer is not None:
+                await warmer.stop()
+            await listener.stop()
+            await cache.close()
+            set_cache_manager(None)
             workers.close()
             await pool.close()
 
@@ -45,6 +89,44 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Access analytics, uploads and performance intake.",
     )
+
+    @app.exception_handler(CircuitBreakerOpen)
+    async def _breaker_open(_: Request, exc: CircuitBreakerOpen) -> JSONResponse:
+        retry = max(1, int(exc.retry_after + 0.999))
+        return error_response(
+            503,
+            f"{exc.name} is unavailable (circuit open) and nothing is cached to serve",
+            code="dependency_unavailable",
+            headers={"Retry-After": str(retry)},
+            details={"dependency": exc.name, "retry_after": retry},
+        )
+
+    @app.exception_handler(asyncpg.PostgresError)
+    async def _database_error(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        # Queries are built by the service, never from raw input: a failing one means the
+        # database is not in a state to answer (migrations missing, server trouble).
+        log.error("database error: %s", exc)
+        return error_response(
+            503,
+            "the database cannot answer this query now and nothing is cached to serve",
+            code="database_error",
+            headers={"Retry-After": "5"},
+            details={"sqlstate": getattr(exc, "sqlstate", None)},
+        )
+
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(ConnectionError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(
+            503,
+            "the database is unavailable and nothing is cached to serve",
+            code="dependency_unavailable",
+            headers={"Retry-After": "5"},
+            details={"dependency": "database"},
+        )
+
     app.include_router(routes.router)
+    app.include_router(admin_routes.router)
     app.include_router(performance_routes.router)  # its lifespan runs the snapshots and alerts
     return app

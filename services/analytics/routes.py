@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from services.analytics.analyses import AnalyticsService
 from services.analytics.anomalies import AnomalyParameters
 from services.analytics.filters import Filters
+from shared.cache import last_cache_result
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
 
@@ -21,22 +22,40 @@ def get_service(request: Request) -> AnalyticsService:
 Service = Annotated[AnalyticsService, Depends(get_service)]
 
 
+def _cache_headers(response: Response) -> None:
+    """`X-Cache: hit|miss|shared|stale`, the tier, and `Age`; a stale answer says so (RFC 7234 Warning)."""
+    result = last_cache_result.get()
+    if result is None:
+        return
+    response.headers["X-Cache"] = result.status
+    if result.tier:
+        response.headers["X-Cache-Tier"] = result.tier
+    response.headers["Age"] = str(max(0, int(result.age_s)))
+    if result.status == "stale":
+        response.headers["Warning"] = '110 - "Response is Stale"'
+
+
 @router.get("/patterns")
-async def unique_patterns(service: Service, flt: Filters) -> dict[str, Any]:
+async def unique_patterns(service: Service, flt: Filters, response: Response) -> dict[str, Any]:
     """The unique-patterns analysis: users, doors, pairs, time, results, recommendations."""
-    return await service.get_unique_patterns_analysis(flt)
+    result = await service.get_unique_patterns_analysis(flt)
+    _cache_headers(response)
+    return result
 
 
 @router.get("/summary")
-async def summary(service: Service, flt: Filters) -> dict[str, Any]:
+async def summary(service: Service, flt: Filters, response: Response) -> dict[str, Any]:
     """Totals, success rate, events per hour (UTC) and the busiest doors."""
-    return await service.get_summary(flt)
+    result = await service.get_summary(flt)
+    _cache_headers(response)
+    return result
 
 
 @router.get("/anomalies")
 async def detected_anomalies(
     service: Service,
     flt: Filters,
+    response: Response,
     burst_min_denials: Annotated[int, Query(ge=2, le=1000)] = 3,
     burst_window_s: Annotated[float, Query(gt=0, le=86400)] = 60.0,
     history_min_events: Annotated[int, Query(ge=2, le=1_000_000)] = 20,
@@ -53,4 +72,6 @@ async def detected_anomalies(
         held_open_threshold_s=held_open_threshold_s,
         limit=limit,
     )
-    return await service.get_anomalies(flt, params)
+    result = await service.get_anomalies(flt, params)
+    _cache_headers(response)
+    return result

@@ -41,7 +41,9 @@ def cache_with_lock(
     """Cache the decorated function (async or sync) for `ttl_seconds`.
 
     The key is the cache `name` (default: the function's qualified name) and a stable hash of
-    its bound arguments, minus `exclude` (e.g. `self`). `tags` is a list, or a function of the
+    its bound arguments, minus `exclude` (e.g. `self`). The manager is `manager`, else the
+    `cache_manager` attribute of the first argument (a method's `self`), else the process-wide
+    `get_cache_manager()`. `tags` is a list, or a function of the
     bound arguments returning one; invalidating a tag invalidates every entry carrying it.
     Concurrent callers of a cold key wait for one computation (one per fleet with Redis).
     """
@@ -51,9 +53,12 @@ def cache_with_lock(
         cache_name = name or f"{fn.__module__}.{fn.__qualname__}"
         signature = inspect.signature(fn)
 
-        def resolve() -> HierarchicalCacheManager:
+        def resolve(args: tuple[Any, ...]) -> HierarchicalCacheManager:
             if manager is None:
-                return get_cache_manager()
+                # A method of an object that owns a manager (`self.cache_manager`) uses it, so
+                # two apps in one process (tests) never share cached values.
+                own = getattr(args[0], "cache_manager", None) if args else None
+                return own if isinstance(own, HierarchicalCacheManager) else get_cache_manager()
             if isinstance(manager, HierarchicalCacheManager):
                 return manager
             return manager()
@@ -72,7 +77,7 @@ def cache_with_lock(
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                mgr = resolve()
+                mgr = resolve(args)
                 key, entry_tags, arguments = prepare(args, kwargs)
                 result = await mgr.get_or_compute(
                     cache_name,
@@ -90,7 +95,7 @@ def cache_with_lock(
 
             @functools.wraps(fn)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                mgr = resolve()
+                mgr = resolve(args)
                 key, entry_tags, arguments = prepare(args, kwargs)
                 result = mgr.run_sync(
                     lambda: mgr.get_or_compute(

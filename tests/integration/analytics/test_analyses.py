@@ -18,6 +18,8 @@ from services.analytics.analyses import AnalyticsService
 from services.analytics.anomalies import AnomalyParameters
 from services.analytics.filters import EventFilter
 from services.analytics.worker_pool import WorkerPool
+from shared.breaker import CircuitBreaker
+from shared.cache import MemoryCacheManager
 from shared.event_store import store_events
 from shared.events import AccessEvent, parse_timestamp
 from tests.integration.analytics.planted import PLANTED, POWER_USER, planted_events
@@ -38,7 +40,7 @@ async def service(database_url: str, events: list[dict[str, Any]]) -> AsyncItera
     workers = WorkerPool(1)
     await workers.start()
     try:
-        yield AnalyticsService(pool, workers)
+        yield AnalyticsService(pool, workers, MemoryCacheManager(), CircuitBreaker("database"))
     finally:
         workers.close()
         await pool.close()
