@@ -200,11 +200,11 @@ class RealTimePerformanceTracker:
         state.value = value
         THRESHOLD_VALUE.labels(rule.metric, rule.statistic).set(value)
         breached = rule.breached(value)
+        THRESHOLD_FAILING.labels(rule.metric, rule.statistic).set(1 if breached else 0)
         if breached:
             if not state.failing:
                 state.failing, state.notified = True, False
                 state.since = datetime.now(UTC).isoformat()
-                THRESHOLD_FAILING.labels(rule.metric, rule.statistic).set(1)
             if state.notified:
                 return None  # de-duplicated: already told
             reason = self.dispatcher.may_fire(rule.key)
@@ -220,7 +220,6 @@ class RealTimePerformanceTracker:
         if not state.failing:
             return None
         state.failing = False
-        THRESHOLD_FAILING.labels(rule.metric, rule.statistic).set(0)
         if not state.notified:
             return None  # nobody was told it failed, so nobody needs to hear it recovered
         state.notified = False

@@ -1,0 +1,282 @@
+"""Every Grafana panel's query returns series from a real Prometheus scraping a running fleet.
+
+The test starts the four services, drives traffic through them (events, a message the processor
+must dead-letter, analytics reads, browser vitals, a route whose upstream is down so a breaker
+opens), starts `prometheus` on a free port with a generated scrape config (checked by promtool)
+and runs each panel's PromQL with Grafana's variables filled in as Grafana would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from shared.embedded import free_port
+from shared.settings import REPO_ROOT
+from tests.factories import event_dict
+from tests.fleet import ServiceProcess
+from tests.servers import unavailable
+
+GRAFANA = REPO_ROOT / "monitoring" / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+PROMETHEUS = "/usr/bin/prometheus"
+PROMTOOL = "/usr/bin/promtool"
+
+pytestmark = pytest.mark.e2e
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows hold their panels
+
+
+def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (f"{dashboard['uid']} / {panel['title']} / {t['refId']}", t["expr"])
+        for panel in panels(dashboard)
+        for t in panel.get("targets", [])
+        if t.get("expr")
+    ]
+
+
+def fill_variables(expr: str, dashboard: dict[str, Any]) -> str:
+    """What Grafana sends: built-in intervals, and each template variable at its "All" value."""
+    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "5m")
+    for var in dashboard.get("templating", {}).get("list", []):
+        expr = expr.replace(f"${var['name']}", var.get("allValue") or ".+")
+    assert "$" not in expr, f"unfilled variable in {expr}"
+    return expr
+
+
+def test_dashboards_and_provisioning_are_consistent() -> None:
+    assert {p.name for p in DASHBOARDS} >= {"performance.json", "load_test.json"}
+    datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = datasources["datasources"][0]["uid"]
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "fleet.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    uids = set()
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["uid"] not in uids
+        uids.add(dashboard["uid"])
+        ids = [p["id"] for p in panels(dashboard)]
+        assert len(ids) == len(set(ids)), f"{path.name}: panel ids repeat"
+        for panel in panels(dashboard):
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"]["uid"] == uid, (path.name, panel["title"])
+            assert panel["targets"], (path.name, panel["title"])
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == uid
+
+
+@pytest.fixture
+def prometheus_bin() -> str:
+    if not (shutil.which(PROMETHEUS) and shutil.which(PROMTOOL)):
+        unavailable("prometheus and promtool (apt-get install prometheus)")
+    return PROMETHEUS
+
+
+@pytest.fixture
+def fleet(
+    database_url: str,
+    replica_url: str,
+    kafka_bootstrap: str,
+    topic_name: str,
+    tmp_path: Path,
+    start_service: Callable[..., ServiceProcess],
+) -> dict[str, ServiceProcess]:
+    # The shipped route table plus one route whose upstream never answers: its breaker opens.
+    routes = yaml.safe_load((REPO_ROOT / "config" / "routes.yaml").read_text())
+    routes["routes"].append(
+        {
+            "prefix": "/api/v1/unreachable",
+            "upstream": f"http://127.0.0.1:{free_port()}",
+            "breaker": "external_api",
+            "timeout": "1s",
+        }
+    )
+    routes_file = tmp_path / "routes.yaml"
+    routes_file.write_text(yaml.safe_dump(routes))
+    env = {
+        "DATABASE_URL": database_url,
+        "TIMESCALE_URL": replica_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ACCESS_EVENTS_TOPIC": topic_name,
+        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
+        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
+        "KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        "ANALYTICS_MAX_WORKERS": "1",
+        "PERFORMANCE_SNAPSHOT_INTERVAL": "1",
+        "MONITORING_EVALUATION_INTERVAL": "1",
+        "GATEWAY_ROUTES_CONFIG": str(routes_file),
+    }
+    analytics = start_service("services.analytics", env, wait_ready=True)
+    optimizer = start_service("services.optimizer", env, wait_ready=True)
+    replicator = start_service("services.replicator", env, wait_ready=True)
+    urls = {"ANALYTICS_URL": analytics.url, "OPTIMIZER_URL": optimizer.url, "REPLICATOR_URL": replicator.url}
+    gateway = start_service("services.gateway", {**env, **urls}, wait_ready=True)
+    return {"gateway": gateway, "analytics": analytics, "optimizer": optimizer, "replicator": replicator}
+
+
+async def _send_raw(bootstrap: str, topic: str, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, request_timeout_ms=10_000
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value)
+    finally:
+        await producer.stop()
+
+
+class Traffic:
+    """Steady load on every service until stopped, so rates and quantiles have data."""
+
+    def __init__(self, fleet: dict[str, ServiceProcess]) -> None:
+        self.fleet = fleet
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        gw = self.fleet["gateway"].url
+        with httpx.Client(timeout=10) as http:
+            while not self.stop.is_set():
+                try:
+                    now = datetime.now(UTC).isoformat()
+                    http.post(gw + "/api/v1/events", json=[event_dict(timestamp=now) for _ in range(5)])
+                    # Twice: new events invalidate the cached summary, the second read is a hit.
+                    http.get(gw + "/api/v1/analytics/summary")
+                    http.get(gw + "/api/v1/analytics/summary")
+                    http.get(gw + "/api/v1/optimizer/status")
+                    http.post(
+                        gw + "/api/v1/performance/vitals", json=[{"name": "LCP", "value": 1200, "page": "/"}]
+                    )
+                    http.get(gw + "/dashboard/performance/data")
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
+                self.stop.wait(0.3)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+
+
+def start_prometheus(
+    binary: str, targets: dict[str, str], tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [{"targets": [url.removeprefix("http://")], "labels": {"service": job}}],
+            }
+            for job, url in targets.items()
+        ],
+    }
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    check = subprocess.run([PROMTOOL, "check", "config", str(config_file)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    port = free_port()
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/-/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("prometheus did not become ready")
+
+
+def instant(prom: str, expr: str) -> list[dict[str, Any]]:
+    body = httpx.get(prom + "/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert body["status"] == "success", f"{expr}: {body}"
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def test_every_panel_query_returns_series(
+    fleet: dict[str, ServiceProcess],
+    kafka_bootstrap: str,
+    topic_name: str,
+    prometheus_bin: str,
+    tmp_path: Path,
+) -> None:
+    gw = fleet["gateway"].url
+    # A message the processor cannot parse: it is dead-lettered and counted with its reason.
+    asyncio.run(_send_raw(kafka_bootstrap, topic_name, b"{not json"))
+    # Calls to a dead upstream until its breaker opens (a transition into `open`).
+    for _ in range(15):
+        httpx.get(gw + "/api/v1/unreachable/x", timeout=5)
+    assert httpx.get(gw + "/breaker", timeout=5).json()["external_api"]["open"] >= 1
+
+    targets = {name: service.url for name, service in fleet.items()}
+    prom, prom_url = start_prometheus(prometheus_bin, targets, tmp_path)
+    try:
+        with Traffic(fleet) as traffic:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                up = instant(prom_url, "up == 1")
+                if len(up) == len(targets) and len(instant(prom_url, "count_over_time(up[1m])")) == len(
+                    targets
+                ):
+                    break
+                time.sleep(0.5)
+            time.sleep(6)  # several scrapes with traffic in between, so every rate() has two points
+            failures = []
+            checked = 0
+            for path in DASHBOARDS:
+                dashboard = json.loads(path.read_text())
+                for where, expr in queries(dashboard):
+                    result = instant(prom_url, fill_variables(expr, dashboard))
+                    checked += 1
+                    finite = [r for r in result if not re.fullmatch(r"[+-]?(NaN|Inf)", r["value"][1])]
+                    if not finite:
+                        failures.append(f"{where}: {expr} -> {result or 'no series'}")
+        assert not traffic.errors[:3], traffic.errors[:3]
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
+    assert checked >= 30
+    assert not failures, "\n".join(failures)
