@@ -119,6 +119,7 @@ def test_rules_use_only_metric_names_the_fleet_exports() -> None:
         "event_processor_events_duplicate_total",
         "event_processor_events_failed_total",
         "event_processor_latency_seconds_bucket",
+        "event_processor_paused",
         "replication_backlog_seconds",
         "cache_hits_total",
         "cache_misses_total",
