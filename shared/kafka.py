@@ -38,6 +38,7 @@ def create_consumer(
     session_timeout_ms: int = 10_000,
     heartbeat_interval_ms: int = 1_000,
     max_poll_records: int = 5_000,
+    fetch_max_wait_ms: int = 500,
 ) -> AIOKafkaConsumer:
     """A consumer that never commits on its own: callers commit after the batch is stored."""
     return AIOKafkaConsumer(
@@ -49,6 +50,7 @@ def create_consumer(
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=heartbeat_interval_ms,
         max_poll_records=max_poll_records,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         fetch_max_bytes=16 * 1024 * 1024,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         client_id="sentinel-fleet",

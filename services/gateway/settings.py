@@ -48,6 +48,13 @@ class GatewaySettings(FleetSettings):
     processor_flush_interval_ms: int = Field(
         50, ge=1, le=10_000, validation_alias="EVENT_PROCESSOR_FLUSH_INTERVAL_MS"
     )
+    processor_fetch_max_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        validation_alias="EVENT_PROCESSOR_FETCH_MAX_WAIT_MS",
+        description="longest the broker may hold a fetch for data; bounds the idle-to-first-event latency",
+    )
     processor_max_message_bytes: int = Field(
         64 * 1024, ge=256, validation_alias="EVENT_PROCESSOR_MAX_MESSAGE_BYTES"
     )

@@ -64,6 +64,7 @@ class ProcessorService:
                 session_timeout_ms=self.settings.kafka_session_timeout_ms,
                 heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
                 max_poll_records=max(self.tuning.batch_size, 1),
+                fetch_max_wait_ms=self.settings.processor_fetch_max_wait_ms,
             )
             producer = create_producer(bootstrap, request_timeout_ms=self.settings.kafka_request_timeout_ms)
             try:
