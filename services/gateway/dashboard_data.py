@@ -248,6 +248,18 @@ class DashboardSources:
 def cache_hit_ratios(report: Any) -> dict[str, float | None]:
     """hits / (hits + misses) per tier from `GET /api/v1/cache/report`, whichever of its shapes:
     tiers at the top level (`{"l1": {...}}`), under `"tiers"`, or per cache then per tier."""
+    tiers = report.get("tiers") if isinstance(report, dict) else None
+    if isinstance(tiers, dict):
+        out: dict[str, float | None] = {}
+        for name, t in sorted(tiers.items()):
+            if (
+                isinstance(t, dict)
+                and isinstance(t.get("hits"), int | float)
+                and isinstance(t.get("misses"), int | float)
+            ):
+                seen = t["hits"] + t["misses"]
+                out[name] = t["hits"] / seen if seen else None
+        return out
     totals: dict[str, list[float]] = {}
 
     def visit(node: Any, tier: str | None) -> None:

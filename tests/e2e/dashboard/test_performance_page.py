@@ -169,6 +169,7 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
         "replication",
     )
     samples = metric_samples(gateway.url)
+    cache_tiers = httpx.get(analytics.url + "/api/v1/cache/report", timeout=5).json()["tiers"]
     replication = metric_samples(fleet["replicator"].url)
     breakers = httpx.get(gateway.url + "/breaker", timeout=5).json()
     assert breakers, "the gateway has no breakers"
@@ -187,6 +188,12 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
         assert shown[f"breaker.{name}.state"] == b["state"], name
         for key in ("open", "half_open", "closed", "calls_in_window"):
             assert float(shown[f"breaker.{name}.{key}"]) == b[key], (name, key)
+    for tier, t in cache_tiers.items():
+        if t["hits"] + t["misses"]:
+            assert float(shown[f"cache.{tier}.hit_ratio"]) == pytest.approx(
+                t["hits"] / (t["hits"] + t["misses"])
+            )
+    assert "cache.l1.hit_ratio" in shown  # the analytics reads above went through the L1 tier
     visible = page.inner_text("#breakers")
     assert all(name in visible for name in breakers)
     assert float(shown["requests.gateway.count"]) >= 3
