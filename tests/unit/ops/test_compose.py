@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shared.settings import DEFAULT_PORTS, REPO_ROOT, FleetSettings
 from tests.servers import unavailable
@@ -211,8 +212,7 @@ def test_mounted_files_exist_and_agree_with_their_consumers() -> None:
     assert ("logstash", "/usr/share/logstash/pipeline") in targets
     for name, source, _ in sources:
         assert source.is_relative_to(REPO_ROOT), (name, source)
-        if not source.is_relative_to(REPO_ROOT / "monitoring" / "grafana"):  # provisioned by its owner
-            assert source.exists(), f"{name} mounts {source}, which does not exist"
+        assert source.exists(), f"{name} mounts {source}, which does not exist"
     prometheus_command = services["prometheus"]["command"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus_command
 
@@ -278,3 +278,26 @@ def test_env_example_names_every_variable_with_its_default() -> None:
     assert json.loads(env_file_run.stdout) == json.loads(with_example.stdout)
     # The fleet reads the same file: whatever it names must be valid settings.
     FleetSettings.model_validate({k: v for k, v in example.items() if k in setting_names()})
+
+
+def test_grafana_provisioning_agrees_with_the_compose_file() -> None:
+    """Grafana's files are provisioned elsewhere; they and this file meet at paths and names."""
+    services = resolved("observability")["services"]
+    mounts = {Path(v["source"]): v["target"] for v in services["grafana"]["volumes"] if v["type"] == "bind"}
+    provisioning = REPO_ROOT / "monitoring" / "grafana" / "provisioning"
+    dashboards_target = mounts[REPO_ROOT / "monitoring" / "grafana" / "dashboards"]
+    providers = [
+        provider
+        for path in sorted((provisioning / "dashboards").glob("*.y*ml"))
+        for provider in yaml.safe_load(path.read_text()).get("providers", [])
+    ]
+    assert any(p["options"]["path"] == dashboards_target for p in providers)
+    datasources = [
+        source
+        for path in sorted((provisioning / "datasources").glob("*.y*ml"))
+        for source in yaml.safe_load(path.read_text()).get("datasources", [])
+    ]
+    prometheus_port = services["prometheus"]["ports"][0]["target"]
+    assert any(
+        s["type"] == "prometheus" and s["url"] == f"http://prometheus:{prometheus_port}" for s in datasources
+    )
