@@ -1,14 +1,40 @@
-"""Optimizer settings: the fleet's, plus the optimizer's own."""
+"""Optimizer settings: the fleet's (OPTIMIZER_ENABLED, ADMIN_TOKEN, service URLs), plus its own."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import Field, field_validator
+
 from shared.settings import FleetSettings
 
 
 class OptimizerSettings(FleetSettings):
-    pass
+    optimizer_interval_s: float = Field(10.0, gt=0, validation_alias="OPTIMIZER_INTERVAL")
+    # A knob changed once is left alone this long, so the effect of a change is measured
+    # before the next one (the controller never chases its own noise).
+    optimizer_cooldown_s: float = Field(30.0, ge=0, validation_alias="OPTIMIZER_COOLDOWN")
+    # A condition must hold this many evaluations in a row before it moves a knob.
+    optimizer_confirmations: int = Field(2, ge=1, validation_alias="OPTIMIZER_CONFIRMATIONS")
+    optimizer_latency_target_ms: float = Field(500.0, gt=0, validation_alias="OPTIMIZER_LATENCY_TARGET_MS")
+    optimizer_cache_hit_target: float = Field(0.8, gt=0, le=1, validation_alias="OPTIMIZER_CACHE_HIT_TARGET")
+    optimizer_cache_ttl_max_s: float = Field(3600.0, ge=1, validation_alias="OPTIMIZER_CACHE_TTL_MAX")
+    optimizer_request_timeout_s: float = Field(5.0, gt=0, validation_alias="OPTIMIZER_REQUEST_TIMEOUT")
+    # Where the event processor's /metrics and /admin/tuning are: the gateway by default (it
+    # runs the processor in-process), or a standalone processor.
+    optimizer_processor_url: str | None = Field(None, validation_alias="OPTIMIZER_PROCESSOR_URL")
+    prometheus_url: str | None = Field(None, validation_alias="PROMETHEUS_URL")
+
+    @field_validator("optimizer_processor_url", "prometheus_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def processor_url(self) -> str:
+        return self.optimizer_processor_url or self.gateway_url
 
 
 @lru_cache(maxsize=1)
