@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +158,31 @@ def test_gateway_leaves_event_processing_to_its_own_deployment() -> None:
     env = {e["name"]: e["value"] for e in gateway.get("env", [])}
     assert env["GATEWAY_RUN_EVENT_PROCESSOR"] == "false"
     assert GatewaySettings.model_validate(env).run_event_processor is False
+
+
+def test_flags_the_manifests_and_compose_pass_are_accepted() -> None:
+    """Every `--flag` a container command passes is one its module's --help lists."""
+    commands: list[list[str]] = []
+    for _, doc in documents():
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            commands += [c["command"] for c in pod_spec(doc)["containers"]]
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    commands += [s["command"] for s in compose["services"].values() if s.get("command", [""])[0] == "python"]
+    flagged: dict[str, set[str]] = {}
+    for command in commands:
+        flags = {arg for arg in command[3:] if arg.startswith("--")}
+        if flags:
+            flagged.setdefault(command[2], set()).update(flags)
+    assert set(flagged) == {"shared.migrate", "services.replicator", "tools.load_test"}
+    for module, flags in flagged.items():
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        offered = set(re.findall(r"--[a-z][a-z-]*", result.stdout))
+        assert flags <= offered, f"{module} does not accept {flags - offered}"
