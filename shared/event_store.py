@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import asyncpg
 
-from shared.events import AccessEvent, event_record
+from shared.events import EVENT_COLUMNS, AccessEvent, event_record
 
 # unnest of typed arrays turns a whole batch into one statement; ON CONFLICT DO NOTHING makes
 # redelivered and re-uploaded events (including duplicates inside one batch) harmless.
@@ -33,4 +34,50 @@ async def store_events(executor: asyncpg.Pool | asyncpg.Connection, events: Sequ
         return 0
     status = await executor.execute(INSERT_EVENTS_SQL, *_columns(events))
     # asyncpg returns the command tag, "INSERT 0 <rows>".
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# Bulk path for uploads: binary COPY into a per-session staging table, then one idempotent
+# INSERT ... SELECT. COPY moves rows several times faster than unnest() of parameter arrays,
+# and the staging table keeps ON CONFLICT (event_id) DO NOTHING semantics for re-uploads.
+_STAGE_SQL = """
+CREATE TEMP TABLE IF NOT EXISTS access_events_stage (
+    event_id TEXT, time TIMESTAMPTZ, person_id TEXT, door_id TEXT, badge_id TEXT, access_result TEXT,
+    badge_status TEXT, door_held_open_time DOUBLE PRECISION, entry_without_badge BOOLEAN,
+    device_status TEXT, facility_id TEXT, extra JSONB
+) ON COMMIT DELETE ROWS
+"""
+_FROM_STAGE_SQL = """
+INSERT INTO access_events (event_id, time, person_id, door_id, badge_id, access_result, badge_status,
+                           door_held_open_time, entry_without_badge, device_status, facility_id, extra)
+SELECT event_id, time, person_id, door_id, badge_id, access_result, badge_status,
+       door_held_open_time, entry_without_badge, device_status, facility_id, extra
+FROM access_events_stage
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+async def copy_event_records(conn: asyncpg.Connection, records: Sequence[tuple[object, ...]]) -> int:
+    """Store already validated rows (EVENT_COLUMNS order) in one transaction; returns how many were new."""
+    if not records:
+        return 0
+    async with conn.transaction():
+        await conn.execute(_STAGE_SQL)
+        await conn.copy_records_to_table("access_events_stage", records=records, columns=list(EVENT_COLUMNS))
+        status = await conn.execute(_FROM_STAGE_SQL)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def copy_event_csv(conn: asyncpg.Connection, data: bytes) -> int:
+    """Store already validated rows given as CSV (EVENT_COLUMNS order, no header, empty unquoted
+    field = NULL) in one transaction; returns how many were new. Lets a worker process prepare
+    the payload so the service process only moves bytes."""
+    if not data:
+        return 0
+    async with conn.transaction():
+        await conn.execute(_STAGE_SQL)
+        await conn.copy_to_table(
+            "access_events_stage", source=io.BytesIO(data), columns=list(EVENT_COLUMNS), format="csv"
+        )
+        status = await conn.execute(_FROM_STAGE_SQL)
     return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,1 @@
+"""File processing for analytics: streaming CSV uploads of access events."""

@@ -1,0 +1,185 @@
+"""`POST /api/v1/uploads`: a multipart CSV streamed to a temporary file, then stored in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from services.analytics.tuning import AnalyticsTuning
+from services.data_processing.async_file_processor import AsyncFileProcessor
+from services.data_processing.csv_rows import HeaderError
+from services.data_processing.uploads import store_upload
+from shared.errors import ApiError
+
+router = APIRouter(prefix="/api/v1", tags=["uploads"])
+
+CSV_TYPES = {
+    "text/csv",
+    "application/csv",
+    "text/plain",
+    "application/vnd.ms-excel",
+    "text/x-csv",
+    "application/octet-stream",
+    "",
+}
+
+
+class _FilePart:
+    """Collects the first file part of a multipart body into a temporary file as it arrives."""
+
+    def __init__(self, fh: Any, max_bytes: int) -> None:
+        self.fh = fh
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.filename: str | None = None
+        self.content_type = ""
+        self.found = False
+        self.in_file = False
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self.buffer: list[bytes] = []
+
+    def callbacks(self) -> dict[str, Any]:
+        def on_part_begin() -> None:
+            self._headers = {}
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            self._header_field += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            self._header_value += data[start:end]
+
+        def on_header_end() -> None:
+            self._headers[self._header_field.lower()] = self._header_value
+            self._header_field = self._header_value = b""
+
+        def on_headers_finished() -> None:
+            _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+            filename = options.get(b"filename")
+            self.in_file = filename is not None and not self.found
+            if self.in_file:
+                self.found = True
+                self.filename = (filename or b"").decode("utf-8", "replace")
+                self.content_type = (
+                    self._headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+                )
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            if self.in_file:
+                self.size += end - start
+                if self.size > self.max_bytes:
+                    raise ApiError(
+                        413,
+                        f"the file is larger than the limit of {self.max_bytes} bytes",
+                        details={"max_bytes": self.max_bytes},
+                    )
+                self.buffer.append(bytes(data[start:end]))
+
+        def on_part_end() -> None:
+            self.in_file = False
+
+        return {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        }
+
+
+async def _receive_file(request: Request, path: str, max_bytes: int) -> _FilePart:
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise ApiError(
+            415,
+            "send the CSV as multipart/form-data with a `file` field",
+            details={"content_type": request.headers.get("content-type")},
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise ApiError(
+            413,
+            f"the upload is larger than the limit of {max_bytes} bytes",
+            details={"max_bytes": max_bytes, "content_length": int(declared)},
+        )
+    with open(path, "wb") as fh:  # noqa: ASYNC230 - opening a local temp file; writes go to a thread
+        part = _FilePart(fh, max_bytes)
+        parser = MultipartParser(params[b"boundary"], part.callbacks())  # type: ignore[arg-type]
+        async for data in request.stream():
+            parser.write(data)
+            if part.buffer:
+                pieces, part.buffer = part.buffer, []
+                await asyncio.to_thread(fh.writelines, pieces)
+        parser.finalize()
+    if not part.found:
+        raise ApiError(422, "no file in the upload: send the CSV in a multipart field named `file`")
+    return part
+
+
+def _processor(request: Request) -> AsyncFileProcessor:
+    tuning: AnalyticsTuning = request.app.state.tuning
+    return AsyncFileProcessor(
+        request.app.state.workers, chunk_size=lambda: tuning.chunk_size, max_memory_mb=tuning.max_memory_mb
+    )
+
+
+@router.post(
+    "/uploads",
+    status_code=201,
+    responses={
+        413: {"description": "file too large"},
+        415: {"description": "not a CSV"},
+        422: {"description": "empty file or missing required columns"},
+    },
+)
+async def upload_csv(request: Request) -> JSONResponse:
+    """Store the access events of a CSV file. Each bad row is reported with the file line on which it
+    starts (header = line 1) and the reason; good rows are stored; re-uploads store nothing twice."""
+    settings = request.app.state.settings
+    fd, path = tempfile.mkstemp(prefix="upload-", suffix=".csv")
+    os.close(fd)
+    try:
+        part = await _receive_file(request, path, settings.upload_max_bytes)
+        name = (part.filename or "").lower()
+        if (
+            part.content_type not in CSV_TYPES
+            or not name.endswith((".csv", ".txt", ""))
+            or ("." in name and not name.endswith((".csv", ".txt")))
+        ):
+            raise ApiError(
+                415,
+                f"{part.filename!r} ({part.content_type or 'no type'}) is not a CSV file",
+                details={"filename": part.filename, "content_type": part.content_type},
+            )
+        if part.size == 0:
+            raise ApiError(422, "the file is empty: expected a header line and rows", code="empty_file")
+        with open(path, "rb") as fh:  # noqa: ASYNC230 - 4 KiB from a local file
+            head = fh.read(4096)
+        if b"\x00" in head:
+            raise ApiError(
+                415, f"{part.filename!r} is binary, not a CSV file", details={"filename": part.filename}
+            )
+        processor = _processor(request)
+        try:
+            header = await processor.read_header(path)
+        except HeaderError as exc:
+            raise ApiError(422, str(exc), code="invalid_header", details=exc.details) from None
+        report = await store_upload(
+            path, header, processor, request.app.state.pool, request.app.state.analytics.db
+        )
+        if report.rows_inserted + report.rows_duplicate + report.rows_rejected == 0:
+            raise ApiError(422, "the file has a header but no rows", code="empty_file")
+        return JSONResponse(report.as_dict(), status_code=201)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

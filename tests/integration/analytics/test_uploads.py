@@ -1,0 +1,182 @@
+"""CSV uploads through the real app and database: good rows stored, bad rows reported by line."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.analytics.settings import AnalyticsSettings
+from services.analytics.worker_pool import WorkerPool
+from services.data_processing.async_file_processor import AsyncFileProcessor
+from tests.integration.analytics.test_api import Client, _client
+
+pytestmark = pytest.mark.integration
+
+HEADER = "Timestamp,Person ID,Token ID,Device name,Access result\n"
+
+
+@pytest.fixture
+async def client(database_url: str) -> AsyncIterator[Client]:
+    settings = AnalyticsSettings(
+        database_url=database_url,
+        cache_type="memory",
+        tracing_enabled=False,
+        analytics_max_workers=1,
+        upload_max_bytes=64 * 1024,
+    )
+    async for http in _client(settings):
+        yield http
+
+
+async def _upload(client: Client, content: bytes, name: str = "events.csv", ctype: str = "text/csv") -> dict:
+    answer = await client.post("/api/v1/uploads", files={"file": (name, content, ctype)})
+    return {"status": answer.status_code, **answer.json()}
+
+
+async def _count(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM access_events"))
+    finally:
+        await conn.close()
+
+
+async def test_contract_headers_bom_quotes_and_mixed_timestamps(client: Client, database_url: str) -> None:
+    body = (
+        "\ufeff"
+        + HEADER
+        + "2025-01-01T12:00:00.123456,p1,b1,front,Granted\n"  # line 2: naive ISO
+        + '2025-01-01 12:01:00+02:00,p2,b2,"door, with comma",denied\n'  # line 3: offset, quoted comma
+        + "1735732920000,p3,,back,GRANTED\n"  # line 4: epoch ms, no badge
+        + '"2025-01-01T12:03:00Z","p4",b4,"multi\nline door",Timeout\n'  # lines 5-6
+        + "2025-01-01T12:04:00Z,p5,b5,side,Error\n"  # line 7
+    ).encode()
+    report = await _upload(client, body)
+    assert report["status"] == 201, report
+    assert report["rows_inserted"] == 5
+    assert report["rows_rejected"] == 0
+    assert report["errors"] == []
+    assert report["rows_per_second"] > 0
+    assert report["upload_id"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = {r["person_id"]: r for r in await conn.fetch("SELECT * FROM access_events")}
+    finally:
+        await conn.close()
+    assert rows["p2"]["door_id"] == "door, with comma"
+    assert rows["p2"]["time"].isoformat() == "2025-01-01T10:01:00+00:00"
+    assert rows["p3"]["badge_id"] is None
+    assert rows["p3"]["time"].isoformat() == "2025-01-01T12:02:00+00:00"
+    assert rows["p4"]["door_id"] == "multi\nline door"
+    assert rows["p1"]["access_result"] == "Granted"
+    assert rows["p1"]["badge_id"] == "b1"
+
+    again = await _upload(client, body)
+    assert again["status"] == 201
+    assert again["rows_inserted"] == 0  # deterministic event ids: nothing stored twice
+    assert await _count(database_url) == 5
+
+
+async def test_bad_rows_are_reported_with_the_line_where_they_start(
+    client: Client, database_url: str
+) -> None:
+    body = (
+        HEADER
+        + "2025-01-01T12:00:00Z,p1,b1,front,Granted\n"  # 2 ok
+        + "not a time,p2,b2,front,Granted\n"  # 3 bad timestamp
+        + "2025-01-01T12:00:00Z,,b3,front,Granted\n"  # 4 empty person
+        + '"2025-01-01T12:00:00Z",p4,b4,"two\nlines",Maybe\n'  # 5-6 bad result, starts on 5
+        + "2025-01-01T12:00:00Z,p5,b5,front\n"  # 7 missing a field
+        + "\n"  # 8 blank: ignored
+        + "2025-01-01T12:00:00Z,p6,b6,front,Granted,extra\n"  # 9 one field too many
+        + "2025-01-01T12:05:00Z,p7,b7,front,denied\n"  # 10 ok
+    ).encode()
+    report = await _upload(client, body)
+    assert report["status"] == 201, report
+    assert report["rows_inserted"] == 2
+    assert report["rows_rejected"] == 5
+    assert [e["line"] for e in report["errors"]] == [3, 4, 5, 7, 9]
+    reasons = {e["line"]: e["reason"] for e in report["errors"]}
+    assert "timestamp" in reasons[3]
+    assert "person_id is empty" in reasons[4]
+    assert "access_result" in reasons[5]
+    assert "expected 5 fields, found 4" in reasons[7]
+    assert "expected 5 fields, found 6" in reasons[9]
+    assert await _count(database_url) == 2
+
+
+async def test_every_kind_of_bad_file_gets_a_clear_answer(client: Client) -> None:
+    too_big = (HEADER + "2025-01-01T12:00:00Z,p1,b1,front,Granted\n" * 2000).encode()
+    answer = await _upload(client, too_big)
+    assert answer["status"] == 413
+    assert answer["error"]["code"] == "payload_too_large"
+
+    answer = await _upload(client, b"\x89PNG\r\n\x1a\n\x00\x00", name="photo.png", ctype="image/png")
+    assert answer["status"] == 415
+    answer = await _upload(client, b"a,b\n\x00\x01\x02", name="data.csv")
+    assert answer["status"] == 415
+    raw = await client.post("/api/v1/uploads", content=b"Timestamp\n", headers={"content-type": "text/csv"})
+    assert raw.status_code == 415
+    assert raw.json()["error"]["code"] == "unsupported_media_type"
+
+    answer = await _upload(client, b"")
+    assert answer["status"] == 422
+    assert "empty" in answer["error"]["message"]
+    answer = await _upload(client, HEADER.encode())
+    assert answer["status"] == 422
+    assert "no rows" in answer["error"]["message"]
+    answer = await _upload(client, b"Timestamp,Person ID,Colour\n2025-01-01T00:00:00Z,p1,red\n")
+    assert answer["status"] == 422
+    assert answer["error"]["details"]["missing"] == ["door_id", "access_result"]
+    assert "door_id" in answer["error"]["message"]
+    assert "access_result" in answer["error"]["message"]
+    no_file = await client.post("/api/v1/uploads", data={"note": "x"}, files={"other": ("", b"")})
+    assert no_file.status_code in {415, 422}
+
+
+async def test_extra_columns_are_kept_and_field_names_accepted(client: Client, database_url: str) -> None:
+    body = (
+        b"event_id,timestamp,person_id,door_id,access_result,badge_status,door_held_open_time,"
+        b"entry_without_badge,facility_id,firmware\n"
+        b"e-1,2025-01-01T00:00:00Z,p1,d1,granted,expired,45.5,yes,hq,1.2\n"
+    )
+    report = await _upload(client, body)
+    assert report["rows_inserted"] == 1, report
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM access_events WHERE event_id = 'e-1'")
+    finally:
+        await conn.close()
+    assert row is not None
+    assert row["badge_status"] == "Expired"
+    assert row["door_held_open_time"] == 45.5
+    assert row["entry_without_badge"] is True
+    assert row["facility_id"] == "hq"
+    assert '"firmware": "1.2"' in row["extra"]
+
+
+async def test_read_csv_chunks_yields_chunks_of_the_configured_size(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with path.open("w") as fh:
+        fh.write(HEADER)
+        for i in range(5_500):
+            fh.write(f"2025-01-01T00:00:{i % 60:02d}Z,p{i},b{i},d{i % 7},Granted\n")
+    workers = WorkerPool(1)
+    await workers.start()
+    try:
+        processor = AsyncFileProcessor(workers, chunk_size=2_000, max_memory_mb=512)
+        frames = [f async for f in processor.read_csv_chunks(str(path))]
+        assert [len(f) for f in frames] == [2_000, 2_000, 1_500]
+        assert frames[0]["line"].iloc[0] == 2
+        assert frames[2]["line"].iloc[-1] == 5_501
+        assert list(frames[0].columns[:4]) == ["event_id", "time", "person_id", "door_id"]
+
+        tight = AsyncFileProcessor(workers, chunk_size=50_000, max_memory_mb=16)
+        total = sum([len(f) async for f in tight.read_csv_chunks(str(path))])
+        assert total == 5_500
+        assert tight.smallest_chunk < 50_000  # the budget, not the setting, sized the chunks
+    finally:
+        workers.close()
