@@ -57,7 +57,7 @@ def test_pipeline_reads_only_fields_the_fleet_writes(pipeline: Pipeline) -> None
 
 
 def test_tags_cover_every_python_level_name(pipeline: Pipeline) -> None:
-    tagged_levels = set()
+    tagged_levels: set[str] = set()
     for condition in pipeline.conditions:
         if "[ level ]" in condition:
             tagged_levels.update(part.strip('" ,[]') for part in condition.split() if part.startswith('"'))
