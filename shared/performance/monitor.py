@@ -82,14 +82,6 @@ class HistoryEntry:
         }
 
 
-class _Operation:
-    __slots__ = ("interval", "total")
-
-    def __init__(self, unit: str) -> None:
-        self.total = Series(unit)
-        self.interval = Series(unit)
-
-
 class _Measurement:
     """Context manager usable with `with` and `async with`; records even when the body raises."""
 
@@ -128,7 +120,7 @@ class PerformanceMonitor:
             raise ValueError("max_operations and history_size must be >= 1")
         self.max_operations = max_operations
         self._lock = threading.Lock()
-        self._operations: dict[str, _Operation] = {}
+        self._operations: dict[str, Series] = {}
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._latest: ResourceSnapshot | None = None
         self._last_snapshot_at = time.monotonic()
@@ -157,9 +149,8 @@ class PerformanceMonitor:
                     name = OVERFLOW_OPERATION
                     op = self._operations.get(name)
                 if op is None:
-                    op = self._operations[name] = _Operation(unit)
-            op.total.record(value)
-            op.interval.record(value)
+                    op = self._operations[name] = Series(unit)
+            op.record(value)
 
     def measure(self, name: str) -> _Measurement:
         """Time a block: `with monitor.measure("x"):` or `async with monitor.measure("x"):`."""
@@ -229,9 +220,9 @@ class PerformanceMonitor:
             self._last_snapshot_at = now
             ops: dict[str, SeriesStats] = {}
             for op_name, op in self._operations.items():
-                if op.interval.count:
-                    ops[op_name] = op.interval.stats()
-                    op.interval.reset()
+                closed = op.close_interval()
+                if closed is not None:
+                    ops[op_name] = closed
             entry = HistoryEntry(resources, round(interval_s, 3), ops)
             self._history.append(entry)
         return entry
@@ -264,7 +255,7 @@ class PerformanceMonitor:
 
     def operation_stats(self) -> dict[str, SeriesStats]:
         with self._lock:
-            return {name: op.total.stats() for name, op in self._operations.items()}
+            return {name: op.stats() for name, op in self._operations.items()}
 
     def get_metrics_summary(self) -> dict[str, Any]:
         """Per operation count, mean, min, max, p50, p95, p99 (since start) and the latest resources."""
