@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.settings import REPO_ROOT
 from tests.factories import event_dict
 from tests.fleet import ServiceProcess
+from tests.integration.performance.receivers import SlackReceiver, slack_receiver
 from tests.servers import unavailable
 
 CHROMIUM = "/usr/bin/chromium"
@@ -37,6 +39,7 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 EVENTS = 25
 
 pytestmark = pytest.mark.e2e
+__all__ = ["slack_receiver"]  # the fixture, shared with the alert tests
 
 
 @pytest.fixture
@@ -51,15 +54,35 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+# Any page load breaches this threshold, so the alert path runs end to end in real processes.
+MONITORING_YAML = """
+evaluation: {{interval_seconds: 0.5}}
+alerts:
+  slack: {{webhook_url: "{slack}"}}
+thresholds:
+  - metric: web_vitals.TTFB
+    statistic: max
+    max: 0
+    unit: ms
+    window_seconds: 300
+    description: every page load breaches this test threshold
+"""
+
+
 @pytest.fixture
 def fleet(
     database_url: str,
     replica_url: str,
     kafka_bootstrap: str,
     topic_name: str,
+    tmp_path: Path,
+    slack_receiver: SlackReceiver,
     start_service: Callable[..., ServiceProcess],
 ) -> dict[str, ServiceProcess]:
+    monitoring = tmp_path / "monitoring.yaml"
+    monitoring.write_text(MONITORING_YAML.format(slack=slack_receiver.url))
     env = {
+        "MONITORING_CONFIG": str(monitoring),
         "DATABASE_URL": database_url,
         "TIMESCALE_URL": replica_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -128,7 +151,7 @@ def wait_for_refresh(page: Any, after: float) -> None:
 
 
 def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
-    fleet: dict[str, ServiceProcess], browser: Any
+    fleet: dict[str, ServiceProcess], browser: Any, slack_receiver: SlackReceiver
 ) -> None:
     gateway, analytics = fleet["gateway"], fleet["analytics"]
     now = datetime.now(UTC)
@@ -224,6 +247,19 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
     assert ui["callbacks"]["dashboard.refresh"]["count"] >= 1
     vitals_view = httpx.get(analytics.url + "/api/v1/performance/vitals", timeout=5).json()
     assert vitals_view["FCP"]["rating"] in {"good", "needs-improvement", "poor"}
+
+    # The page's TTFB breached the threshold: Slack hears it from the analytics process, and the
+    # page lists the alert at its next refresh.
+    wait_for(lambda: slack_receiver.messages, 15, "the Slack alert")
+    assert slack_receiver.messages[0]["text"].startswith("[FIRING] web_vitals.TTFB max on analytics")
+    page.wait_for_function(
+        "() => document.querySelector('[data-metric=\"alerts.failing\"]')?.dataset.value === '1'",
+        timeout=15_000,
+    )
+    alerts_text = page.inner_text("#alerts")
+    assert "firing" in alerts_text
+    assert "web_vitals.TTFB max is" in alerts_text
+    assert "channels: slack" in alerts_text
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "performance-page.png"), full_page=True)
