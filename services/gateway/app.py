@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import httpx
 from fastapi import FastAPI
 
 from services.gateway import __version__, breaker_routes, dashboard, ingest, proxy
 from services.gateway.event_processor import tuning as processor_tuning
 from services.gateway.event_processor.service import ProcessorService
+from services.gateway.http_client import create_upstream_client
 from services.gateway.publisher import EventPublisher
 from services.gateway.rate_limit import IngestLimiter
 from services.gateway.routes_table import load_routes
@@ -41,14 +41,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
         app.state.publisher = publisher
         checks["kafka"] = publisher.check_ready
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.proxy_timeout_s, connect=2.0),
-            limits=httpx.Limits(
-                max_connections=settings.proxy_max_connections,
-                max_keepalive_connections=settings.proxy_max_keepalive,
-            ),
-            follow_redirects=False,
-        )
+        http = create_upstream_client(settings)
         app.state.http = http
         app.state.proxy = proxy.Proxy(
             http,

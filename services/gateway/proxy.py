@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
+from opentelemetry import propagate
 from prometheus_client import Counter
 from starlette.responses import Response, StreamingResponse
 
@@ -93,6 +94,14 @@ def forward_headers(request: Request) -> list[tuple[bytes, bytes]]:
     request_id = current_request_id()
     if request_id:
         headers.append((b"x-request-id", request_id.encode("latin-1")))
+    # Trace context: when this request is traced, the upstream call becomes a child of the
+    # gateway's span; otherwise the caller's traceparent passes through untouched.
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if carrier:
+        replaced = {name.encode() for name in carrier}
+        headers = [(name, value) for name, value in headers if name not in replaced]
+        headers.extend((name.encode(), value.encode("latin-1")) for name, value in carrier.items())
     return headers
 
 
@@ -152,6 +161,19 @@ class Proxy:
                 timeout=httpx.Timeout(route.timeout, connect=min(route.timeout, 3.0)),
             )
             upstream = await self.client.send(upstream_request, stream=True)
+        except httpx.ConnectTimeout as exc:
+            # Also what the aiohttp transport raises for a refused connection.
+            permit.record_exception(exc)
+            return self._unavailable(
+                route.prefix,
+                cache_key,
+                route.stale_for,
+                503,
+                "unavailable",
+                f"{route.upstream.removesuffix('_url')} is unreachable",
+                breaker.retry_after or 1.0,
+                None,
+            )
         except httpx.TimeoutException as exc:
             permit.record_exception(exc)
             return self._unavailable(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -37,6 +38,11 @@ class GatewaySettings(FleetSettings):
         REPO_ROOT / "config" / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG"
     )
     proxy_timeout_s: float = Field(10.0, gt=0, validation_alias="PROXY_TIMEOUT")
+    proxy_http_transport: Literal["aiohttp", "httpcore"] = Field(
+        "aiohttp",
+        validation_alias="PROXY_HTTP_TRANSPORT",
+        description="connection pool under the shared httpx client",
+    )
     proxy_max_connections: int = Field(200, ge=1, validation_alias="PROXY_MAX_CONNECTIONS")
     proxy_max_keepalive: int = Field(100, ge=0, validation_alias="PROXY_MAX_KEEPALIVE")
     proxy_stale_entries: int = Field(1024, ge=0, validation_alias="PROXY_STALE_ENTRIES")
