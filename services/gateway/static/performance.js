@@ -38,6 +38,12 @@
     return Number(v).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
   }
 
+  // Up to three decimals, none when the value is whole (settings such as 50000 or 0.25).
+  function fmtPlain(v) {
+    if (v === null || v === undefined || Number.isNaN(Number(v))) return "–";
+    return Number(v).toLocaleString("en-US", { maximumFractionDigits: 3 });
+  }
+
   function fmtSeconds(s) {
     if (s === null || s === undefined) return "–";
     if (s < 1e-3) return `${fmtNumber(s * 1e6)} µs`;
@@ -154,23 +160,32 @@
     ]);
   }
 
-  // The optimizer's status is shown generically (setting → value) so new settings appear unasked.
-  function flatten(obj, prefix = "", out = []) {
-    for (const [k, v] of Object.entries(obj || {})) {
-      const key = prefix ? `${prefix}.${k}` : k;
-      if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out);
-      else out.push([key, Array.isArray(v) ? JSON.stringify(v) : String(v)]);
-    }
-    return out;
-  }
-
+  // Settings per service as the optimizer reports them ({"services": {svc: {"settings": {name:
+  // {"value", "recommended", "default", "bounds"}}}}); anything else is listed as key → value.
   function renderOptimizer(opt) {
-    const settings = flatten(opt.services || opt.settings || {}).slice(0, 40);
-    const decisions = (opt.decisions || []).slice(-5).reverse();
+    const rows = [];
+    for (const [service, entry] of Object.entries(opt.services || {}).sort()) {
+      for (const [name, knob] of Object.entries((entry && entry.settings) || {}).sort()) {
+        const k = knob && typeof knob === "object" ? knob : { value: knob };
+        rows.push([service, name, metric(`optimizer.${service}.${name}`, k.value, fmtPlain(k.value)),
+          k.recommended === null || k.recommended === undefined ? "–" : fmtPlain(k.recommended),
+          k.default === undefined ? "–" : fmtPlain(k.default),
+          Array.isArray(k.bounds) ? k.bounds.map((b) => fmtPlain(b)).join(" – ") : "–"]);
+      }
+    }
+    const decisions = (opt.decisions || []).slice(0, 5);
     return el("div", {},
-      dl([["acting", String(opt.enabled ?? "–")], ...settings.map(([k, v]) => [k, metric(`optimizer.${k}`, v, v)])]),
-      decisions.length ? el("ul", { class: "alerts" }, decisions.map((d) =>
-        el("li", {}, typeof d === "string" ? d : [d.setting || d.action || "", " ", d.reason || JSON.stringify(d)]))) : null);
+      el("p", {}, `mode: ${opt.mode || (opt.enabled ? "apply" : "recommend")}`,
+        opt.cycles !== undefined ? ` · cycles: ${opt.cycles}` : "",
+        opt.signal_source ? ` · signals: ${opt.signal_source}` : ""),
+      rows.length
+        ? table(["service", "setting", { label: "value", num: true }, { label: "recommended", num: true },
+          { label: "default", num: true }, { label: "bounds", num: true }], rows)
+        : el("p", { class: "muted" }, "no settings reported"),
+      decisions.length ? el("ul", { class: "alerts" }, decisions.map((d) => el("li", {},
+        typeof d === "string" ? d
+          : `${d.service}.${d.setting} ${fmtPlain(d.old)} → ${fmtPlain(d.new)}${d.applied ? "" : " (recommended)"}: ${d.reason || d.rule || ""}`)))
+        : el("p", { class: "muted" }, "no decisions yet"));
   }
 
   function renderAlerts(data) {

@@ -192,6 +192,7 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
         "replication",
     )
     samples = metric_samples(gateway.url)
+    optimizer = httpx.get(fleet["optimizer"].url + "/api/v1/optimizer/status", timeout=5).json()
     cache_tiers = httpx.get(analytics.url + "/api/v1/cache/report", timeout=5).json()["tiers"]
     replication = metric_samples(fleet["replicator"].url)
     breakers = httpx.get(gateway.url + "/breaker", timeout=5).json()
@@ -217,6 +218,12 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
                 t["hits"] / (t["hits"] + t["misses"])
             )
     assert "cache.l1.hit_ratio" in shown  # the analytics reads above went through the L1 tier
+    knobs = [
+        (svc, name, knob) for svc, e in optimizer["services"].items() for name, knob in e["settings"].items()
+    ]
+    assert knobs, optimizer
+    for svc, name, knob in knobs:
+        assert float(shown[f"optimizer.{svc}.{name}"]) == knob["value"], (svc, name)
     visible = page.inner_text("#breakers")
     assert all(name in visible for name in breakers)
     assert float(shown["requests.gateway.count"]) >= 3
