@@ -36,3 +36,17 @@ COMMIT_FAILURES = Counter(
     "event_processor_commit_failures_total",
     "Offset commits refused (usually a rebalance); the batch is redelivered",
 )
+
+# Every reason exists from the start at 0, so alerts on rate() see the first failure.
+DLQ_REASONS = (
+    "empty",
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "invalid_field",
+    "invalid_timestamp",
+    "oversized",
+    "rejected_by_database",
+)
+for _reason in DLQ_REASONS:
+    EVENTS_FAILED.labels(reason=_reason)

@@ -81,3 +81,14 @@ def test_sigkilled_processors_store_every_event_exactly_once(
     # Several instances really shared the work: each live one reports its own progress.
     statuses = [httpx.get(p.url + "/status", timeout=5).json() for p in processors]
     assert all(s["consuming"] for s in statuses), statuses
+    assert sum(s["stored"] for s in statuses) > 0
+
+    # CONTRACT section 6 metrics, as Prometheus reads them.
+    metrics = httpx.get(processors[-1].url + "/metrics", timeout=5).text
+    for name in (
+        "event_processor_events_processed_total",
+        "event_processor_latency_seconds_bucket",
+        'event_processor_events_failed_total{reason="invalid_json"}',
+        'circuit_breaker_state{name="database"}',
+    ):
+        assert name in metrics, name

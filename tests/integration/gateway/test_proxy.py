@@ -31,6 +31,7 @@ class Upstream:
     def __init__(self) -> None:
         self.hits = 0
         self.status = 200
+        self.gate: asyncio.Event | None = None
         self.app = Starlette(
             routes=[
                 Route("/api/v1/analytics/echo", self.echo, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
@@ -43,6 +44,8 @@ class Upstream:
 
     async def echo(self, request: Request) -> Response:
         self.hits += 1
+        if self.gate is not None:
+            await self.gate.wait()
         if self.status != 200:
             return JSONResponse({"error": "down"}, status_code=self.status)
         body = await request.body()
@@ -254,3 +257,48 @@ async def test_breaker_listing_has_contract_shape(tmp_path: Path) -> None:
         assert "slow_call_rate" in snapshot
         assert "opened_at" in snapshot
     assert reset.status_code == 403  # no ADMIN_TOKEN: the admin action is refused
+
+
+async def test_hundred_concurrent_requests_in_half_open_reach_upstream_exactly_permitted_times(
+    tmp_path: Path,
+) -> None:
+    upstream = Upstream()
+    settings = gateway_settings(tmp_path, "http://unused").model_copy(
+        update={
+            "circuit_breaker_config": write_breakers(
+                tmp_path,
+                analytics={
+                    "failure_threshold": 1,
+                    "wait_duration_in_open_state": 0.3,
+                    "permitted_calls_in_half_open_state": 4,
+                },
+            ),
+        }
+    )
+    async with serving(upstream.app) as up:
+        settings = settings.model_copy(update={"analytics_url": up.url})
+        async with (
+            serving(create_app(settings)) as gw,
+            httpx.AsyncClient(
+                base_url=gw.url, timeout=10, limits=httpx.Limits(max_connections=100)
+            ) as client,
+        ):
+            upstream.status = 500
+            assert (await client.get("/api/v1/analytics/echo")).status_code == 500
+            assert (await client.get("/breaker/analytics")).json()["state"] == "open"
+            upstream.status = 200
+            upstream.hits = 0
+            upstream.gate = asyncio.Event()  # the trial calls stay in flight until all 100 arrived
+            await asyncio.sleep(0.35)
+            calls = [asyncio.create_task(client.post("/api/v1/analytics/echo")) for _ in range(100)]
+            for _ in range(500):
+                if sum(c.done() for c in calls) == 96:
+                    break
+                await asyncio.sleep(0.01)
+            assert upstream.hits == 4
+            upstream.gate.set()
+            statuses = [a.status_code for a in await asyncio.gather(*calls)]
+            assert upstream.hits == 4
+            assert statuses.count(200) == 4
+            assert statuses.count(503) == 96
+            assert (await client.get("/breaker/analytics")).json()["state"] == "closed"
