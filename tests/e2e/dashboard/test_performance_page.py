@@ -270,6 +270,15 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "performance-page.png"), full_page=True)
+    # Leaving the page makes LCP and CLS final; they go out with sendBeacon as the page hides.
+    page.close(run_before_unload=True)
+    final = wait_for(
+        lambda: (o := vitals_arrived()) and {"web_vitals.LCP", "web_vitals.CLS"} <= set(o) and o,
+        15,
+        "LCP and CLS beacons sent on leaving the page",
+    )
+    assert final["web_vitals.LCP"]["count"] == 1
+    assert final["web_vitals.CLS"]["unit"] == "score"
     context.close()
     assert errors == []
 
