@@ -73,6 +73,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 await pool.close()
             await http.aclose()
             await publisher.close()
+            await limiter.aclose()
 
     app = create_service_app(
         service="gateway",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import redis.asyncio
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
@@ -50,7 +52,18 @@ class IngestLimiter:
         self.request_limits = _parse(request_limits, "INGEST_RATE_LIMIT")
         self.event_limits = _parse(event_limits, "INGEST_EVENTS_RATE_LIMIT")
         uri = storage_uri if storage_uri.startswith("async+") else "async+" + storage_uri
-        self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri))
+        options: dict[str, Any] = {}
+        self._pool: redis.asyncio.ConnectionPool | None = None
+        if uri.startswith(("async+redis://", "async+rediss://")):
+            # Redis through redis-py, which the fleet already depends on (limits defaults to
+            # coredis), with a pool of our own so shutdown can close it.
+            self._pool = redis.asyncio.ConnectionPool.from_url(uri.removeprefix("async+"), socket_timeout=2)
+            options = {"implementation": "redispy", "connection_pool": self._pool}
+        self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
 
     @property
     def enabled(self) -> bool:
