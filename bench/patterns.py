@@ -46,7 +46,7 @@ SELECT 'bench-' || g,
        CASE WHEN g % 13 = 0 THEN 'Denied' WHEN g % 101 = 0 THEN 'Timeout' ELSE 'Granted' END,
        CASE WHEN g % 97 = 0 THEN 'Expired' WHEN g % 89 = 0 THEN 'Invalid' ELSE 'Valid' END,
        (g % 20)::float8, 'f' || (g % 3)
-FROM generate_series($1::int, $2::int) AS g
+FROM generate_series($1::bigint, $2::bigint) AS g
 """
 
 

@@ -280,12 +280,14 @@ def validate(
     copy_csv = None
     if want_copy:
         buf = io.StringIO()
-        out.to_csv(
+        # ISO strings built by numpy in C: strftime per value was a third of the chunk's time.
+        utc = out["time"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+        stamps = np.char.add(np.datetime_as_string(utc, unit="us"), "Z")
+        out.assign(time=stamps).to_csv(
             buf,
             columns=list(EVENT_COLUMNS),
             header=False,
             index=False,
-            date_format="%Y-%m-%dT%H:%M:%S.%f%z",
             na_rep="",
         )
         copy_csv = buf.getvalue().encode()
