@@ -107,6 +107,7 @@ class HierarchicalCacheManager:
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
         self._started = False
+        self._closing = False
 
     # -- configuration -----------------------------------------------------------------------
     @property
@@ -133,16 +134,20 @@ class HierarchicalCacheManager:
         if self._started:
             return
         self._started = True
+        self._closing = False
         if self.l2 is not None:
             await self._load_invalidations()
             self._spawn(self._follow_invalidations())
 
     async def close(self) -> None:
-        for task in list(self._background):
+        self._closing = True
+        tasks = list(self._background)
+        for task in tasks:
             task.cancel()
-        for task in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # redis-py's get_message() can swallow a cancellation; the loops also watch
+            # `_closing`, and close() never waits for them longer than this.
+            await asyncio.wait(tasks, timeout=3)
         if self._sync_loop is not None:
             loop = self._sync_loop
             if self.l2 is not None:
@@ -436,14 +441,14 @@ class HierarchicalCacheManager:
         reload the hash, which holds every invalidation missed meanwhile."""
         assert self.l2 is not None
         delay = 0.5
-        while True:
+        while not self._closing:
             try:
                 pubsub = self.l2.client().pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.l2.channel)
                 await self._load_invalidations()
                 delay = 0.5
                 try:
-                    while True:
+                    while not self._closing:
                         message = await pubsub.get_message(timeout=1.0)
                         if message is None:
                             continue
