@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ __all__ = [
     "get_resource_guard",
     "process_sampler",
     "start_resource_guard",
+    "wait_for_resources",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ CROSSINGS = Counter(
 )
 
 RESOURCES = ("memory", "cpu")
+MIN_CPU_WINDOW_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ def process_sampler(pid: int | None = None) -> Sampler:
     root = psutil.Process(pid or os.getpid())
     known: dict[int, psutil.Process] = {root.pid: root}
     root.cpu_percent(None)  # the first call only primes the counter
+    # CPU over a few milliseconds is noise (one busy tick reads as several cores): until
+    # MIN_CPU_WINDOW_S has passed, the previous CPU figure is repeated and the counters kept.
+    last = {"at": time.monotonic(), "cpu": 0.0}
 
     def sample() -> ResourceSample:
         try:
@@ -96,20 +102,27 @@ def process_sampler(pid: int | None = None) -> Sampler:
         except psutil.Error:
             children = []
         current = {root.pid: root}
+        fresh: set[int] = set()
         for child in children:
             proc = known.get(child.pid, child)
             if child.pid not in known:
                 with contextlib.suppress(psutil.Error):
-                    proc.cpu_percent(None)
+                    proc.cpu_percent(None)  # primes it; counted from the next sample on
+                fresh.add(child.pid)
             current[child.pid] = proc
         known.clear()
         known.update(current)
+        now = time.monotonic()
+        measure_cpu = now - last["at"] >= MIN_CPU_WINDOW_S
         memory, cpu = 0, 0.0
         for proc in current.values():
             with contextlib.suppress(psutil.Error):
                 memory += proc.memory_info().rss
-                cpu += proc.cpu_percent(None) / 100.0
-        return ResourceSample(memory_bytes=memory, cpu_cores=cpu)
+                if measure_cpu and proc.pid not in fresh:
+                    cpu += proc.cpu_percent(None) / 100.0
+        if measure_cpu:
+            last["at"], last["cpu"] = now, cpu
+        return ResourceSample(memory_bytes=memory, cpu_cores=last["cpu"])
 
     return sample
 
@@ -194,17 +207,28 @@ class ResourceGuard:
             return False
         return True
 
-    async def _run(self, interval_s: float) -> None:
+    async def _sample_every(self, interval_s: float) -> None:
         while True:
+            await asyncio.sleep(interval_s)
             try:
                 self.check()
             except Exception:  # a sampling hiccup must never stop the service
                 log.exception("resource sampling failed")
-            await asyncio.sleep(interval_s)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     def start(self, interval_s: float = 2.0) -> ResourceGuard:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(interval_s), name=f"resource-guard-{self.service}")
+        """Sample once now, so background work started right after already sees the state."""
+        if not self.running:
+            try:
+                self.check()
+            except Exception:
+                log.exception("resource sampling failed")
+            self._task = asyncio.create_task(
+                self._sample_every(interval_s), name=f"resource-guard-{self.service}"
+            )
         return self
 
     async def stop(self) -> None:
@@ -213,6 +237,10 @@ class ResourceGuard:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # A stopped guard holds nothing: its last sample is no longer watched.
+        self._throttled = dict.fromkeys(RESOURCES, False)
+        for name in RESOURCES:
+            THROTTLED.labels(resource=name).set(0)
         self._clear.set()
 
     def status(self) -> dict[str, object]:
@@ -235,9 +263,22 @@ def get_resource_guard() -> ResourceGuard | None:
     return _guard
 
 
+async def wait_for_resources(timeout_s: float | None = None) -> bool:
+    """For background work: wait while this process's guard holds it (at once when no guard runs)."""
+    guard = _guard
+    if guard is None:
+        return True
+    return await guard.wait_until_clear(timeout_s)
+
+
 def start_resource_guard(settings: FleetSettings, *, service: str, interval_s: float = 2.0) -> ResourceGuard:
-    """Create (once per process), start and register the guard for this process."""
+    """Start and register the guard of this process.
+
+    One guard per process: a second service in the same process (the gateway runs the event
+    processor in-process) shares the running one. A stopped guard is replaced, so an app built
+    again with other settings (tests) gets its own limits.
+    """
     global _guard
-    if _guard is None:
+    if _guard is None or not _guard.running:
         _guard = ResourceGuard(ResourceLimits.from_settings(settings), service=service)
     return _guard.start(interval_s)

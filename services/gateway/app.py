@@ -18,6 +18,7 @@ from services.gateway.settings import GatewaySettings, get_settings
 from services.gateway.stale_cache import StaleCache
 from shared.breaker import get_breaker_registry
 from shared.db import create_pool, ping
+from shared.resources import start_resource_guard
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -32,6 +33,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        guard = start_resource_guard(settings, service="gateway")
         checks = readiness_checks(app)
         publisher = EventPublisher(
             settings.require_kafka(),
@@ -74,6 +76,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await http.aclose()
             await publisher.close()
             await limiter.aclose()
+            await guard.stop()
 
     app = create_service_app(
         service="gateway",

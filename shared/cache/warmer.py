@@ -18,6 +18,7 @@ from typing import Any
 
 from shared.cache.manager import HierarchicalCacheManager
 from shared.cache.tiers import TierUnavailable
+from shared.resources import get_resource_guard
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,12 @@ __all__ = ["IntelligentCacheWarmer"]
 
 _USAGE_PREFIX = "usage:"
 _CALL_PREFIX = "call:"
+
+
+def _guard_throttled() -> bool:
+    """By default warming waits while this process's resource guard holds background work."""
+    guard = get_resource_guard()
+    return guard is not None and guard.throttled
 
 
 class IntelligentCacheWarmer:
@@ -41,7 +48,7 @@ class IntelligentCacheWarmer:
         self.functions = dict(functions)  # cache name → callable taking the recorded arguments
         self.top_n = top_n
         self.flush_interval_s = flush_interval_s
-        self.should_pause = should_pause or (lambda: False)
+        self.should_pause = should_pause or _guard_throttled
         self.warmed: list[str] = []
         self._flushed_specs: set[str] = set()
         self._task: asyncio.Task[None] | None = None

@@ -39,6 +39,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import psutil
 
 from shared.performance._histogram import Series, SeriesStats
+from shared.resources import wait_for_resources
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ class PerformanceMonitor:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.snapshot_interval_s)
+            await wait_for_resources()  # held while the process's resource guard is throttling
             try:
                 await asyncio.to_thread(self.take_snapshot)
             except Exception:  # one bad /proc read must not end the snapshots

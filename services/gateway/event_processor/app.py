@@ -14,6 +14,7 @@ from services.gateway.event_processor.service import ProcessorService
 from services.gateway.settings import GatewaySettings, get_settings
 from shared.breaker import get_breaker_registry
 from shared.db import create_pool, ping
+from shared.resources import start_resource_guard
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -23,6 +24,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        guard = start_resource_guard(settings, service="event_processor")
         pool = await create_pool(
             settings.require_database_url(),
             min_size=0,
@@ -40,6 +42,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             await processor.stop()
             await pool.close()
+            await guard.stop()
 
     app = create_service_app(
         service="event_processor", version=__version__, settings=settings, lifespan=lifespan
