@@ -92,16 +92,20 @@ class FleetRun:
         self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout=timeout_s)
 
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+    def logs(self, tail: int | None = 6000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             for pid in self.fleet_pids():
                 try:
                     psutil.Process(pid).kill()
                 except psutil.NoSuchProcess:
                     pass
+        self.proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -143,8 +147,8 @@ def test_make_run_with_embedded_servers_keeps_data_and_leaves_nothing_behind(
     first = FleetRun(tmp_path, {}, data_dir).start()
     fleet_runs.append(first)
     first.wait_all_ready(timeout_s=30)
-    assert "embedded PostgreSQL" in first.logs()
-    assert "embedded Kafka broker" in first.logs()
+    assert "embedded PostgreSQL" in first.logs(tail=None)
+    assert "embedded Kafka broker" in first.logs(tail=None)
     _post_and_wait_for_summary(first, expected_total=1)
     pids = first.fleet_pids()
     assert len(pids) >= 7  # runner, four services, broker, postmaster
@@ -170,7 +174,7 @@ def test_make_run_uses_the_configured_database_and_starts_none(
     run = FleetRun(tmp_path, {"DATABASE_URL": database_url}, data_dir).start()
     fleet_runs.append(run)
     run.wait_all_ready(timeout_s=30)
-    assert "embedded PostgreSQL" not in run.logs()
+    assert "embedded PostgreSQL" not in run.logs(tail=None)
     assert not (data_dir / "postgres").exists()
     _post_and_wait_for_summary(run, expected_total=1)
     pids = run.fleet_pids()
