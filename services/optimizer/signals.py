@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +46,14 @@ class Signals:
 
 
 def host_signals() -> SignalMap:
-    """CPU busy share since the previous call (non-blocking) and memory in use, both 0..1."""
+    """CPU busy share since the previous call (non-blocking), memory in use (both 0..1), and
+    the cores this process may run on."""
     return {
         "cpu_ratio": psutil.cpu_percent(interval=None) / 100.0,
         "memory_ratio": psutil.virtual_memory().percent / 100.0,
+        "cpu_cores": float(
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        ),
     }
 
 

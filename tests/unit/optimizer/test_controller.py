@@ -158,7 +158,7 @@ def test_analytics_rules_workers_chunks_and_cache_ttl() -> None:
 
     uploads = Signals(
         services={"analytics": {"request_rate": 2.0, "latency_p95_s": 0.1, "upload_rate": 0.5}},
-        host={"cpu_ratio": 0.95, "memory_ratio": 0.3},
+        host={"cpu_ratio": 0.95, "memory_ratio": 0.3, "cpu_cores": 2.0},
     )
     ttl.value = 240
     decisions = {d.setting: d for d in controller.decide([workers, chunk, ttl], uploads, now=10)}
@@ -166,3 +166,42 @@ def test_analytics_rules_workers_chunks_and_cache_ttl() -> None:
     assert decisions["cache_ttl_seconds.summary"].new == 60  # data changing: default freshness
     workers.value = 4
     assert {d.setting: d for d in controller.decide([workers], uploads, now=20)}["max_workers"].new == 3
+
+
+def test_a_busy_host_cuts_only_workers_beyond_the_cores() -> None:
+    controller = Controller(ControllerConfig(latency_target_s=0.5, cooldown_s=0, confirmations=1))
+    workers = Knob("analytics", "max_workers", 2, default=2, low=1, high=8)
+
+    def busy(cores: float | None) -> Signals:
+        host: dict[str, float | None] = {"cpu_ratio": 0.98, "memory_ratio": 0.3, "cpu_cores": cores}
+        return Signals(services={"analytics": {"request_rate": 0.0, "upload_rate": 0.0}}, host=host)
+
+    # The host is saturated by something else: two workers on two cores are not the cause.
+    assert controller.decide([workers], busy(2.0), now=0) == []
+    assert controller.decide([workers], busy(None), now=1) == []  # cores unknown: hold
+    workers.value = 6
+    [decision] = controller.decide([workers], busy(2.0), now=2)
+    assert (decision.new, decision.rule) == (4, "md")
+    assert "6 workers on 2 cores" in decision.reason
+    workers.value = 3
+    [decision] = controller.decide([workers], busy(2.0), now=3)
+    assert decision.new == 2  # never below the cores
+
+
+def test_events_flowing_again_restore_the_flush_interval_at_once() -> None:
+    controller = Controller(ControllerConfig(cooldown_s=30, confirmations=3))
+    knob = Knob("event_processor", "flush_interval_ms", 50, default=50, low=1, high=10_000)
+
+    def rate(events: float) -> Signals:
+        return Signals(services={"event_processor": {"events_rate": events}}, host={})
+
+    # Going idle is an ordinary decision: it needs three idle windows in a row.
+    assert controller.decide([knob], rate(0), now=0) == []
+    assert controller.decide([knob], rate(0), now=1) == []
+    [idle] = controller.decide([knob], rate(0), now=2)
+    assert (idle.new, idle.rule) == (500, "idle")
+    knob.value, knob.last_change = idle.new, idle.at
+    # A burst starts one second later: back to the default in the same evaluation, although
+    # the knob is in its cooldown and the rule has fired only once.
+    [busy] = controller.decide([knob], rate(5_000), now=3)
+    assert (busy.old, busy.new, busy.rule) == (500, 50, "busy")
