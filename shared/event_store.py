@@ -6,6 +6,7 @@ import io
 from collections.abc import Sequence
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.events import EVENT_COLUMNS, AccessEvent, event_record
 
@@ -37,9 +38,10 @@ async def store_events(executor: asyncpg.Pool | asyncpg.Connection, events: Sequ
     return int(status.rsplit(" ", 1)[-1])
 
 
-# Bulk path for uploads: binary COPY into a per-session staging table, then one idempotent
-# INSERT ... SELECT. COPY moves rows several times faster than unnest() of parameter arrays,
-# and the staging table keeps ON CONFLICT (event_id) DO NOTHING semantics for re-uploads.
+# Bulk paths for uploads. COPY moves rows several times faster than unnest() of parameter
+# arrays. COPY cannot skip rows already stored, so when some may be, the rows go into a
+# per-session staging table first and then through one idempotent INSERT ... SELECT with
+# ON CONFLICT (event_id) DO NOTHING.
 _STAGE_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS access_events_stage (
     event_id TEXT, time TIMESTAMPTZ, person_id TEXT, door_id TEXT, badge_id TEXT, access_result TEXT,
@@ -57,7 +59,15 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 
-async def copy_event_records(conn: asyncpg.Connection, records: Sequence[tuple[object, ...]]) -> int:
+# A connection, or one lent by a pool.
+CopyConnection = asyncpg.Connection | PoolConnectionProxy
+
+_FROM_STAGE_ORDERED_SQL = _FROM_STAGE_SQL.replace(
+    "FROM access_events_stage", "FROM access_events_stage ORDER BY event_id"
+)
+
+
+async def copy_event_records(conn: CopyConnection, records: Sequence[tuple[object, ...]]) -> int:
     """Store already validated rows (EVENT_COLUMNS order) in one transaction; returns how many were new."""
     if not records:
         return 0
@@ -68,7 +78,7 @@ async def copy_event_records(conn: asyncpg.Connection, records: Sequence[tuple[o
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def copy_event_csv(conn: asyncpg.Connection, data: bytes) -> int:
+async def copy_event_csv(conn: CopyConnection, data: bytes) -> int:
     """Store already validated rows given as CSV (EVENT_COLUMNS order, no header, empty unquoted
     field = NULL) in one transaction; returns how many were new. Lets a worker process prepare
     the payload so the service process only moves bytes."""
@@ -81,3 +91,41 @@ async def copy_event_csv(conn: asyncpg.Connection, data: bytes) -> int:
         )
         status = await conn.execute(_FROM_STAGE_SQL)
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def copy_event_binary(conn: CopyConnection, data: bytes, *, direct: bool = True) -> tuple[int, bool]:
+    """Store already validated rows given as a binary COPY payload (EVENT_COLUMNS order, see
+    `COPY ... (FORMAT binary)`) in one transaction; returns (rows new, whether they went in directly).
+
+    `direct` first COPYs straight into `access_events`: one pass, no staging table, and
+    PostgreSQL's batched heap inserts. Any row already stored (or stored concurrently, or twice
+    in the payload) makes that COPY fail as a whole with a unique violation; the payload then
+    goes through the staging table with ON CONFLICT (event_id) DO NOTHING, ordered by event_id
+    so two such transactions wait on each other's keys in one order. Callers that expect
+    conflicts (a re-upload) pass `direct=False` to skip the doomed attempt.
+    """
+    if len(data) <= 21:  # signature and trailer only: no rows
+        return 0, False
+    columns = list(EVENT_COLUMNS)
+    if direct:
+        try:
+            async with conn.transaction():
+                status = await conn.copy_to_table(
+                    "access_events", source=io.BytesIO(data), columns=columns, format="binary"
+                )
+            return int(status.rsplit(" ", 1)[-1]), True
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            pass
+    for attempt in range(3):
+        try:
+            async with conn.transaction():
+                await conn.execute(_STAGE_SQL)
+                await conn.copy_to_table(
+                    "access_events_stage", source=io.BytesIO(data), columns=columns, format="binary"
+                )
+                status = await conn.execute(_FROM_STAGE_ORDERED_SQL)
+            return int(status.rsplit(" ", 1)[-1]), False
+        except asyncpg.DeadlockDetectedError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -25,6 +25,8 @@ T = TypeVar("T")
 def _warm() -> int:
     import pandas  # noqa: F401 - importing once per child makes the first real task fast
 
+    import services.data_processing.arrow_chunks  # noqa: F401 - and the upload parser's Arrow
+
     return 0
 
 

@@ -75,6 +75,7 @@ class Chunk:
     next_line: int = 0
     eof: bool = False
     bytes_read: int = 0
+    copy_binary: bytes | None = None  # the same rows as a binary COPY payload (EVENT_COLUMNS order)
 
 
 def _normal(name: str) -> str:
@@ -122,10 +123,26 @@ def read_header(path: str) -> Header:
         return Header(names=names, fields=fields, data_offset=feed.offset, data_line=reader.line_num + 1)
 
 
+def _at_end(fh: BinaryIO) -> bool:
+    here = fh.tell()
+    more = fh.read(1)
+    fh.seek(here)
+    return not more
+
+
 def parse_chunk(
-    path: str, header: Header, offset: int, line: int, max_rows: int, *, want_frame: bool, want_copy: bool
+    path: str,
+    header: Header,
+    offset: int,
+    line: int,
+    max_rows: int,
+    *,
+    want_frame: bool,
+    want_copy: bool,
+    end: int | None = None,
 ) -> Chunk:
-    """Read up to `max_rows` records from `offset` (whose first line is `line`) and validate them."""
+    """Read up to `max_rows` records from `offset` (whose first line is `line`), and not past byte
+    `end` when given (a record boundary), and validate them."""
     ncols = len(header.names)
     rows: list[list[str]] = []
     lines: list[int] = []
@@ -141,14 +158,14 @@ def parse_chunk(
                 start = line + consumed
                 consumed = reader.line_num
                 if not record or (len(record) == 1 and not record[0].strip()):
-                    continue  # a blank line is not a record
-                if len(record) != ncols:
+                    pass  # a blank line is not a record
+                elif len(record) != ncols:
                     errors.append({"line": start, "reason": f"expected {ncols} fields, found {len(record)}"})
                 else:
                     rows.append(record)
                     lines.append(start)
-                if len(rows) + len(errors) >= max_rows:
-                    eof = False
+                if len(rows) + len(errors) >= max_rows or (end is not None and feed.offset >= end):
+                    eof = end is not None and feed.offset >= end and _at_end(fh)
                     break
         except csv.Error as exc:
             errors.append({"line": line + consumed, "reason": f"malformed CSV: {exc}"})

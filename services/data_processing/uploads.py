@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -10,11 +11,12 @@ from typing import Any
 import asyncpg
 
 from services.data_processing.async_file_processor import AsyncFileProcessor
-from services.data_processing.csv_rows import Header
+from services.data_processing.csv_rows import Chunk, Header
 from shared.breaker import CircuitBreaker
-from shared.event_store import copy_event_csv
+from shared.event_store import copy_event_binary, copy_event_csv
 
 MAX_LISTED_ERRORS = 1000
+UPLOAD_WRITERS = 2  # database connections storing one upload's chunks concurrently
 
 
 @dataclass
@@ -43,14 +45,42 @@ class UploadReport:
 
 
 async def store_upload(
-    path: str, header: Header, processor: AsyncFileProcessor, pool: asyncpg.Pool, breaker: CircuitBreaker
+    path: str,
+    header: Header,
+    processor: AsyncFileProcessor,
+    pool: asyncpg.Pool,
+    breaker: CircuitBreaker,
+    *,
+    writers: int = UPLOAD_WRITERS,
 ) -> UploadReport:
-    """Store every valid row of the file (each chunk in its own transaction: a huge file never
-    holds one long transaction); rows already stored (same event_id) are counted as duplicates."""
+    """Store every valid row of the file while the next chunks are parsed. Each chunk is stored in
+    its own transaction (a huge file never holds one long transaction) by one of `writers`
+    connections, so PostgreSQL's index updates, the largest cost, use more than one core. Rows
+    already stored (same event_id) are counted as duplicates."""
     report = UploadReport()
     started = time.perf_counter()
     rows_seen = 0
-    async with pool.acquire() as conn:
+    queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=writers)
+    direct = True  # COPY straight into the table until a chunk meets rows already stored
+
+    async def write() -> None:
+        nonlocal direct
+        async with pool.acquire() as conn:
+            while (chunk := await queue.get()) is not None:
+                if chunk.copy_binary is not None:
+                    inserted, went_direct = await breaker.call(
+                        copy_event_binary, conn, chunk.copy_binary, direct=direct
+                    )
+                    direct = direct and went_direct
+                elif chunk.copy_csv:
+                    inserted = await breaker.call(copy_event_csv, conn, chunk.copy_csv)
+                else:
+                    continue
+                report.rows_inserted += inserted
+                report.rows_duplicate += chunk.rows - inserted
+
+    tasks = [asyncio.create_task(write()) for _ in range(max(1, writers))]
+    try:
         async for chunk in processor.iter_chunks(path, header, want_frame=False, want_copy=True):
             report.chunks += 1
             rows_seen += chunk.rows + len(chunk.errors)
@@ -58,10 +88,36 @@ async def store_upload(
             room = MAX_LISTED_ERRORS - len(report.errors)
             if room > 0:
                 report.errors.extend(chunk.errors[:room])
-            if chunk.copy_csv:
-                inserted = await breaker.call(copy_event_csv, conn, chunk.copy_csv)  # type: ignore[arg-type]
-                report.rows_inserted += inserted
-                report.rows_duplicate += chunk.rows - inserted
+            if chunk.rows:
+                await _put(queue, chunk, tasks)
+        for _ in tasks:
+            await _put(queue, None, tasks)
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    report.errors.sort(key=lambda e: e["line"])
     report.seconds = round(time.perf_counter() - started, 3)
     report.rows_per_second = round(rows_seen / report.seconds, 1) if report.seconds > 0 else float(rows_seen)
     return report
+
+
+async def _put(
+    queue: asyncio.Queue[Chunk | None], item: Chunk | None, writers: list[asyncio.Task[None]]
+) -> None:
+    """Queue `item` for the writers. If a writer fails meanwhile, its error is raised here instead
+    of waiting forever for room in the queue."""
+    put = asyncio.ensure_future(queue.put(item))
+    alive = {task for task in writers if not task.done()}
+    try:
+        while not put.done():
+            if not alive:
+                raise RuntimeError("every database writer of the upload has stopped")
+            done, _ = await asyncio.wait([put, *alive], return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {put}:
+                alive.discard(task)
+                task.result()  # a writer that failed raises its error here
+    finally:
+        if not put.done():
+            put.cancel()
