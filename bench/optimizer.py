@@ -3,10 +3,10 @@
 Two fleets are started the same way (analytics, a gateway with its in-process event
 processor, an optimizer; each with its own database and topic): in one the optimizer only
 recommends (`OPTIMIZER_ENABLED=false`, the static defaults stay), in the other it applies its
-decisions (`OPTIMIZER_ENABLED=true`, a short decision interval and cooldown). Each fleet runs
-alone on the machine (started, warmed up the same way, loaded, stopped), one after the other;
-the full run does two rounds in alternating order so drift on the machine hits both alike.
-The load shifts what is busy, in three phases:
+decisions (`OPTIMIZER_ENABLED=true`, a short decision interval and cooldown). Both fleets are
+up together and warmed up the same way; then, phase by phase, one fleet gets the load while
+the other waits (the fleet going first flips between rounds), so drift on the machine (other
+work on it) reaches both alike within seconds. The load shifts what is busy, in three phases:
 
 1. uploads: a fixed set of CSV files, two at a time, `POST /api/v1/uploads` through the
    gateway (fixed work, so both fleets then query the same data);
@@ -384,22 +384,24 @@ async def warm_up(gateway: str, path: Path) -> None:
         (await http.post("/api/v1/events", content=events_body(random.Random(7), 10))).raise_for_status()
 
 
-def run_load(fleet: Fleet, files: list[Path], warm_file: Path, p: Profile) -> dict[str, Any]:
-    async def load() -> list[PhaseResult]:
-        await warm_up(fleet.gateway.url, warm_file)
-        phases = [await upload_phase(fleet.gateway.url, files, p)]
-        phases.append(await query_phase(fleet.gateway.url, p))
-        phases.append(await ingest_phase(fleet.gateway.url, fleet.dsn, p))
-        return phases
+async def run_phase(name: str, fleet: Fleet, files: list[Path], p: Profile) -> PhaseResult:
+    if name == "uploads":
+        return await upload_phase(fleet.gateway.url, files, p)
+    if name == "queries":
+        return await query_phase(fleet.gateway.url, p)
+    return await ingest_phase(fleet.gateway.url, fleet.dsn, p)
 
-    phases = asyncio.run(load())
+
+def decisions_of(fleet: Fleet, phases: list[PhaseResult]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     status = httpx.get(fleet.optimizer.url + "/api/v1/optimizer/status", timeout=10).json()
 
     def phase_of(at: float) -> str:
         name = "warm-up"
         for phase in phases:
-            if at >= phase.started:
-                name = phase.name
+            if phase.started <= at <= phase.started + phase.seconds:
+                return phase.name
+            if at > phase.started:
+                name = f"idle after {phase.name}"
         return name
 
     decisions = [
@@ -420,7 +422,32 @@ def run_load(fleet: Fleet, files: list[Path], warm_file: Path, p: Profile) -> di
         for service, entry in status["services"].items()
         for name, knob in entry["settings"].items()
     }
-    return {"phases": phases, "decisions": decisions, "final_settings": final}
+    return decisions, final
+
+
+def run_round(
+    fleets: list[Fleet], files: list[Path], warm_file: Path, p: Profile, flip: bool
+) -> dict[str, Any]:
+    """Both fleets run; phase by phase each gets the load while the other waits. The order is
+    the same for every phase of a round (so each fleet has the same pause between its phases:
+    a table queried right after its bulk insert is slower, measured) and flips between rounds."""
+
+    async def load() -> dict[str, list[PhaseResult]]:
+        for fleet in fleets:
+            await warm_up(fleet.gateway.url, warm_file)
+        out: dict[str, list[PhaseResult]] = {fleet.label: [] for fleet in fleets}
+        order = list(reversed(fleets)) if flip else fleets
+        for name in PHASES:
+            for fleet in order:
+                out[fleet.label].append(await run_phase(name, fleet, files, p))
+        return out
+
+    phases = asyncio.run(load())
+    result: dict[str, Any] = {}
+    for fleet in fleets:
+        decisions, final = decisions_of(fleet, phases[fleet.label])
+        result[fleet.label] = {"phases": phases[fleet.label], "decisions": decisions, "final_settings": final}
+    return result
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -436,20 +463,18 @@ def run(quick: bool) -> dict[str, Any]:
         write_csv(warm_file, 1_000, seed=10_000, facility="warmup", month="2025-01")
         logs = Path(tmp)
         for n in range(p.rounds):
-            order = [("static", False), ("optimized", True)]
-            if n % 2:
-                order.reverse()  # drift on the machine hits both fleets alike
-            results: dict[str, dict[str, Any]] = {}
-            for label, enabled in order:
-                with fresh_database(pg) as dsn:
-                    fleet = build_fleet(label, enabled, dsn, bootstrap, logs, p)
-                    try:
-                        start_all(fleet.processes)
-                        results[label] = run_load(fleet, files, warm_file, p)
-                    finally:
+            with fresh_database(pg) as static_dsn, fresh_database(pg) as tuned_dsn:
+                fleets = [
+                    build_fleet("static", False, static_dsn, bootstrap, logs, p),
+                    build_fleet("optimized", True, tuned_dsn, bootstrap, logs, p),
+                ]
+                try:
+                    start_all([proc for fleet in fleets for proc in fleet.processes])
+                    rounds.append(run_round(fleets, files, warm_file, p, flip=n % 2 == 1))
+                finally:
+                    for fleet in fleets:
                         for proc in reversed(fleet.processes):
                             proc.stop()
-            rounds.append(results)
     return report(rounds, p, quick)
 
 
