@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -101,10 +102,8 @@ class FleetRun:
             return
         if self.proc.poll() is None:
             for pid in self.fleet_pids():
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     psutil.Process(pid).kill()
-                except psutil.NoSuchProcess:
-                    pass
         self.proc.wait(timeout=30)
 
 
