@@ -123,7 +123,7 @@ def encode_copy_binary(columns: EventColumns) -> bytes:
 
     def text(values: pa.Array) -> list[pa.Array]:
         data = values.cast(pa.binary())
-        return [_length_prefix(data), data]
+        return [_length_prefix(data), pc.fill_null(data, b"")]  # NULL: length -1, no bytes
 
     parts = [
         _fixed(np.full(n, 12, dtype=">i2")),  # the field count
@@ -138,9 +138,11 @@ def encode_copy_binary(columns: EventColumns) -> bytes:
         *text(columns.device_status),
         *text(columns.facility_id),
         _length_prefix(extra_value),
-        extra_value,
+        pc.fill_null(extra_value, b""),
     ]
-    rows = pc.binary_join_element_wise(*parts, b"", null_handling="skip")
+    rows = pc.binary_join_element_wise(*parts, b"")
+    if len(rows) != n or rows.null_count:
+        raise RuntimeError("binary COPY rows do not match the input rows")
     offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)
     first, last = int(offsets[rows.offset]), int(offsets[rows.offset + n])
     body = rows.buffers()[2]

@@ -89,15 +89,14 @@ def derive_event_ids(fields: Sequence[IdField], n: int) -> pa.StringArray:
         prefix = "," + orjson.dumps(f.key).decode() + ':"'
         piece = pc.binary_join_element_wise(prefix, _escaped(values), '"', "")
         if f.omit_empty:
-            piece = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), piece)
+            piece = pc.if_else(pc.equal(values, ""), "", piece)
         pieces.append(piece)
-    if not pieces:
-        joined = pa.array([""] * n, type=pa.string())
-    else:
-        joined = pc.binary_join_element_wise(*pieces, "", null_handling="skip")
+    joined = pc.binary_join_element_wise(*pieces, "") if pieces else pa.array([""] * n, type=pa.string())
     # Every piece starts with ","; the first becomes "{". An all-empty row is "{}".
     canonical = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
     canonical = canonical.combine_chunks() if isinstance(canonical, pa.ChunkedArray) else canonical
+    if len(canonical) != n or canonical.null_count:
+        raise RuntimeError("canonical rows do not match the input rows")
     offsets = np.frombuffer(canonical.buffers()[1], dtype=np.int32)[
         canonical.offset : canonical.offset + n + 1
     ]

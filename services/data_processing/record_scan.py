@@ -82,6 +82,9 @@ def scan_records(
     lengths = ends - starts
     if len(lengths) and int(lengths.max()) > MAX_RECORD_BYTES:
         anomalies.append(int(starts[np.argmax(lengths > MAX_RECORD_BYTES)]))
+    if not final:
+        # The unfinished record is scanned again, whole, by the next call.
+        anomalies = [a for a in anomalies if a < complete]
     if size - complete > MAX_RECORD_BYTES:
         anomalies.append(complete)
 
@@ -145,11 +148,15 @@ def plan_spans(path: str, offset: int, line: int, rows: int, budget: int, block:
     """Split the file from `offset` (a record boundary on `line`) into spans of at most `rows`
     records and at most `budget` bytes in flight each, reading up to `block` bytes. Stops at the
     first anomaly; otherwise the block's last, possibly cut, span is left to the next call."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read(block)
-        eof = len(data) < block or not fh.read(1)
-    recs = scan_records(data, line, final=eof, count_fields=False)
+    while True:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(block)
+            eof = len(data) < block or not fh.read(1)
+        recs = scan_records(data, line, final=eof, count_fields=False)
+        if recs.complete or eof or recs.anomaly is not None:
+            break
+        block *= 2  # not one whole record yet (a record is at most MAX_RECORD_BYTES)
     if recs.anomaly is not None:
         stop, stop_line = recs.anomaly, recs.anomaly_line
     else:

@@ -180,3 +180,57 @@ async def test_read_csv_chunks_yields_chunks_of_the_configured_size(tmp_path: Pa
         assert tight.smallest_chunk < 50_000  # the budget, not the setting, sized the chunks
     finally:
         workers.close()
+
+
+@pytest.fixture
+async def big_client(database_url: str) -> AsyncIterator[Client]:
+    settings = AnalyticsSettings(
+        database_url=database_url,
+        cache_type="memory",
+        tracing_enabled=False,
+        analytics_max_workers=2,
+        analytics_chunk_size=1_000,
+        upload_max_bytes=4 * 1024 * 1024,
+    )
+    async for http in _client(settings):
+        yield http
+
+
+async def test_a_file_of_many_chunks_is_split_parsed_and_stored_in_parallel(
+    big_client: Client, database_url: str
+) -> None:
+    records, bad_lines, line = [], [], 2
+    for i in range(7_000):
+        door = f'"door\n{i % 9}"' if i % 500 == 7 else f"d{i % 40}"  # some records span two lines
+        result = "Maybe" if i % 250 == 3 else "Granted"
+        stamp = f"2025-01-0{1 + i % 9}T{i % 24:02d}:00:{i % 60:02d}Z"
+        if i == 4_321:
+            door = 'a "stray" quote'  # only the csv module may read it: it takes over from here
+        record = f"{stamp},p{i},b{i % 77},{door},{result}"
+        if result == "Maybe":
+            bad_lines.append(line)
+        records.append(record)
+        line += 1 + record.count("\n")
+    body = (HEADER + "\n".join(records) + "\n").encode()
+    good = 7_000 - len(bad_lines)
+
+    report = await _upload(big_client, body)
+    assert report["status"] == 201, report
+    assert report["chunks"] >= 7  # at most ANALYTICS_CHUNK_SIZE rows per chunk
+    assert [e["line"] for e in report["errors"]] == bad_lines
+    assert report["rows_inserted"] == good
+    assert await _count(database_url) == good
+    conn = await asyncpg.connect(database_url)
+    try:
+        stray = await conn.fetchval("SELECT door_id FROM access_events WHERE person_id = 'p4321'")
+        two_lines = await conn.fetchval("SELECT door_id FROM access_events WHERE person_id = 'p507'")
+    finally:
+        await conn.close()
+    assert stray == 'a "stray" quote'
+    assert two_lines == "door\n3"
+
+    again = await _upload(big_client, body)
+    assert again["rows_inserted"] == 0
+    assert again["rows_duplicate"] == good
+    assert [e["line"] for e in again["errors"]] == bad_lines
+    assert await _count(database_url) == good
