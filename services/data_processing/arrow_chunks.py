@@ -223,7 +223,7 @@ def parse_span(
         extras = [(header.names[i], columns_raw[i]) for i, f in enumerate(header.fields) if f is None]
         ok, fast = _fast_columns(raw, extras, n)
         good = np.flatnonzero(ok)
-        parts.append((fast.take(good), lines[good]))
+        parts.append((fast, lines) if len(good) == n else (fast.take(good), lines[good]))
         slow = np.flatnonzero(~ok)
         if len(slow):
             take = pa.array(slow)

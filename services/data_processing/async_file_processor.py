@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncFileProcessor", "register_upload_services"]
 
 MIN_CHUNK_ROWS = 1_000
+FIRST_BLOCK = 1 << 20  # bytes planned before the first span starts
 
 
 class AsyncFileProcessor:
@@ -87,7 +88,10 @@ class AsyncFileProcessor:
         spans: deque[Span] = deque()
         running: deque[tuple[Span, asyncio.Future[Chunk | None]]] = deque()
         planning: asyncio.Future[Plan] | None = asyncio.ensure_future(
-            self.workers.run(plan_spans, path, header.data_offset, header.data_line, rows, budget)
+            # A small first block, so the first span is parsed and stored while the rest is planned.
+            self.workers.run(
+                plan_spans, path, header.data_offset, header.data_line, rows, budget, FIRST_BLOCK
+            )
         )
         plan: Plan | None = None
         try:

@@ -20,6 +20,7 @@ import hashlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -43,10 +44,27 @@ class IdField:
     omit_empty: bool = False  # extra columns are left out of the row when empty
 
 
-def _has_control_bytes(values: pa.Array) -> bool:
-    """Whether any value may hold a control character: one pass over the column's bytes."""
+def _bytes(values: pa.Array) -> np.ndarray:
     data = values.buffers()[2]
-    return data is not None and bool((np.frombuffer(data, dtype=np.uint8) < 0x20).any())
+    return np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+
+
+def _has_bytes_below(values: pa.Array, limit: int) -> bool:
+    """Whether any value may hold such a byte: one pass over the column's data buffer."""
+    return bool((_bytes(values) < limit).any())
+
+
+def _has_any_byte(values: pa.Array, chars: bytes) -> bool:
+    data = _bytes(values)
+    return any(bool((data == c).any()) for c in chars)
+
+
+def _binary(value: Any) -> Any:
+    if isinstance(value, str):
+        return pa.scalar(value.encode(), pa.binary())
+    if isinstance(value, pa.Scalar):
+        return value
+    return value.cast(pa.binary())
 
 
 def _escaped(values: pa.Array) -> pa.Array:
@@ -80,20 +98,34 @@ def derive_event_ids(fields: Sequence[IdField], n: int) -> pa.StringArray:
     keys = [f.key for f in fields]
     if len(set(keys)) != len(keys):  # later columns would overwrite earlier ones in the dict
         return pa.array(_reference(fields, np.arange(n)), type=pa.string())
-    pieces: list[pa.Array] = []
     control = np.zeros(n, dtype=bool)
-    for f in sorted(fields, key=lambda f: f.key):
-        values = f.values
-        if _has_control_bytes(values):
-            control |= pc.match_substring_regex(values, _CONTROL).to_numpy(zero_copy_only=False)
-        prefix = "," + orjson.dumps(f.key).decode() + ':"'
-        piece = pc.binary_join_element_wise(prefix, _escaped(values), '"', "")
-        if f.omit_empty:
-            piece = pc.if_else(pc.equal(values, ""), "", piece)
-        pieces.append(piece)
-    joined = pc.binary_join_element_wise(*pieces, "") if pieces else pa.array([""] * n, type=pa.string())
-    # Every piece starts with ","; the first becomes "{". An all-empty row is "{}".
-    canonical = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
+    ordered = sorted(fields, key=lambda f: f.key)
+    escaped = []
+    for f in ordered:
+        if _has_bytes_below(f.values, 0x20):
+            control |= pc.match_substring_regex(f.values, _CONTROL).to_numpy(zero_copy_only=False)
+        escaped.append(_escaped(f.values) if _has_any_byte(f.values, b'"\\') else f.values)
+    # The hash input is the namespace's bytes followed by the canonical JSON; joining the
+    # namespace in here saves a concatenation per row in the hashing loop.
+    namespace = pa.scalar(UPLOAD_NAMESPACE.bytes, pa.binary())
+    if not any(f.omit_empty for f in ordered):
+        # Every key is always present: one element-wise join of literals and values.
+        parts: list[Any] = [namespace]
+        for i, (f, values) in enumerate(zip(ordered, escaped, strict=True)):
+            parts += [("{" if i == 0 else '",') + orjson.dumps(f.key).decode() + ':"', values]
+        parts.append('"}' if ordered else "{}")
+        canonical = pc.binary_join_element_wise(*[_binary(p) for p in parts], b"")
+    else:
+        pieces: list[pa.Array] = []
+        for f, values in zip(ordered, escaped, strict=True):
+            piece = pc.binary_join_element_wise("," + orjson.dumps(f.key).decode() + ':"', values, '"', "")
+            if f.omit_empty:
+                piece = pc.if_else(pc.equal(f.values, ""), "", piece)
+            pieces.append(piece)
+        joined = pc.binary_join_element_wise(*pieces, "")
+        # Every piece starts with ","; the first becomes "{". An all-empty row is "{}".
+        body = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
+        canonical = pc.binary_join_element_wise(namespace, _binary(body), b"")
     canonical = canonical.combine_chunks() if isinstance(canonical, pa.ChunkedArray) else canonical
     if len(canonical) != n or canonical.null_count:
         raise RuntimeError("canonical rows do not match the input rows")
@@ -101,10 +133,8 @@ def derive_event_ids(fields: Sequence[IdField], n: int) -> pa.StringArray:
         canonical.offset : canonical.offset + n + 1
     ]
     data = canonical.buffers()[2].to_pybytes()
-    namespace = UPLOAD_NAMESPACE.bytes
     sha1 = hashlib.sha1
-    bounds = offsets.tolist()
-    digests = b"".join([sha1(namespace + data[a:b]).digest() for a, b in itertools.pairwise(bounds)])
+    digests = b"".join([sha1(data[a:b]).digest() for a, b in itertools.pairwise(offsets.tolist())])
     ids = _uuid_strings(digests, n)
     odd = np.flatnonzero(control)
     if len(odd):
