@@ -263,8 +263,10 @@ class RedisTier:
     async def close(self) -> None:
         for client in list(self._clients.values()):
             # a client of another (stopped) loop cannot be closed from here: nothing to do
+            # Bounded: a pub/sub reader stuck on a dead socket can hold the pool's lock, and
+            # shutting down must never hang on it.
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await asyncio.wait_for(client.aclose(), timeout=2)
         self._clients.clear()
 
 
