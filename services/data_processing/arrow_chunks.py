@@ -36,12 +36,10 @@ _RESULTS = ["Granted", "Denied", "Timeout", "Error"]
 _STATUSES = ["Valid", "Invalid", "Expired", "Suspended"]
 _TRUE = ["1", "true", "yes", "y", "t"]
 _FALSE = ["", "0", "false", "no", "n", "f"]
-_EPOCH_2000_US = 946_684_800_000_000
 
 
 @dataclass
 class _Span:
-    data: bytes
     lines: np.ndarray  # file line of each complete record (fields == ncols)
     errors: list[dict[str, Any]]
 
@@ -60,7 +58,7 @@ def _records(data: bytes, line: int, ncols: int) -> _Span | None:
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue
         errors.append({"line": int(recs.lines[i]), "reason": f"expected {ncols} fields, found {found}"})
-    return _Span(data=data, lines=recs.lines[recs.fields == ncols], errors=errors)
+    return _Span(lines=recs.lines[recs.fields == ncols], errors=errors)
 
 
 def _read(data: bytes, ncols: int) -> list[pa.StringArray] | None:
