@@ -120,3 +120,17 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for service in reversed(started):
         service.stop()
+
+
+def service_env(database_url: str, kafka_bootstrap: str, topic: str) -> dict[str, str]:
+    """Settings that point a service process at the test's database, topic and consumer group,
+    with the short group timeouts the embedded broker needs for ~1 s joins."""
+    return {
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ACCESS_EVENTS_TOPIC": topic,
+        "ACCESS_EVENTS_DLQ_TOPIC": topic + ".dlq",
+        "EVENT_PROCESSOR_GROUP_ID": topic + "-processor",
+        "KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+    }

@@ -8,20 +8,14 @@ from collections.abc import Callable
 import httpx
 
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess
+from tests.fleet import ServiceProcess, service_env
 
 
 def test_posted_event_reaches_the_summary_through_the_gateway(
     database_url: str, kafka_bootstrap: str, topic_name: str, start_service: Callable[..., ServiceProcess]
 ) -> None:
     env = {
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ACCESS_EVENTS_TOPIC": topic_name,
-        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
-        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        **service_env(database_url, kafka_bootstrap, topic_name),
     }
     analytics = start_service("services.analytics", env, wait_ready=True)
     gateway = start_service("services.gateway", {**env, "ANALYTICS_URL": analytics.url}, wait_ready=True)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fleet import ServiceProcess
+from tests.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -61,13 +61,7 @@ def test_gateway_and_standalone_processor_guard_their_memory(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
     env = {
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ACCESS_EVENTS_TOPIC": topic_name,
-        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
-        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        **service_env(database_url, kafka_bootstrap, topic_name),
         **TINY,
     }
     gateway = start_service("services.gateway", env, wait_ready=True, timeout_s=60)

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.embedded import free_port
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess
+from tests.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +54,7 @@ def test_optimizer_raises_a_full_batch_size(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
     env = {
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ACCESS_EVENTS_TOPIC": topic_name,
-        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
-        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        **service_env(database_url, kafka_bootstrap, topic_name),
         "ADMIN_TOKEN": TOKEN,
     }
     processor = start_service("services.gateway.event_processor", env, wait_ready=True)

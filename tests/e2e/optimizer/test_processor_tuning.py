@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess
+from tests.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -60,13 +60,7 @@ def test_tuning_is_guarded_validated_and_applied_live(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
     env = {
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ACCESS_EVENTS_TOPIC": topic_name,
-        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
-        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        **service_env(database_url, kafka_bootstrap, topic_name),
         "ADMIN_TOKEN": TOKEN,
     }
     service = start_service(module, env, wait_ready=True)

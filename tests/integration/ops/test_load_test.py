@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from shared.settings import REPO_ROOT
-from tests.fleet import ServiceProcess
+from tests.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -28,13 +28,7 @@ def _gateway(
     database_url: str, kafka_bootstrap: str, topic_name: str, start_service: Callable[..., ServiceProcess]
 ) -> ServiceProcess:
     env = {
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ACCESS_EVENTS_TOPIC": topic_name,
-        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
-        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+        **service_env(database_url, kafka_bootstrap, topic_name),
         # The breaker's analytics proxy is not under test; nothing listens there.
         "ANALYTICS_URL": "http://127.0.0.1:9",
     }
