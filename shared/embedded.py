@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -23,6 +25,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_DEFAULT_SETTINGS = {
+    "fsync": "on",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "synchronous_commit": "on",
+}
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -62,11 +71,21 @@ def _postgres_bin_path() -> Path:
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server whose data lives in `data_dir` (kept across restarts)."""
+    """A PostgreSQL server whose data lives in `data_dir` (kept across restarts).
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    `settings` are server parameters given as `-c name=value` at every start, on top of (and
+    overriding) the defaults, e.g. `{"shared_preload_libraries": "pg_stat_statements"}`.
+    """
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = free_port(port)
+        self.settings = {**_DEFAULT_SETTINGS, **(settings or {})}
+        bad = [name for name in self.settings if not _SETTING_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not PostgreSQL setting names: {bad}")
         self._user: str | None = None
         self._started_here = False
 
@@ -125,9 +144,9 @@ class EmbeddedPostgres:
                 f"an embedded PostgreSQL already runs on {self.data_dir}; stop the other fleet first"
             )
         log.info("starting embedded PostgreSQL on 127.0.0.1:%s", self.port)
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=on -c max_connections=200 "
-            "-c shared_buffers=256MB -c synchronous_commit=on"
+        # pg_ctl hands its -o string to /bin/sh, so each `name=value` is shell-quoted.
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} " + " ".join(
+            f"-c {shlex.quote(f'{name}={value}')}" for name, value in self.settings.items()
         )
         self._pg(
             "pg_ctl",

@@ -4,11 +4,13 @@
   unused ones (never scanned, not enforcing a constraint), exact duplicates, and indexes whose
   columns are a prefix of another index on the same table (redundant for lookups).
 - :meth:`IndexOptimizer.recommend_new_indexes`: the queries to look at come from
-  `pg_stat_statements` when the extension is installed (PostgreSQL 16+ can plan its
-  parameterised texts with `EXPLAIN (GENERIC_PLAN)`), and always include the fleet's own known
-  queries with sample values from the data. Each is planned with `EXPLAIN (FORMAT JSON)`; a
-  sequential scan that filters a large table down to a small share of its rows recommends an
-  index on the filtered columns (equality columns first, then ranges, then the sort key).
+  `pg_stat_statements` when the extension is installed and preloaded (the statements this
+  database ran; their parameterised texts get the generic plan PostgreSQL would cache for
+  them), and always include the fleet's own known queries with sample values from the data.
+  Each is planned with `EXPLAIN (FORMAT JSON)`; a sequential scan that filters a large table
+  down to a small share of its rows recommends an index on the filtered columns (equality
+  columns first, then ranges, then the sort key). Each recommendation's `source` says where
+  its query came from: `pg_stat_statements`, `known query: ...` or `extra query: ...`.
 - :meth:`IndexOptimizer.create_index`: identifiers are checked against the catalog and quoted;
   the index is built `CONCURRENTLY` (no write lock on the table) and `IF NOT EXISTS`.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -196,13 +199,17 @@ class IndexOptimizer:
         installed = await conn.fetchval(
             "SELECT count(*) > 0 FROM pg_extension WHERE extname = 'pg_stat_statements'"
         )
-        if not installed or int(await conn.fetchval("SHOW server_version_num")) < 160000:
+        if not installed:
             return []
         try:
+            # The view covers every database of the server: a statement another database ran
+            # (the replica's, say) must not become advice for this one. `_` is a LIKE wildcard,
+            # hence the escaped `pg\_` that skips catalog queries only.
             rows = await conn.fetch(
-                """SELECT query FROM pg_stat_statements
-                   WHERE query ILIKE 'select%' AND query NOT ILIKE '%pg_%'
-                   ORDER BY total_exec_time DESC LIMIT 50"""
+                r"""SELECT query FROM pg_stat_statements
+                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND query ILIKE 'select%' AND query NOT ILIKE '%pg\_%'
+                    ORDER BY total_exec_time DESC LIMIT 50"""
             )
         except asyncpg.PostgresError:
             return []  # installed but not preloaded
@@ -251,14 +258,35 @@ class IndexOptimizer:
                 text = re.sub(r"\$(\d+)", lambda m: f"${mapping[int(m.group(1))]}", query)
                 raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {text}", *[args[n - 1] for n in used])
             elif used:
-                raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON, GENERIC_PLAN) {query}")
+                raw = await self._explain_generic(conn, query, max(used))
             else:
                 raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}")
-        except (asyncpg.PostgresError, IndexError, KeyError):
+        except (asyncpg.PostgresError, IndexError, KeyError, ValueError):
             return None
         parsed = json.loads(raw) if isinstance(raw, str) else raw
         plan: dict[str, Any] = parsed[0]["Plan"]
         return plan
+
+    async def _explain_generic(self, conn: asyncpg.Connection, query: str, params: int) -> Any:
+        """The plan PostgreSQL caches for `query` whatever values its `$1..$params` take.
+
+        `EXPLAIN (GENERIC_PLAN)` cannot go through asyncpg: the extended protocol turns the
+        placeholders into bind parameters, asyncpg then demands values, and bound values (even
+        NULLs) are folded into the plan. A prepared statement executed under
+        `plan_cache_mode = force_generic_plan` is planned without looking at its arguments, so
+        the NULLs passed to it here only fill the slots.
+        """
+        if ";" in query:
+            raise ValueError("one statement only")  # PREPARE goes through the simple protocol
+        name = f"index_optimizer_{secrets.token_hex(6)}"
+        await conn.execute(f"PREPARE {name} AS {query}")
+        try:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                nulls = ", ".join(["NULL"] * params)
+                return await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})")
+        finally:
+            await conn.execute(f"DEALLOCATE {name}")
 
     async def _seq_scans(
         self, conn: asyncpg.Connection, plan: dict[str, Any], query: str, source: str
