@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import install_error_handlers
 from shared.request_context import request_id_var
+from shared.resources import start_resource_guard
 from shared.settings import FleetSettings
 from shared.tracing import instrument_app
 
@@ -95,11 +96,17 @@ def create_service_app(
     @contextlib.asynccontextmanager
     async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         readiness_checks(app)
-        if lifespan is None:
-            yield
-            return
-        async with lifespan(app):
-            yield
+        # Every service guards its memory and CPU; background work waits on the guard.
+        guard = start_resource_guard(settings, service=service)
+        app.state.resource_guard = guard
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await guard.stop()
 
     app = FastAPI(
         title=title or f"Sentinel Fleet {service}",

@@ -21,7 +21,7 @@ from shared.breaker import CircuitBreakerOpen, get_breaker_registry
 from shared.cache import IntelligentCacheWarmer, build_cache_manager, set_cache_manager
 from shared.db import create_pool, ping
 from shared.errors import error_response
-from shared.resources import get_resource_guard, start_resource_guard
+from shared.resources import get_resource_guard
 from shared.service_app import create_service_app, readiness_checks
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        guard = start_resource_guard(settings, service="analytics")
         dsn = settings.require_database_url()
         pool = await create_pool(
             dsn,
@@ -83,7 +82,6 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             set_cache_manager(None)
             workers.close()
             await pool.close()
-            await guard.stop()
 
     app = create_service_app(
         service="analytics",

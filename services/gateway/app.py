@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from services.gateway import __version__, breaker_routes, dashboard, ingest, proxy
 from services.gateway.event_processor import tuning as processor_tuning
-from services.gateway.event_processor.service import ProcessorService
+from services.gateway.event_processor.service import running_processor
 from services.gateway.http_client import create_upstream_client
 from services.gateway.publisher import EventPublisher
 from services.gateway.rate_limit import IngestLimiter
@@ -17,8 +17,6 @@ from services.gateway.routes_table import load_routes
 from services.gateway.settings import GatewaySettings, get_settings
 from services.gateway.stale_cache import StaleCache
 from shared.breaker import get_breaker_registry
-from shared.db import create_pool, ping
-from shared.resources import start_resource_guard
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -33,7 +31,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        guard = start_resource_guard(settings, service="gateway")
         checks = readiness_checks(app)
         publisher = EventPublisher(
             settings.require_kafka(),
@@ -52,31 +49,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 max_entries=settings.proxy_stale_entries, max_total_bytes=settings.proxy_stale_max_bytes
             ),
         )
-        pool = None
-        processor = None
+        processor: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if settings.run_event_processor:
-            pool = await create_pool(
-                settings.require_database_url(),
-                min_size=0,
-                max_size=4,
-                command_timeout=settings.database_timeout_s,
+            processor = running_processor(
+                settings, breakers.get("database"), checks, consumer_check="event_processor"
             )
-            processor = ProcessorService(settings, pool, breakers.get("database"))
-            app.state.processor = processor
-            checks["database"] = lambda: ping(pool)
-            checks["event_processor"] = processor.check_ready
-            processor.start()
         try:
-            yield
+            async with processor as running:
+                app.state.processor = running
+                yield
         finally:
-            if processor is not None:
-                await processor.stop()
-            if pool is not None:
-                await pool.close()
             await http.aclose()
             await publisher.close()
             await limiter.aclose()
-            await guard.stop()
 
     app = create_service_app(
         service="gateway",

@@ -11,7 +11,6 @@ from fastapi import Depends, FastAPI, Request
 from services.optimizer import __version__
 from services.optimizer.optimizer import Optimizer
 from services.optimizer.settings import OptimizerSettings, get_settings
-from shared.resources import start_resource_guard
 from shared.service_app import create_service_app
 
 
@@ -28,14 +27,12 @@ def create_app(settings: OptimizerSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        guard = start_resource_guard(settings, service="optimizer")
         optimizer = Optimizer(settings).start()
         app.state.optimizer = optimizer
         try:
             yield
         finally:
             await optimizer.stop()
-            await guard.stop()
 
     app = create_service_app(
         service="optimizer",

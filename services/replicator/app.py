@@ -11,7 +11,6 @@ from fastapi import Depends, FastAPI, Request
 from services.replicator import __version__
 from services.replicator.service import ReplicatorService
 from services.replicator.settings import ReplicatorSettings, get_settings
-from shared.resources import start_resource_guard
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -28,8 +27,7 @@ def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        guard = start_resource_guard(settings, service="replicator")
-        service = ReplicatorService(settings, guard=guard)
+        service = ReplicatorService(settings, guard=app.state.resource_guard)
         await service.open()
         app.state.replicator = service
         checks = readiness_checks(app)
@@ -40,7 +38,6 @@ def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
             yield
         finally:
             await service.close()
-            await guard.stop()
 
     app = create_service_app(
         service="replicator",

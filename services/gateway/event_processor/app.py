@@ -10,11 +10,9 @@ from fastapi import FastAPI, Request
 
 from services.gateway import __version__, breaker_routes
 from services.gateway.event_processor import tuning as processor_tuning
-from services.gateway.event_processor.service import ProcessorService
+from services.gateway.event_processor.service import ProcessorService, running_processor
 from services.gateway.settings import GatewaySettings, get_settings
 from shared.breaker import get_breaker_registry
-from shared.db import create_pool, ping
-from shared.resources import start_resource_guard
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -24,25 +22,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        guard = start_resource_guard(settings, service="event_processor")
-        pool = await create_pool(
-            settings.require_database_url(),
-            min_size=0,
-            max_size=4,
-            command_timeout=settings.database_timeout_s,
-        )
-        processor = ProcessorService(settings, pool, breakers.get("database"))
-        app.state.processor = processor
-        checks = readiness_checks(app)
-        checks["database"] = lambda: ping(pool)
-        checks["kafka"] = processor.check_ready
-        processor.start()
-        try:
+        async with running_processor(
+            settings, breakers.get("database"), readiness_checks(app), consumer_check="kafka"
+        ) as processor:
+            app.state.processor = processor
             yield
-        finally:
-            await processor.stop()
-            await pool.close()
-            await guard.stop()
 
     app = create_service_app(
         service="event_processor", version=__version__, settings=settings, lifespan=lifespan

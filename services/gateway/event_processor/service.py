@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -14,6 +15,7 @@ from services.gateway.event_processor.processor import EventProcessor, Processor
 from services.gateway.event_processor.sink import EventSink
 from services.gateway.settings import GatewaySettings
 from shared.breaker import CircuitBreaker
+from shared.db import create_pool, ping
 from shared.kafka import create_consumer, create_producer, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -135,3 +137,33 @@ class ProcessorService:
             "database_breaker": self.sink.breaker.state,
             "last_error": self.last_error or (stats.last_error if stats else None),
         }
+
+
+@contextlib.asynccontextmanager
+async def running_processor(
+    settings: GatewaySettings,
+    database_breaker: CircuitBreaker,
+    checks: dict[str, Callable[[], Awaitable[object]]],
+    *,
+    consumer_check: str,
+) -> AsyncIterator[ProcessorService]:
+    """A started processor with its own pool, registered in `checks`; drained and closed on exit.
+
+    The pool starts empty (min_size=0) so the processor, and the gateway hosting it, start while
+    the database is down; the breaker and the processor's backoff take it from there.
+    """
+    pool = await create_pool(
+        settings.require_database_url(),
+        min_size=0,
+        max_size=4,
+        command_timeout=settings.database_timeout_s,
+    )
+    processor = ProcessorService(settings, pool, database_breaker)
+    checks["database"] = lambda: ping(pool)
+    checks[consumer_check] = processor.check_ready
+    processor.start()
+    try:
+        yield processor
+    finally:
+        await processor.stop()
+        await pool.close()
