@@ -211,6 +211,16 @@ class PrometheusReader:
         readers = {"analytics": self._analytics, "event_processor": self._processor}
         for name, job in self.jobs.items():
             try:
+                # As in scrape mode, a target Prometheus does not scrape is an error, not a service
+                # whose signals are all absent: a wrong job label must show, and the controller
+                # must hold that service's knobs.
+                up = await self._scalar(f'max(up{{job="{job}"}})')
+                if up is None:
+                    signals.errors[name] = f'Prometheus has no target with job="{job}"'
+                    continue
+                if up < 1:
+                    signals.errors[name] = f'Prometheus cannot scrape job="{job}" (up == 0)'
+                    continue
                 signals.services[name] = await readers[name](job)
             except Exception as exc:
                 signals.errors[name] = f"{type(exc).__name__}: {exc}"[:300]

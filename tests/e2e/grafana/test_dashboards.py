@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +26,10 @@ from shared.embedded import free_port
 from shared.settings import REPO_ROOT
 from tests.factories import event_dict
 from tests.fleet import ServiceProcess
-from tests.servers import unavailable
+from tests.prometheus import instant, prometheus_binary, start_prometheus
 
 GRAFANA = REPO_ROOT / "monitoring" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-PROMETHEUS = "/usr/bin/prometheus"
-PROMTOOL = "/usr/bin/promtool"
 
 pytestmark = pytest.mark.e2e
 
@@ -86,9 +82,7 @@ def test_dashboards_and_provisioning_are_consistent() -> None:
 
 @pytest.fixture
 def prometheus_bin() -> str:
-    if not (shutil.which(PROMETHEUS) and shutil.which(PROMTOOL)):
-        unavailable("prometheus and promtool (apt-get install prometheus)")
-    return PROMETHEUS
+    return prometheus_binary()
 
 
 @pytest.fixture
@@ -182,58 +176,6 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=15)
-
-
-def start_prometheus(
-    binary: str, targets: dict[str, str], tmp_path: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": job,
-                "static_configs": [{"targets": [url.removeprefix("http://")], "labels": {"service": job}}],
-            }
-            for job, url in targets.items()
-        ],
-    }
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config))
-    check = subprocess.run([PROMTOOL, "check", "config", str(config_file)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/-/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("prometheus did not become ready")
-
-
-def instant(prom: str, expr: str) -> list[dict[str, Any]]:
-    body = httpx.get(prom + "/api/v1/query", params={"query": expr}, timeout=10).json()
-    assert body["status"] == "success", f"{expr}: {body}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
 
 
 def test_every_panel_query_returns_series(
