@@ -84,6 +84,9 @@ def test_tuning_is_guarded_validated_and_applied_live(
     assert (changed.json()["batch_size"], changed.json()["flush_interval_ms"]) == (3, 20)
     assert httpx.get(url, headers=AUTH, timeout=5).json()["batch_size"] == 3
 
+    # The change takes effect from the next poll; a poll already waiting (up to the previous
+    # flush interval, longer on a loaded machine) may still ask for the old size, so let it end.
+    time.sleep(0.5)
     # The running loop uses the new size: 40 events arrive, every batch holds at most 3.
     asyncio.run(_publish(kafka_bootstrap, topic_name, 40))
     deadline = time.monotonic() + 30
