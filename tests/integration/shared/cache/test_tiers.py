@@ -24,7 +24,8 @@ from shared.cache import (
 )
 from tests.servers import start_redis_server
 
-pytestmark = pytest.mark.integration
+# A hang here (seen once under heavy load) should cost a minute and a traceback, not five.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 def redis_tier(url: str, prefix: str, breaker: CircuitBreaker | None = None) -> RedisTier:
