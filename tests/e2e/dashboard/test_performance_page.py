@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import REPO_ROOT
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess
+from tests.fleet import ServiceProcess, service_env
 from tests.integration.performance.receivers import SlackReceiver, slack_receiver
 from tests.servers import unavailable
 
@@ -83,14 +83,8 @@ def fleet(
     monitoring.write_text(MONITORING_YAML.format(slack=slack_receiver.url))
     env = {
         "MONITORING_CONFIG": str(monitoring),
-        "DATABASE_URL": database_url,
+        **service_env(database_url, kafka_bootstrap, topic_name),
         "TIMESCALE_URL": replica_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ACCESS_EVENTS_TOPIC": topic_name,
-        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
-        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
         "ANALYTICS_MAX_WORKERS": "1",
         "PERFORMANCE_SNAPSHOT_INTERVAL": "1",
     }

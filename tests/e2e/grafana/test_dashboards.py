@@ -25,7 +25,7 @@ import yaml
 from shared.embedded import free_port
 from shared.settings import REPO_ROOT
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess
+from tests.fleet import ServiceProcess, service_env
 from tests.prometheus import instant, prometheus_binary, start_prometheus
 
 GRAFANA = REPO_ROOT / "monitoring" / "grafana"
@@ -107,14 +107,8 @@ def fleet(
     routes_file = tmp_path / "routes.yaml"
     routes_file.write_text(yaml.safe_dump(routes))
     env = {
-        "DATABASE_URL": database_url,
+        **service_env(database_url, kafka_bootstrap, topic_name),
         "TIMESCALE_URL": replica_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ACCESS_EVENTS_TOPIC": topic_name,
-        "ACCESS_EVENTS_DLQ_TOPIC": topic_name + ".dlq",
-        "EVENT_PROCESSOR_GROUP_ID": topic_name + "-processor",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
         "ANALYTICS_MAX_WORKERS": "1",
         "PERFORMANCE_SNAPSHOT_INTERVAL": "1",
         "MONITORING_EVALUATION_INTERVAL": "1",
