@@ -16,7 +16,7 @@ from tempfile import TemporaryDirectory
 import asyncpg
 import orjson
 
-from shared.db import apply_migrations, drop_database, ensure_database, with_database
+from shared.db import MigrationTarget, apply_migrations, drop_database, ensure_database, with_database
 from shared.kafka import create_producer, ensure_topics
 from tests.fleet import ServiceProcess
 from tests.servers import KafkaProvider, PostgresProvider, unique_name
@@ -34,11 +34,13 @@ def servers() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def fresh_database(server_dsn: str) -> Iterator[str]:
+def fresh_database(server_dsn: str, kind: MigrationTarget = "primary") -> Iterator[str]:
+    """A new database with the `kind` schema (`primary`, or `replica`: the replicator's target),
+    dropped afterwards."""
     name = unique_name("bench_gateway")
     asyncio.run(ensure_database(server_dsn, name))
     dsn = with_database(server_dsn, name)
-    asyncio.run(apply_migrations(dsn, "primary"))
+    asyncio.run(apply_migrations(dsn, kind))
     try:
         yield dsn
     finally:

@@ -1,7 +1,8 @@
 """Does the optimizer beat static settings? The same shifting load on two fleets, in one run.
 
 Two fleets are started the same way (analytics, a gateway with its in-process event
-processor, an optimizer; each with its own database and topic): in one the optimizer only
+processor, a replicator to a replica database, an optimizer; each with its own databases and
+topic): in one the optimizer only
 recommends (`OPTIMIZER_ENABLED=false`, the static defaults stay), in the other it applies its
 decisions (`OPTIMIZER_ENABLED=true`, a short decision interval and cooldown). Both fleets are
 up together and warmed up the same way; then, phase by phase, one fleet gets the load while
@@ -22,6 +23,12 @@ Objective, stated before the numbers: per phase, work completed per second —
 - ingest: events stored per second, from the first POST until the last accepted event is in
   the database (a processor that falls behind is charged for its drain), with the event →
   stored p95 next to it.
+The constraint: the replica stays fresh. During every phase the replicator's
+`replication_backlog_seconds` is sampled (its maximum must stay within the optimizer's
+`OPTIMIZER_REPLICATION_BACKLOG_BUDGET`, 60 s, well under the 300 s alert), and after every
+phase the fleet must have replicated every row before the next phase starts anywhere: the
+time that takes is reported per phase (`catch_up_s`), outside the phase's own seconds, so
+neither fleet's leftover background work slows the other's measured phase.
 The score is the geometric mean over the phases of optimized ÷ static. Every decision the
 optimizer took (and, for the static fleet, what it only recommended) is in the output.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import csv
 import math
 import random
@@ -42,6 +50,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 
@@ -78,10 +87,11 @@ class Profile:
     cooldown_s: float = 2.0
 
 
-QUICK = Profile(files=3, rows_per_file=100_000, query_s=8, ingest_s=6, rounds=1)
+QUICK = Profile(files=8, rows_per_file=100_000, query_s=8, ingest_s=10, rounds=1)
 FULL = Profile(
-    files=6, rows_per_file=150_000, query_s=25, ingest_s=20, rounds=2, interval_s=2.0, cooldown_s=4.0
+    files=10, rows_per_file=150_000, query_s=25, ingest_s=20, rounds=2, interval_s=1.0, cooldown_s=4.0
 )
+BACKLOG_BUDGET_S = 60.0
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -308,17 +318,21 @@ async def scrape(url: str) -> Scrape:
 class Fleet:
     label: str
     dsn: str
+    replica_dsn: str
     topic: str
     analytics: ServiceProcess
     gateway: ServiceProcess
+    replicator: ServiceProcess
     optimizer: ServiceProcess
 
     @property
     def processes(self) -> list[ServiceProcess]:
-        return [self.analytics, self.gateway, self.optimizer]
+        return [self.analytics, self.gateway, self.replicator, self.optimizer]
 
 
-def build_fleet(label: str, enabled: bool, dsn: str, bootstrap: str, logs: Path, p: Profile) -> Fleet:
+def build_fleet(
+    label: str, enabled: bool, dsn: str, replica_dsn: str, bootstrap: str, logs: Path, p: Profile
+) -> Fleet:
     topic = unique_name("bench_optimizer")
     asyncio.run(ensure_topics(bootstrap, {topic: 4, topic + ".dlq": 1}))
     analytics = ServiceProcess(
@@ -348,6 +362,11 @@ def build_fleet(label: str, enabled: bool, dsn: str, bootstrap: str, logs: Path,
         },
         logs,
     )
+    replicator = ServiceProcess(
+        "services.replicator",
+        {"DATABASE_URL": dsn, "TIMESCALE_URL": replica_dsn, "ADMIN_TOKEN": TOKEN, "LOG_LEVEL": "WARNING"},
+        logs,
+    )
     optimizer = ServiceProcess(
         "services.optimizer",
         {
@@ -355,6 +374,8 @@ def build_fleet(label: str, enabled: bool, dsn: str, bootstrap: str, logs: Path,
             "ADMIN_TOKEN": TOKEN,
             "ANALYTICS_URL": analytics.url,
             "GATEWAY_URL": gateway.url,
+            "REPLICATOR_URL": replicator.url,
+            "OPTIMIZER_REPLICATION_BACKLOG_BUDGET": str(BACKLOG_BUDGET_S),
             "OPTIMIZER_INTERVAL": str(p.interval_s),
             "OPTIMIZER_COOLDOWN": str(p.cooldown_s),
             "OPTIMIZER_CONFIRMATIONS": "2",
@@ -363,7 +384,7 @@ def build_fleet(label: str, enabled: bool, dsn: str, bootstrap: str, logs: Path,
         },
         logs,
     )
-    return Fleet(label, dsn, topic, analytics, gateway, optimizer)
+    return Fleet(label, dsn, replica_dsn, topic, analytics, gateway, replicator, optimizer)
 
 
 def start_all(processes: list[ServiceProcess]) -> None:
@@ -384,12 +405,54 @@ async def warm_up(gateway: str, path: Path) -> None:
         (await http.post("/api/v1/events", content=events_body(random.Random(7), 10))).raise_for_status()
 
 
+async def replica_rows(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM access_events_replica"))
+    finally:
+        await conn.close()
+
+
+async def sample_backlog(replicator: str, peak: list[float], stop: asyncio.Event) -> None:
+    """The replicator's own `replication_backlog_seconds`, twice a second, keeping the maximum."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                response = await http.get(replicator + "/metrics")
+                value = Scrape.parse(response.text).value("replication_backlog_seconds")
+                if value is not None:
+                    peak[0] = max(peak[0], value)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def wait_replicated(fleet: Fleet, timeout_s: float = 300.0) -> float:
+    """Seconds until the replica holds every row of the primary."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if await replica_rows(fleet.replica_dsn) >= await count_rows(fleet.dsn):
+            return time.perf_counter() - started
+        await asyncio.sleep(0.25)
+    raise RuntimeError(f"{fleet.label}: the replica did not catch up within {timeout_s:.0f}s")
+
+
 async def run_phase(name: str, fleet: Fleet, files: list[Path], p: Profile) -> PhaseResult:
-    if name == "uploads":
-        return await upload_phase(fleet.gateway.url, files, p)
-    if name == "queries":
-        return await query_phase(fleet.gateway.url, p)
-    return await ingest_phase(fleet.gateway.url, fleet.dsn, p)
+    peak, stop = [0.0], asyncio.Event()
+    sampler = asyncio.create_task(sample_backlog(fleet.replicator.url, peak, stop))
+    try:
+        if name == "uploads":
+            result = await upload_phase(fleet.gateway.url, files, p)
+        elif name == "queries":
+            result = await query_phase(fleet.gateway.url, p)
+        else:
+            result = await ingest_phase(fleet.gateway.url, fleet.dsn, p)
+        catch_up_s = await wait_replicated(fleet)
+    finally:
+        stop.set()
+        await sampler
+    result.extra["replication_backlog_max_s"] = round(peak[0], 2)
+    result.extra["catch_up_s"] = round(catch_up_s, 2)
+    return result
 
 
 def decisions_of(fleet: Fleet, phases: list[PhaseResult]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -435,6 +498,7 @@ def run_round(
     async def load() -> dict[str, list[PhaseResult]]:
         for fleet in fleets:
             await warm_up(fleet.gateway.url, warm_file)
+            await wait_replicated(fleet)
         out: dict[str, list[PhaseResult]] = {fleet.label: [] for fleet in fleets}
         order = list(reversed(fleets)) if flip else fleets
         for name in PHASES:
@@ -463,10 +527,15 @@ def run(quick: bool) -> dict[str, Any]:
         write_csv(warm_file, 1_000, seed=10_000, facility="warmup", month="2025-01")
         logs = Path(tmp)
         for n in range(p.rounds):
-            with fresh_database(pg) as static_dsn, fresh_database(pg) as tuned_dsn:
+            with (
+                fresh_database(pg) as static_dsn,
+                fresh_database(pg) as tuned_dsn,
+                fresh_database(pg, "replica") as static_replica,
+                fresh_database(pg, "replica") as tuned_replica,
+            ):
                 fleets = [
-                    build_fleet("static", False, static_dsn, bootstrap, logs, p),
-                    build_fleet("optimized", True, tuned_dsn, bootstrap, logs, p),
+                    build_fleet("static", False, static_dsn, static_replica, bootstrap, logs, p),
+                    build_fleet("optimized", True, tuned_dsn, tuned_replica, bootstrap, logs, p),
                 ]
                 try:
                     start_all([proc for fleet in fleets for proc in fleet.processes])

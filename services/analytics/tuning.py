@@ -51,12 +51,22 @@ class AnalyticsTuning:
     cache: HierarchicalCacheManager
     max_memory_mb: int
 
+    def __post_init__(self) -> None:
+        # The configured values: where the optimizer returns to, and its ceiling for knobs that
+        # it only shrinks under pressure.
+        self.defaults: dict[str, Any] = {
+            "chunk_size": self.chunk_size,
+            "max_workers": self.workers.max_workers,
+            "cache_ttl_seconds": dict(CACHE_TTLS),
+        }
+
     def current(self) -> dict[str, Any]:
         return {
             "chunk_size": self.chunk_size,
             "max_workers": self.workers.max_workers,
             "cache_ttl_seconds": {name: self.cache.ttl_for(name, ttl) for name, ttl in CACHE_TTLS.items()},
             "max_memory_mb": self.max_memory_mb,
+            "defaults": self.defaults,
             "bounds": BOUNDS,
         }
 

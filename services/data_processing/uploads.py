@@ -12,6 +12,7 @@ import asyncpg
 
 from services.data_processing.async_file_processor import AsyncFileProcessor
 from services.data_processing.csv_rows import Chunk, Header
+from services.data_processing.metrics import UPLOAD_ROWS, UPLOADS_IN_PROGRESS
 from shared.breaker import CircuitBreaker
 from shared.event_store import copy_event_binary, copy_event_csv
 
@@ -78,7 +79,9 @@ async def store_upload(
                     continue
                 report.rows_inserted += inserted
                 report.rows_duplicate += chunk.rows - inserted
+                UPLOAD_ROWS.inc(inserted)
 
+    UPLOADS_IN_PROGRESS.inc()
     tasks = [asyncio.create_task(write()) for _ in range(max(1, writers))]
     try:
         async for chunk in processor.iter_chunks(path, header, want_frame=False, want_copy=True):
@@ -94,6 +97,7 @@ async def store_upload(
             await _put(queue, None, tasks)
         await asyncio.gather(*tasks)
     finally:
+        UPLOADS_IN_PROGRESS.dec()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -35,7 +35,11 @@ class Optimizer:
     def __init__(self, settings: OptimizerSettings, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.enabled = settings.optimizer_enabled
-        self.urls = {"analytics": settings.analytics_url, "event_processor": settings.processor_url}
+        self.urls = {
+            "analytics": settings.analytics_url,
+            "event_processor": settings.processor_url,
+            "replicator": settings.replicator_url,
+        }
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(settings.optimizer_request_timeout_s))
         self._own_http = http is None
         self.reader: ScrapeReader | PrometheusReader
@@ -54,6 +58,7 @@ class Optimizer:
                 cache_hit_target=settings.optimizer_cache_hit_target,
                 cooldown_s=settings.optimizer_cooldown_s,
                 confirmations=settings.optimizer_confirmations,
+                replication_backlog_budget_s=settings.optimizer_replication_backlog_budget_s,
             )
         )
         self.knobs: dict[tuple[str, str], Knob] = {}
@@ -81,13 +86,29 @@ class Optimizer:
                 self.settings_source[service] = f"assumed defaults (GET /admin/tuning: {exc})"[:300]
                 self._assume_defaults(service)
 
-    def _knob(self, service: str, setting: str, value: float, low: float, high: float) -> None:
+    def _knob(
+        self,
+        service: str,
+        setting: str,
+        value: float,
+        low: float,
+        high: float,
+        *,
+        default: float | None = None,
+        integer: bool = True,
+    ) -> None:
+        """Creates or updates a knob; `default` is the service's configured value when it
+        reports one (else the first value seen)."""
         knob = self.knobs.get((service, setting))
         if knob is None:
-            self.knobs[(service, setting)] = Knob(service, setting, value, value, low, high, integer=True)
+            self.knobs[(service, setting)] = Knob(
+                service, setting, value, value if default is None else default, low, high, integer=integer
+            )
             return
         knob.value = value
         knob.low, knob.high = low, high
+        if default is not None:
+            knob.default = default
 
     def _merge(self, service: str, body: dict[str, Any]) -> None:
         bounds = body.get("bounds", {})
@@ -96,28 +117,55 @@ class Optimizer:
             b = bounds.get(name, fallback)
             return (float(b["min"]), float(b["max"])) if isinstance(b, dict) else (float(b[0]), float(b[1]))
 
+        defaults = body.get("defaults", {})
+
+        def default(name: str) -> float | None:
+            value = defaults.get(name)
+            return float(value) if isinstance(value, int | float) else None
+
         if service == "event_processor":
             for name in ("batch_size", "flush_interval_ms"):
                 low, high = limits(name, _PROCESSOR_FALLBACK[name][1:])
-                self._knob(service, name, float(body[name]), low, high)
+                self._knob(service, name, float(body[name]), low, high, default=default(name))
+        elif service == "replicator":
+            low, high = limits("interval_seconds", (0.05, 3_600.0))
+            self._knob(
+                service,
+                "interval_seconds",
+                float(body["interval_seconds"]),
+                low,
+                high,
+                default=default("interval_seconds"),
+                integer=False,
+            )
         else:
             low, high = limits("chunk_size", (1_000, 1_000_000))
-            self._knob(service, "chunk_size", float(body["chunk_size"]), low, high)
+            self._knob(
+                service, "chunk_size", float(body["chunk_size"]), low, high, default=default("chunk_size")
+            )
             low, high = limits("max_workers", (1, 32))
-            self._knob(service, "max_workers", float(body["max_workers"]), low, high)
+            self._knob(
+                service, "max_workers", float(body["max_workers"]), low, high, default=default("max_workers")
+            )
             low, high = limits("cache_ttl_seconds", (1, 86_400))
+            ttl_defaults = defaults.get("cache_ttl_seconds", {})
             for cache, ttl in body.get("cache_ttl_seconds", {}).items():
+                configured = ttl_defaults.get(cache) if isinstance(ttl_defaults, dict) else None
                 self._knob(
                     service,
                     f"cache_ttl_seconds.{cache}",
                     float(ttl),
                     low,
                     min(high, self.settings.optimizer_cache_ttl_max_s),
+                    default=float(configured) if isinstance(configured, int | float) else None,
+                    integer=False,
                 )
 
     def _assume_defaults(self, service: str) -> None:
         if any(k[0] == service for k in self.knobs):
             return  # keep what was last known
+        if service == "replicator":
+            return  # optional: a fleet without a replicator has nothing of it to tune
         if service == "event_processor":
             for name, (value, low, high) in _PROCESSOR_FALLBACK.items():
                 self._knob(service, name, value, low, high)
@@ -135,7 +183,7 @@ class Optimizer:
         if decision.setting.startswith("cache_ttl_seconds."):
             body: dict[str, Any] = {"cache_ttl_seconds": {decision.setting.split(".", 1)[1]: decision.new}}
         else:
-            body = {decision.setting: int(decision.new)}
+            body = {decision.setting: int(decision.new) if knob.integer else decision.new}
         url = self.urls[decision.service].rstrip("/") + "/admin/tuning"
         try:
             response = await self.http.put(url, json=body, headers=self._headers())

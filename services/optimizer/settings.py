@@ -19,6 +19,11 @@ class OptimizerSettings(FleetSettings):
     optimizer_latency_target_ms: float = Field(500.0, gt=0, validation_alias="OPTIMIZER_LATENCY_TARGET_MS")
     optimizer_cache_hit_target: float = Field(0.8, gt=0, le=1, validation_alias="OPTIMIZER_CACHE_HIT_TARGET")
     optimizer_cache_ttl_max_s: float = Field(3600.0, ge=1, validation_alias="OPTIMIZER_CACHE_TTL_MAX")
+    # Replication is deferred while foreground writes saturate the host, but the oldest
+    # unreplicated event never gets older than this (well under the 300 s backlog alert).
+    optimizer_replication_backlog_budget_s: float = Field(
+        60.0, gt=0, validation_alias="OPTIMIZER_REPLICATION_BACKLOG_BUDGET"
+    )
     optimizer_request_timeout_s: float = Field(5.0, gt=0, validation_alias="OPTIMIZER_REQUEST_TIMEOUT")
     # Where the event processor's /metrics and /admin/tuning are: the gateway by default (it
     # runs the processor in-process), or a standalone processor.

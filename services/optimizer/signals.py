@@ -72,6 +72,10 @@ def analytics_signals(window: Window) -> SignalMap:
         "request_rate": request_rate,
         "query_rate": max(0.0, request_rate - upload_rate),
         "upload_rate": upload_rate,
+        # An upload in progress shows here before its request completes (upload_rate counts
+        # completed requests only).
+        "uploads_in_progress": window.after.value("uploads_in_progress"),
+        "upload_rows_rate": window.rate("upload_rows_total"),
         "error_rate": errors,
         "latency_p95_s": window.quantile("http_request_duration_highr_seconds", 0.95),
         "memory_ratio": window.after.value("resource_memory_ratio"),
@@ -94,7 +98,19 @@ def processor_signals(window: Window) -> SignalMap:
     }
 
 
-EXTRACTORS = {"analytics": analytics_signals, "event_processor": processor_signals}
+def replicator_signals(window: Window) -> SignalMap:
+    return {
+        "backlog_seconds": window.after.value("replication_backlog_seconds"),
+        "rows_rate": window.rate("replication_rows_total"),
+        "memory_ratio": window.after.value("resource_memory_ratio"),
+    }
+
+
+EXTRACTORS = {
+    "analytics": analytics_signals,
+    "event_processor": processor_signals,
+    "replicator": replicator_signals,
+}
 
 
 class ScrapeReader:
@@ -164,6 +180,8 @@ class PrometheusReader:
             "upload_rate": await self._scalar(
                 f'sum(rate(http_requests_total{{{sel},handler="{UPLOAD_HANDLER}"}}[{w}]))'
             ),
+            "uploads_in_progress": await self._scalar(f"sum(uploads_in_progress{{{sel}}})"),
+            "upload_rows_rate": await self._scalar(f"sum(rate(upload_rows_total{{{sel}}}[{w}]))"),
             "error_rate": await self._scalar(f'sum(rate(http_requests_total{{{user},status=~"5.."}}[{w}]))'),
             "latency_p95_s": await self._scalar(
                 "histogram_quantile(0.95, sum by (le) "
@@ -206,9 +224,21 @@ class PrometheusReader:
             "memory_ratio": await self._scalar(f"max(resource_memory_ratio{{{sel}}})"),
         }
 
+    async def _replicator(self, job: str) -> SignalMap:
+        w, sel = self.window, f'job="{job}"'
+        return {
+            "backlog_seconds": await self._scalar(f"max(replication_backlog_seconds{{{sel}}})"),
+            "rows_rate": await self._scalar(f"sum(rate(replication_rows_total{{{sel}}}[{w}]))"),
+            "memory_ratio": await self._scalar(f"max(resource_memory_ratio{{{sel}}})"),
+        }
+
     async def read(self) -> Signals:
         signals = Signals(host=host_signals())
-        readers = {"analytics": self._analytics, "event_processor": self._processor}
+        readers = {
+            "analytics": self._analytics,
+            "event_processor": self._processor,
+            "replicator": self._replicator,
+        }
         for name, job in self.jobs.items():
             try:
                 # As in scrape mode, a target Prometheus does not scrape is an error, not a service

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from services.replicator import __version__
 from services.replicator.service import ReplicatorService
 from services.replicator.settings import ReplicatorSettings, get_settings
+from services.replicator.tuning import router as tuning_router
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -46,6 +47,8 @@ def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Copies access events from the primary to the replica in commit order.",
     )
+
+    app.include_router(tuning_router)
 
     @app.get("/status", tags=["replication"])
     async def status(service: Replicator) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,10 @@ from shared.resources import ResourceGuard
 log = logging.getLogger(__name__)
 
 DATABASES = ("source", "target")
+# While the loop waits longer than this, the backlog gauge is refreshed at this period, so a
+# deliberately long interval (the optimizer deferring replication) still reports how far
+# behind the replica is, and the optimizer can end the deferral in time.
+GAUGE_REFRESH_S = 1.0
 
 
 @dataclass
@@ -85,7 +90,16 @@ class ReplicatorService:
         registry = get_breaker_registry(settings.circuit_breaker_config)
         self.breakers = {db: registry.get(f"replication_{db}") for db in DATABASES}
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # set by stop() and retune(): a waiting loop looks again
         self._task: asyncio.Task[None] | None = None
+
+    def retune(self, *, batch_size: int | None = None, interval_s: float | None = None) -> None:
+        """New batch size and/or interval, live; the interval counts from the last catch-up."""
+        if batch_size is not None:
+            self.batch_size = batch_size
+        if interval_s is not None:
+            self.interval_s = interval_s
+        self._wake.set()
 
     async def open(self) -> None:
         # min_size=0: the service starts (and reports what is missing) while a database is down.
@@ -109,6 +123,7 @@ class ReplicatorService:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
         task, self._task = self._task, None
         if task is not None:
             try:
@@ -219,7 +234,7 @@ class ReplicatorService:
     async def run(self) -> None:
         prepared = False
         while not self._stopping.is_set():
-            delay = self.interval_s
+            failed_delay: float | None = None
             try:
                 if not prepared:
                     await self.prepare()
@@ -227,12 +242,30 @@ class ReplicatorService:
                 await self.catch_up()
             except (SourceError, TargetError) as exc:
                 database = "source" if isinstance(exc, SourceError) else "target"
-                delay = self._failed(database, exc)
+                failed_delay = self._failed(database, exc)
             except Exception as exc:  # a bug must not end replication silently
                 log.exception("replication cycle failed")
-                delay = self._failed("target", exc)
+                failed_delay = self._failed("target", exc)
+            if failed_delay is not None:
+                await self._pause(functools.partial(float, failed_delay), refresh=False)
+            else:
+                await self._pause(lambda: self.interval_s, refresh=True)
+
+    async def _pause(self, delay: Callable[[], float], *, refresh: bool) -> None:
+        """Wait `delay()` seconds from now, re-reading it when retune() wakes the loop (a shorter
+        interval ends the wait at once); refreshes the backlog gauge during long waits."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not self._stopping.is_set():
+            remaining = started + delay() - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                await asyncio.wait_for(self._wake.wait(), timeout=min(remaining, GAUGE_REFRESH_S))
+            if refresh and not self._wake.is_set() and started + delay() - loop.time() > 0:
+                with contextlib.suppress(SourceError, TargetError):
+                    await self.refresh_gauges()
 
     async def _wait_for_resources(self) -> None:
         if self.guard is None or not self.guard.throttled:

@@ -53,6 +53,7 @@ class ProcessorTuningUpdate(BaseModel):
 class ProcessorTuningView(BaseModel):
     batch_size: int
     flush_interval_ms: int
+    defaults: dict[str, int]  # the configured values (the optimizer's ceiling and resting point)
     bounds: dict[str, tuple[int, int]]
 
 
@@ -74,6 +75,10 @@ def _view(processor: ProcessorService) -> ProcessorTuningView:
     return ProcessorTuningView(
         batch_size=tuning.batch_size,
         flush_interval_ms=tuning.flush_interval_ms,
+        defaults={
+            "batch_size": processor.settings.processor_batch_size,
+            "flush_interval_ms": processor.settings.processor_flush_interval_ms,
+        },
         bounds={"batch_size": BATCH_SIZE_BOUNDS, "flush_interval_ms": FLUSH_INTERVAL_MS_BOUNDS},
     )
 

@@ -94,26 +94,25 @@ def full_batches(size: float) -> Signals:
     )
 
 
-def test_aimd_batch_size_needs_confirmation_respects_cooldown_and_bounds() -> None:
-    knob = processor_knob()
+def test_aimd_batch_size_needs_confirmation_respects_cooldown_and_its_ceiling() -> None:
+    knob = processor_knob(1000)
     controller = Controller(ControllerConfig(cooldown_s=30, confirmations=2))
-    assert controller.decide([knob], full_batches(1000), now=0) == []  # first sighting only
-    [decision] = controller.decide([knob], full_batches(1000), now=1)
-    assert (decision.old, decision.new, decision.rule) == (1000, 1500, "ai")
+    # Full batches at the configured size: growing past it was measured to buy nothing.
+    for t in range(5):
+        assert controller.decide([knob], full_batches(1000), now=t) == []
+    # After a cut (the store was slow), full batches grow back: +half the default per step.
+    knob.value = 250
+    assert controller.decide([knob], full_batches(250), now=10) == []  # first sighting only
+    [decision] = controller.decide([knob], full_batches(250), now=11)
+    assert (decision.old, decision.new, decision.rule) == (250, 750, "ai")
     assert "full" in decision.reason
-    assert decision.signals["batch_mean_records"] == 1000
+    assert decision.signals["batch_mean_records"] == 250
     knob.value, knob.last_change = decision.new, decision.at
     # Within the cooldown nothing moves, however often the rule fires.
-    for t in range(2, 31):
-        assert controller.decide([knob], full_batches(1500), now=t) == []
-    [decision] = controller.decide([knob], full_batches(1500), now=32)
-    assert decision.new == 2000
-    knob.value = 3900
-    knob.last_change = None
-    knob.streak = None
-    controller.decide([knob], full_batches(3900), now=100)
-    [decision] = controller.decide([knob], full_batches(3900), now=101)
-    assert decision.new == 4000  # clamped to the upper bound
+    for t in range(12, 41):
+        assert controller.decide([knob], full_batches(750), now=t) == []
+    [decision] = controller.decide([knob], full_batches(750), now=42)
+    assert decision.new == 1000  # capped at the configured size
 
 
 def test_slow_store_halves_and_alternating_signals_never_move_the_knob() -> None:
@@ -162,8 +161,15 @@ def test_analytics_rules_workers_chunks_and_cache_ttl() -> None:
     )
     ttl.value = 240
     decisions = {d.setting: d for d in controller.decide([workers, chunk, ttl], uploads, now=10)}
-    assert decisions["chunk_size"].new == 100_000
+    assert "chunk_size" not in decisions  # bigger chunks than configured were measured slower
     assert decisions["cache_ttl_seconds.summary"].new == 60  # data changing: default freshness
+    pressure = Signals(services={"analytics": {"memory_ratio": 0.85}}, host={"memory_ratio": 0.5})
+    [smaller] = controller.decide([chunk], pressure, now=11)
+    assert (smaller.new, smaller.rule) == (25_000, "md")
+    chunk.value = smaller.new
+    relieved = Signals(services={"analytics": {"memory_ratio": 0.3}}, host={"memory_ratio": 0.3})
+    [restored] = controller.decide([chunk], relieved, now=12)
+    assert (restored.new, restored.rule) == (50_000, "reset")
     workers.value = 4
     assert {d.setting: d for d in controller.decide([workers], uploads, now=20)}["max_workers"].new == 3
 
@@ -205,3 +211,59 @@ def test_events_flowing_again_restore_the_flush_interval_at_once() -> None:
     # the knob is in its cooldown and the rule has fired only once.
     [busy] = controller.decide([knob], rate(5_000), now=3)
     assert (busy.old, busy.new, busy.rule) == (500, 50, "busy")
+
+
+def test_replication_yields_to_writes_within_the_backlog_budget() -> None:
+    controller = Controller(ControllerConfig(cooldown_s=30, confirmations=2, replication_backlog_budget_s=60))
+    knob = Knob("replicator", "interval_seconds", 1.0, default=1.0, low=0.05, high=3600, integer=False)
+
+    def load(cpu: float, events: float, uploads: float, backlog: float) -> Signals:
+        return Signals(
+            services={
+                "replicator": {"backlog_seconds": backlog, "rows_rate": 1000.0},
+                "event_processor": {"events_rate": events},
+                "analytics": {"upload_rate": uploads},
+            },
+            host={"cpu_ratio": cpu},
+        )
+
+    # A busy host with no write burst (queries, a trickle of events, another tenant):
+    # replication is not in anyone's way.
+    assert controller.decide([knob], load(0.97, 0, 0, 0.5), now=0) == []
+    assert controller.decide([knob], load(0.97, 200, 0, 0.5), now=1) == []
+    # A burst on an idle host: nothing to yield to either.
+    assert controller.decide([knob], load(0.3, 20_000, 0, 0.5), now=1.5) == []
+    assert controller.decide([knob], load(0.3, 20_000, 0, 0.5), now=1.7) == []
+    # Writes flowing on a saturated host: defer, after a confirmation.
+    assert controller.decide([knob], load(0.97, 20_000, 0, 0.5), now=2) == []
+    [defer] = controller.decide([knob], load(0.97, 20_000, 0, 0.8), now=3)
+    assert (defer.old, defer.new, defer.rule) == (1.0, 30.0, "defer")
+    assert "20000 events/s" in defer.reason
+    assert "of a 60s budget" in defer.reason
+    assert defer.signals["host.fleet.events_rate"] == 20_000
+    assert defer.signals["backlog_seconds"] == 0.8
+    knob.value, knob.last_change = defer.new, defer.at
+    # Still busy, backlog growing but under half the budget: hold.
+    assert controller.decide([knob], load(0.95, 0, 0.5, 12.0), now=4) == []
+    # Half the budget reached while still busy: back to the default at once (no confirmation,
+    # inside the cooldown).
+    [resume] = controller.decide([knob], load(0.95, 0, 0.5, 31.0), now=5)
+    assert (resume.new, resume.rule) == (1.0, "resume")
+    assert "half its 60s budget" in resume.reason
+    knob.value, knob.last_change = resume.new, resume.at
+    # Re-deferring is an ordinary decision: it waits for the cooldown.
+    for t in range(6, 35):
+        assert controller.decide([knob], load(0.95, 20_000, 0, 1.0), now=t) == []
+    [again] = controller.decide([knob], load(0.95, 20_000, 0, 1.0), now=36)
+    assert again.rule == "defer"
+    knob.value, knob.last_change = again.new, again.at
+    # Between the thresholds (hysteresis): hold.
+    assert controller.decide([knob], load(0.45, 800, 0, 5.0), now=36.5) == []
+    # The burst ends: resume at once.
+    [done] = controller.decide([knob], load(0.95, 100, 0, 20.0), now=37)
+    assert (done.new, done.rule) == (1.0, "resume")
+    assert "burst ended" in done.reason
+    # No backlog reading (replicator not scraped yet): hold.
+    knob.value = 30.0
+    missing = Signals(services={"replicator": {"backlog_seconds": None}}, host={"cpu_ratio": 0.2})
+    assert controller.decide([knob], missing, now=100) == []
