@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.analytics import __version__, admin_routes, performance_routes, routes
-from services.analytics.analyses import AnalyticsService
+from services.analytics.analyses import CACHE_TTLS, AnalyticsService
 from services.analytics.invalidation import EventsListener
 from services.analytics.settings import AnalyticsSettings, get_settings
 from services.analytics.tuning import AnalyticsTuning
@@ -54,6 +54,8 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         set_cache_manager(cache)
         await cache.start()
         app.state.cache = cache
+        for name in CACHE_TTLS:  # hit/miss series exist from the first scrape on
+            cache.register(name)
         listener = EventsListener(dsn, cache)
         listener.start()
         app.state.events_listener = listener

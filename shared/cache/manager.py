@@ -126,7 +126,20 @@ class HierarchicalCacheManager:
         stats = self._stats.get(name)
         if stats is None:
             stats = self._stats[name] = _CacheStats()
+            self.register(name)
         return stats
+
+    def register(self, name: str) -> None:
+        """Export the cache's hit and miss counters at 0 for every tier before its first lookup.
+
+        A labelled counter otherwise appears only at its first increment, and PromQL's rate()
+        and increase() lose a series' first increment: a cache whose hits all landed between
+        two scrapes would read as a 0 % hit ratio.
+        """
+        for tier in self.tiers:
+            metrics.CACHE_HITS.labels(cache=name, tier=tier.name)
+            metrics.CACHE_MISSES.labels(cache=name, tier=tier.name)
+        metrics.CACHE_COMPUTATIONS.labels(cache=name)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -67,6 +67,7 @@ def test_optimizer_raises_a_full_batch_size(
             "OPTIMIZER_ENABLED": "true" if enabled else "false",
             "OPTIMIZER_PROCESSOR_URL": processor.url,
             "ANALYTICS_URL": f"http://127.0.0.1:{free_port()}",  # nothing there: reported, not fatal
+            "REPLICATOR_URL": f"http://127.0.0.1:{free_port()}",  # no replicator either
             "OPTIMIZER_INTERVAL": "0.5",
             "OPTIMIZER_COOLDOWN": "1",
             "OPTIMIZER_CONFIRMATIONS": "2",

@@ -78,6 +78,7 @@ def test_optimizer_reads_processor_signals_through_prometheus(
                 "OPTIMIZER_ENABLED": "false",  # recommend only: the processor keeps its settings
                 "OPTIMIZER_PROCESSOR_URL": processor.url,
                 "ANALYTICS_URL": f"http://127.0.0.1:{free_port()}",  # nothing there, nothing scraped
+                "REPLICATOR_URL": f"http://127.0.0.1:{free_port()}",  # no replicator either
                 "OPTIMIZER_INTERVAL": "0.5",
                 "OPTIMIZER_COOLDOWN": "1",
             },
@@ -102,14 +103,24 @@ def test_optimizer_reads_processor_signals_through_prometheus(
             assert time.monotonic() < deadline, processor.logs()
             time.sleep(0.2)
         raw = _processor_scrape(processor.url)
-        # Wait until Prometheus has scraped the final counter and the optimizer has run a cycle on it.
+        # Wait until Prometheus has scraped the final counters (the last batch included: a read
+        # before it skews the batch mean), then for an optimizer cycle that started after that.
+        final_batches = raw.total("event_processor_batch_records_count")
+        deadline = time.monotonic() + 15
+        while not instant(
+            prom_url, f'event_processor_batch_records_count{{job="event_processor"}} == {final_batches}'
+        ):
+            assert time.monotonic() < deadline, "prometheus never scraped the final batch count"
+            time.sleep(0.2)
+        # The cycle running now may have read before that scrape: wait for the one after it.
+        cycles_then = httpx.get(optimizer.url + "/api/v1/optimizer/status", timeout=5).json()["cycles"]
         status: dict[str, Any] = {}
         signals: dict[str, Any] = {}
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             status = httpx.get(optimizer.url + "/api/v1/optimizer/status", timeout=5).json()
             signals = status["signals"]["services"].get("event_processor", {})
-            if (signals.get("events_rate") or 0.0) * WINDOW_S >= 0.97 * EVENTS:
+            if status["cycles"] >= cycles_then + 2 and signals.get("events_rate"):
                 break
             time.sleep(0.3)
         read_after_s = time.monotonic() - burst_started
