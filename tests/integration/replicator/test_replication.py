@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -177,3 +178,50 @@ async def test_service_catch_up_reports_watermark_backlog_and_lag(
     assert 0 <= status["lag_seconds"] < 60
     assert status["timescaledb"]["enabled"] in {True, False}
     await assert_replica_matches(database_url, replica_url)
+
+
+_BULK = """
+INSERT INTO access_events (event_id, time, person_id, door_id, access_result)
+SELECT $1 || g, timestamptz '2025-02-01' + ((g::bigint * 7919) % 2419200) * interval '1 second',
+       'p' || (g % 300), 'd' || (g % 40), 'Granted'
+FROM generate_series(1, $2::int) AS g
+"""
+
+
+def _plan_nodes(plan: dict[str, object]) -> list[str]:
+    children = plan.get("Plans", [])
+    assert isinstance(children, list)
+    return [str(plan["Node Type"]), *(n for child in children for n in _plan_nodes(child))]
+
+
+async def test_batches_walk_the_cursor_index_even_with_stale_statistics(
+    conns: tuple[asyncpg.Connection, asyncpg.Connection],
+) -> None:
+    """After a bulk load the statistics lag behind the table. In the optimizer benchmark the
+    planner then read the whole backlog and sorted it on disk for every batch (estimated 30,000
+    rows left, 600,000 real; 0.44 s per batch, catch-up at 45,000 rows/s). Which statistics
+    lead there is hard to reproduce on demand, so this checks the guard itself: under the
+    batch read's settings the plan is an ordered index scan with no sort, whatever the
+    statistics say, and batches through it copy every row."""
+    from services.replicator.replication import _ORDERED_READ, _SELECT_BATCH
+
+    source, _ = conns
+    await source.execute("ALTER TABLE access_events SET (autovacuum_enabled = false)")
+    await source.execute(_BULK, "small-", 1_000)
+    await source.execute("ANALYZE access_events")  # statistics of 1,000 rows...
+    await source.execute(_BULK, "bulk-", 200_000)  # ...then a bulk load they do not know of
+    explain = "EXPLAIN (FORMAT JSON) " + _SELECT_BATCH
+
+    async with source.transaction(readonly=True):
+        await source.execute(_ORDERED_READ)
+        raw = await source.fetchval(explain, "0", 0, 50_000)  # the default batch size
+    ordered = _plan_nodes(json.loads(raw)[0]["Plan"])
+    assert "Sort" not in ordered, ordered
+    assert "Index Scan" in ordered, ordered
+    # And replication through it copies the rows in commit order, all of them.
+    target = conns[1]
+    await ensure_state(target, STREAM)
+    copied = 0
+    while (result := await replicate_batch(source, target, stream=STREAM, batch_size=50_000)).rows_read:
+        copied += result.rows_inserted
+    assert copied == 201_000
