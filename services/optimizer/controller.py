@@ -25,7 +25,7 @@ Stated policy (what each knob follows, and why):
 - `replicator.interval_seconds`: background work yields to foreground work, as RocksDB's
   auto-tuned rate limiter holds compaction back while writes are heavy. Replication competes
   for the same CPU and primary database as the writes it copies (measured on 2 cores: uploads
-  35 % and ingestion 20 % slower while it runs alongside). During a write burst (at least
+  23 % and ingestion 4 % slower while it runs alongside). During a write burst (at least
   1,000 events/s or an upload running) on a working host (CPU at 50 % or more), the interval
   becomes half the backlog budget: the replica catches up in a few large batches instead of
   continuously. The moment the burst ends, the host has room again, or the backlog reaches
@@ -53,9 +53,9 @@ MEMORY_HEADROOM = 0.5
 CPU_HIGH = 0.9
 CPU_HEADROOM = 0.7
 # A write burst worth deferring replication for, and a host that is doing real work. Measured
-# on 2 cores: replication running alongside cost uploads 35 % and ingestion 20 % of their
-# throughput (and doubled event-to-stored p95) at only 70-77 % host CPU; the contention is in
-# the primary database (WAL, buffers) as much as on the CPU, so the CPU bar is low.
+# on 2 cores: replication running alongside cost uploads 23 % and ingestion 4 % of their
+# throughput at only 70-77 % host CPU; the contention is in the primary database (WAL,
+# buffers) as much as on the CPU, so the CPU bar is low.
 WRITE_BURST_EVENTS_S = 1_000.0
 HOST_WORKING = 0.5
 IDLE_FLUSH_INTERVAL_MS = 500
