@@ -7,10 +7,11 @@ With no ADMIN_TOKEN configured every call is refused (403): an unset token must 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Self
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from shared.errors import ApiError
 from shared.settings import FleetSettings
@@ -35,3 +36,16 @@ def require_admin(
 
 
 AdminOnly = Annotated[None, Depends(require_admin)]
+
+
+class PartialUpdate(BaseModel):
+    """Body of a `PUT /admin/tuning`: fields left out keep their current value; unknown fields
+    and an empty body are refused (422) rather than silently changing nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError(f"give at least one of {', '.join(type(self).model_fields)}")
+        return self

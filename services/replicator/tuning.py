@@ -12,10 +12,10 @@ import logging
 
 from fastapi import APIRouter, Request
 from prometheus_client import Gauge
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
 from services.replicator.service import ReplicatorService
-from shared.admin import AdminOnly
+from shared.admin import AdminOnly, PartialUpdate
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,8 @@ SETTING = Gauge("replication_setting", "Live tuning value of the replicator", ["
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-class ReplicatorTuningUpdate(BaseModel):
+class ReplicatorTuningUpdate(PartialUpdate):
     """Fields left out keep their current value."""
-
-    model_config = ConfigDict(extra="forbid")
 
     batch_size: int | None = Field(
         None, ge=BATCH_SIZE_BOUNDS[0], le=BATCH_SIZE_BOUNDS[1], description="rows per replication batch"
@@ -41,12 +39,6 @@ class ReplicatorTuningUpdate(BaseModel):
         le=INTERVAL_SECONDS_BOUNDS[1],
         description="pause between catch-ups",
     )
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> ReplicatorTuningUpdate:
-        if self.batch_size is None and self.interval_seconds is None:
-            raise ValueError("give at least one of batch_size, interval_seconds")
-        return self
 
 
 class ReplicatorTuningView(BaseModel):

@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import Gauge
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
 from services.gateway.event_processor.service import ProcessorService
-from shared.admin import AdminOnly
+from shared.admin import AdminOnly, PartialUpdate
 from shared.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,8 @@ SETTING = Gauge("event_processor_setting", "Live tuning value of the event proce
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-class ProcessorTuningUpdate(BaseModel):
+class ProcessorTuningUpdate(PartialUpdate):
     """Fields left out keep their current value."""
-
-    model_config = ConfigDict(extra="forbid")
 
     batch_size: int | None = Field(
         None, ge=BATCH_SIZE_BOUNDS[0], le=BATCH_SIZE_BOUNDS[1], description="records per poll and insert"
@@ -42,12 +40,6 @@ class ProcessorTuningUpdate(BaseModel):
         le=FLUSH_INTERVAL_MS_BOUNDS[1],
         description="longest wait for a batch to fill",
     )
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> ProcessorTuningUpdate:
-        if self.batch_size is None and self.flush_interval_ms is None:
-            raise ValueError("give at least one of batch_size, flush_interval_ms")
-        return self
 
 
 class ProcessorTuningView(BaseModel):
