@@ -213,16 +213,26 @@ class ReplicatorService:
         metrics.BACKLOG_SECONDS.set(backlog)
 
     async def catch_up(self) -> int:
-        """Batches until one comes back short (the source is drained up to now); rows inserted."""
+        """Batches until one comes back short (the source is drained up to now); rows inserted.
+
+        While writes arrive as fast as batches copy them, no batch comes back short; so a
+        longer interval set meanwhile (the optimizer deferring replication during a burst)
+        ends the catch-up after the current batch, and the backlog gauge is refreshed every
+        GAUGE_REFRESH_S instead of only at the end."""
         inserted = 0
+        interval_at_start = self.interval_s
+        refreshed = time.monotonic()
         while not self._stopping.is_set():
             await self._wait_for_resources()
             result = await self.step()
             self._succeeded("source")
             self._succeeded("target")
             inserted += result.rows_inserted
-            if result.rows_read < self.batch_size:
+            if result.rows_read < self.batch_size or self.interval_s > interval_at_start:
                 break
+            if time.monotonic() - refreshed >= GAUGE_REFRESH_S:
+                await self.refresh_gauges()
+                refreshed = time.monotonic()
         await self.refresh_gauges()
         return inserted
 

@@ -57,3 +57,31 @@ def test_tuning_is_guarded_validated_and_applied_live(
     assert time.monotonic() - changed < 5
     assert status(service)["batch_size"] == 300
     wait_for(lambda: status(service)["backlog_seconds"] == 0, 5, "the backlog to return to 0")
+
+
+def test_a_longer_interval_ends_a_running_catch_up(
+    database_url: str, replica_url: str, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """Deferring replication during a burst must take effect mid-catch-up: while writes keep
+    batches full, a catch-up would otherwise never end."""
+    service = start_service(
+        "services.replicator",
+        replicator_env(database_url, replica_url, ADMIN_TOKEN=TOKEN, REPLICATION_BATCH_SIZE="500"),
+        wait_ready=True,
+    )
+    total = 200_000  # the bulk insert formula stays within int4 up to ~270,000 rows
+    asyncio.run(_bulk_insert(database_url, "burst", total))
+    wait_for(lambda: (status(service)["rows_replicated"] or 0) > 0, 10, "the catch-up to start")
+    answer = httpx.put(
+        service.url + "/admin/tuning", json={"interval_seconds": 3600}, headers=AUTH, timeout=5
+    )
+    assert answer.status_code == 200
+    time.sleep(1.5)  # the batch in flight ends
+    stopped_at = status(service)["rows_replicated"]
+    time.sleep(1.5)
+    assert status(service)["rows_replicated"] == stopped_at
+    assert isinstance(stopped_at, int)
+    assert stopped_at < total
+    assert (status(service)["backlog_seconds"] or 0) > 0  # still reported while deferred
+    httpx.put(service.url + "/admin/tuning", json={"interval_seconds": 0.2}, headers=AUTH, timeout=5)
+    wait_for(lambda: status(service)["rows_replicated"] == total, 60, "the rest after the deferral")
