@@ -87,10 +87,10 @@ async def produce(bootstrap: str, topic: str, count: int, *, partitions: int = 4
     return time.perf_counter() - started
 
 
-async def count_rows(dsn: str) -> int:
+async def count_rows(dsn: str, table: str = "access_events") -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM access_events"))
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
     finally:
         await conn.close()
 

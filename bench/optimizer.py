@@ -406,14 +406,6 @@ async def warm_up(gateway: str, path: Path) -> None:
         (await http.post("/api/v1/events", content=events_body(random.Random(7), 10))).raise_for_status()
 
 
-async def replica_rows(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM access_events_replica"))
-    finally:
-        await conn.close()
-
-
 async def sample_backlog(replicator: str, peak: list[float], stop: asyncio.Event) -> None:
     """The replicator's own `replication_backlog_seconds`, twice a second, keeping the maximum."""
     async with httpx.AsyncClient(timeout=5) as http:
@@ -431,7 +423,7 @@ async def wait_replicated(fleet: Fleet, timeout_s: float = 300.0) -> float:
     """Seconds until the replica holds every row of the primary."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
-        if await replica_rows(fleet.replica_dsn) >= await count_rows(fleet.dsn):
+        if await count_rows(fleet.replica_dsn, "access_events_replica") >= await count_rows(fleet.dsn):
             return time.perf_counter() - started
         await asyncio.sleep(0.25)
     raise RuntimeError(f"{fleet.label}: the replica did not catch up within {timeout_s:.0f}s")

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import yaml
 
+from services.optimizer.scrape import Scrape
 from shared.embedded import free_port
 from tests.servers import unavailable
 
@@ -80,3 +81,8 @@ def instant(prom: str, expr: str) -> list[dict[str, Any]]:
     assert body["status"] == "success", f"{expr}: {body}"
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
+
+
+def scrape_metrics(url: str) -> Scrape:
+    """A service's own `/metrics`, parsed: the raw truth Prometheus-derived signals are checked against."""
+    return Scrape.parse(httpx.get(url + "/metrics", timeout=5).text)

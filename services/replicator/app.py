@@ -6,21 +6,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 
 from services.replicator import __version__
-from services.replicator.service import ReplicatorService
+from services.replicator.service import ReplicatorService, replicator_of
 from services.replicator.settings import ReplicatorSettings, get_settings
 from services.replicator.tuning import router as tuning_router
 from shared.service_app import create_service_app, readiness_checks
 
-
-def _service(request: Request) -> ReplicatorService:
-    service: ReplicatorService = request.app.state.replicator
-    return service
-
-
-Replicator = Annotated[ReplicatorService, Depends(_service)]
+Replicator = Annotated[ReplicatorService, Depends(replicator_of)]
 
 
 def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from fastapi import Request
 
 from services.replicator import metrics
 from services.replicator.replication import (
@@ -370,6 +371,12 @@ async def _acquire(
     finally:
         with contextlib.suppress(Exception):
             await pool.release(conn, timeout=5)
+
+
+def replicator_of(request: Request) -> ReplicatorService:
+    """The app's running replicator (a FastAPI dependency)."""
+    service: ReplicatorService = request.app.state.replicator
+    return service
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 
-from services.replicator.service import ReplicatorService
+from services.replicator.service import ReplicatorService, replicator_of
 from shared.admin import AdminOnly, PartialUpdate
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,6 @@ class ReplicatorTuningView(BaseModel):
     bounds: dict[str, tuple[float, float]]
 
 
-def _service(request: Request) -> ReplicatorService:
-    service: ReplicatorService = request.app.state.replicator
-    return service
-
-
 def _view(service: ReplicatorService) -> ReplicatorTuningView:
     SETTING.labels(setting="batch_size").set(service.batch_size)
     SETTING.labels(setting="interval_seconds").set(service.interval_s)
@@ -70,13 +65,13 @@ def _view(service: ReplicatorService) -> ReplicatorTuningView:
 @router.get("/tuning", response_model=ReplicatorTuningView)
 async def get_tuning(request: Request, _: AdminOnly) -> ReplicatorTuningView:
     """The replicator's live batch size and interval, their configured defaults and bounds."""
-    return _view(_service(request))
+    return _view(replicator_of(request))
 
 
 @router.put("/tuning", response_model=ReplicatorTuningView)
 async def put_tuning(request: Request, update: ReplicatorTuningUpdate, _: AdminOnly) -> ReplicatorTuningView:
     """Change the batch size and/or interval; a waiting loop wakes and uses them at once."""
-    service = _service(request)
+    service = replicator_of(request)
     before = {"batch_size": service.batch_size, "interval_seconds": service.interval_s}
     service.retune(batch_size=update.batch_size, interval_s=update.interval_seconds)
     after = {"batch_size": service.batch_size, "interval_seconds": service.interval_s}

@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.optimizer.scrape import Scrape
 from shared.embedded import free_port
 from tests.fleet import ServiceProcess
-from tests.prometheus import instant, prometheus_binary, start_prometheus
+from tests.prometheus import instant, prometheus_binary, scrape_metrics, start_prometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -49,10 +48,6 @@ def _wait_replicated(replicator: ServiceProcess, rows: int) -> None:
     while httpx.get(replicator.url + "/status", timeout=5).json()["rows_replicated"] != rows:
         assert time.monotonic() < deadline, replicator.logs()
         time.sleep(0.2)
-
-
-def _scrape(url: str) -> Scrape:
-    return Scrape.parse(httpx.get(url + "/metrics", timeout=5).text)
 
 
 def test_optimizer_reads_analytics_and_replicator_signals_through_prometheus(
@@ -98,7 +93,7 @@ def test_optimizer_reads_analytics_and_replicator_signals_through_prometheus(
         ):
             assert time.monotonic() < deadline, "prometheus never scraped both services"
             time.sleep(0.3)
-        before = _scrape(analytics.url)
+        before = scrape_metrics(analytics.url)
         burst_started = time.monotonic()
         with httpx.Client(base_url=analytics.url, timeout=30) as http:
             for _ in range(QUERIES):  # one miss, then hits: the same view
@@ -107,7 +102,7 @@ def test_optimizer_reads_analytics_and_replicator_signals_through_prometheus(
             assert answer.status_code == 201, answer.text
             assert answer.json()["rows_inserted"] == ROWS
         _wait_replicated(replicator, PRIME_ROWS + ROWS)
-        after = _scrape(analytics.url)
+        after = scrape_metrics(analytics.url)
         optimizer = start_service(
             "services.optimizer",
             {

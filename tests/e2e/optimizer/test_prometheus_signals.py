@@ -21,11 +21,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.optimizer.scrape import Scrape, bucket_quantile
+from services.optimizer.scrape import bucket_quantile
 from shared.embedded import free_port
 from tests.factories import event_dict
 from tests.fleet import ServiceProcess, service_env
-from tests.prometheus import instant, prometheus_binary, start_prometheus
+from tests.prometheus import instant, prometheus_binary, scrape_metrics, start_prometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -49,10 +49,6 @@ async def _publish(bootstrap: str, topic: str, count: int) -> None:
             await asyncio.sleep(0.05)  # several batches, so the batch histogram has more than one
     finally:
         await producer.stop()
-
-
-def _processor_scrape(url: str) -> Scrape:
-    return Scrape.parse(httpx.get(url + "/metrics", timeout=5).text)
 
 
 def test_optimizer_reads_processor_signals_through_prometheus(
@@ -97,12 +93,10 @@ def test_optimizer_reads_processor_signals_through_prometheus(
         asyncio.run(_publish(kafka_bootstrap, topic_name, EVENTS))
 
         deadline = time.monotonic() + 30
-        while (
-            _processor_scrape(processor.url).total("event_processor_events_processed_total") or 0
-        ) < EVENTS:
+        while (scrape_metrics(processor.url).total("event_processor_events_processed_total") or 0) < EVENTS:
             assert time.monotonic() < deadline, processor.logs()
             time.sleep(0.2)
-        raw = _processor_scrape(processor.url)
+        raw = scrape_metrics(processor.url)
         # Wait until Prometheus has scraped the final counters (the last batch included: a read
         # before it skews the batch mean), then for an optimizer cycle that started after that.
         final_batches = raw.total("event_processor_batch_records_count")
