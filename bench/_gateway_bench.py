@@ -18,8 +18,8 @@ import orjson
 
 from shared.db import MigrationTarget, apply_migrations, drop_database, ensure_database, with_database
 from shared.kafka import create_producer, ensure_topics
-from tests.fleet import ServiceProcess
-from tests.servers import KafkaProvider, PostgresProvider, unique_name
+from tools.dev.fleet import ServiceProcess
+from tools.dev.servers import KafkaProvider, PostgresProvider, unique_name
 
 
 @contextlib.contextmanager

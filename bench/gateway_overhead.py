@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from bench._gateway_bench import cpu_count, fresh_database, servers, unique_name
-from tests.fleet import ServiceProcess
+from tools.dev.fleet import ServiceProcess
 
 PATH = "/api/v1/analytics/summary"
 CONCURRENCY = 32

@@ -58,7 +58,7 @@ import orjson
 from bench._gateway_bench import count_rows, fresh_database, servers, unique_name
 from services.optimizer.scrape import Scrape, Window
 from shared.kafka import ensure_topics
-from tests.fleet import ServiceProcess
+from tools.dev.fleet import ServiceProcess
 
 TOKEN = "bench-optimizer-token"
 QUERY_TARGET_MS = 500.0

@@ -31,8 +31,8 @@ from bench._gateway_bench import fresh_database, servers
 from services.analytics import patterns
 from services.analytics.filters import EventFilter
 from services.analytics.worker_pool import WorkerPool
-from tests.fleet import ServiceProcess
-from tests.servers import unique_name
+from tools.dev.fleet import ServiceProcess
+from tools.dev.servers import unique_name
 
 # Plausible data: 5,000 people, 200 doors, 3 facilities, office hours weighted, ~8% denied.
 _GENERATE = """

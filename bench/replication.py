@@ -22,7 +22,7 @@ from services.replicator.replication import backlog_seconds, read_watermark
 from services.replicator.service import ReplicatorService
 from services.replicator.settings import ReplicatorSettings
 from shared.db import apply_migrations, drop_database, ensure_database, with_database
-from tests.servers import PostgresProvider, unique_name
+from tools.dev.servers import PostgresProvider, unique_name
 
 _GENERATE = """
 INSERT INTO access_events (event_id, time, person_id, door_id, badge_id, access_result, badge_status,

@@ -32,13 +32,13 @@ import httpx
 import psutil
 
 from bench._gateway_bench import fresh_database, servers
-from services.data_processing.arrow_chunks import parse_span
-from services.data_processing.csv_rows import read_header
-from services.data_processing.record_scan import plan_spans
-from services.data_processing.uploads import UPLOAD_WRITERS
+from services.analytics.uploads.arrow_chunks import parse_span
+from services.analytics.uploads.csv_rows import read_header
+from services.analytics.uploads.record_scan import plan_spans
+from services.analytics.uploads.uploads import UPLOAD_WRITERS
 from shared.event_store import copy_event_binary, store_events
 from shared.events import AccessEvent, derive_event_id
-from tests.fleet import ServiceProcess
+from tools.dev.fleet import ServiceProcess
 
 MAX_MEMORY_MB = 256
 HEADER = ["Timestamp", "Person ID", "Token ID", "Device name", "Access result", "facility_id"]

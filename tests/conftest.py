@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from shared.db import apply_migrations, drop_database, ensure_database, with_database
-from tests.servers import KafkaProvider, PostgresProvider, RedisProvider, unavailable, unique_name
+from tools.dev.servers import KafkaProvider, PostgresProvider, RedisProvider, unavailable, unique_name
 
-pytest_plugins = ["tests.fleet"]
+pytest_plugins = ["tools.dev.fleet"]
 
 
 @pytest.fixture(scope="session")

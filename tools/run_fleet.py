@@ -16,8 +16,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from shared.db import apply_migrations, ensure_database, with_database
-from shared.embedded import EmbeddedKafka, EmbeddedPostgres
 from shared.settings import REPO_ROOT, FleetSettings
+from tools.dev.embedded import EmbeddedKafka, EmbeddedPostgres
 
 log = logging.getLogger("run_fleet")
 

@@ -15,8 +15,8 @@ from services.analytics.analyses import CACHE_TTLS, AnalyticsService
 from services.analytics.invalidation import EventsListener
 from services.analytics.settings import AnalyticsSettings, get_settings
 from services.analytics.tuning import AnalyticsTuning
+from services.analytics.uploads import routes as upload_routes
 from services.analytics.worker_pool import WorkerPool
-from services.data_processing.async_file_processor import register_upload_services
 from shared.breaker import CircuitBreakerOpen, get_breaker_registry
 from shared.cache import IntelligentCacheWarmer, build_cache_manager, set_cache_manager
 from shared.db import create_pool, ping
@@ -131,6 +131,6 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(admin_routes.router)
-    register_upload_services(app)
+    app.include_router(upload_routes.router)
     app.include_router(performance_routes.router)  # its lifespan runs the snapshots and alerts
     return app

@@ -25,7 +25,7 @@ T = TypeVar("T")
 def _warm() -> int:
     import pandas  # noqa: F401 - importing once per child makes the first real task fast
 
-    import services.data_processing.arrow_chunks  # noqa: F401 - and the upload parser's Arrow
+    import services.analytics.uploads.arrow_chunks  # noqa: F401 - and the upload parser's Arrow
 
     return 0
 

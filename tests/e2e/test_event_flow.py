@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess, service_env
+from tools.dev.fleet import ServiceProcess, service_env
 
 
 def test_posted_event_reaches_the_summary_through_the_gateway(

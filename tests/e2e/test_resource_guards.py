@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fleet import ServiceProcess, service_env
+from tools.dev.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 

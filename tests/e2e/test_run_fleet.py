@@ -15,9 +15,9 @@ import httpx
 import psutil
 import pytest
 
-from shared.embedded import free_port
 from shared.settings import REPO_ROOT
 from tests.factories import event_dict
+from tools.dev.embedded import free_port
 
 SERVICES = ("gateway", "analytics", "optimizer", "replicator")
 

@@ -16,9 +16,9 @@ import redis
 
 from shared.event_store import store_events
 from shared.events import AccessEvent
-from tests.fleet import ServiceProcess
 from tests.integration.analytics.planted import planted_events
-from tests.servers import start_redis_server
+from tools.dev.fleet import ServiceProcess
+from tools.dev.servers import start_redis_server
 
 pytestmark = pytest.mark.e2e
 

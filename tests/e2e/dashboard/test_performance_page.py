@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import REPO_ROOT
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess, service_env
 from tests.integration.performance.receivers import SlackReceiver, slack_receiver
-from tests.servers import unavailable
+from tools.dev.fleet import ServiceProcess, service_env
+from tools.dev.servers import unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess
+from tools.dev.fleet import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 

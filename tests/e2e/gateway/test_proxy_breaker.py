@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.fleet import ServiceProcess
+from tools.dev.fleet import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -22,11 +22,11 @@ import httpx
 import pytest
 import yaml
 
-from shared.embedded import free_port
 from shared.settings import REPO_ROOT
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess, service_env
-from tests.prometheus import instant, prometheus_binary, start_prometheus
+from tools.dev.embedded import free_port
+from tools.dev.fleet import ServiceProcess, service_env
+from tools.dev.prometheus import instant, prometheus_binary, start_prometheus
 
 GRAFANA = REPO_ROOT / "monitoring" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))

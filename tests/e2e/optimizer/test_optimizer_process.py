@@ -13,9 +13,9 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared.embedded import free_port
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess, service_env
+from tools.dev.embedded import free_port
+from tools.dev.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess, service_env
+from tools.dev.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 

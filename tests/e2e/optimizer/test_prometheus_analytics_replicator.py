@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.embedded import free_port
-from tests.fleet import ServiceProcess
-from tests.prometheus import instant, prometheus_binary, scrape_metrics, start_prometheus
+from tools.dev.embedded import free_port
+from tools.dev.fleet import ServiceProcess
+from tools.dev.prometheus import instant, prometheus_binary, scrape_metrics, start_prometheus
 
 pytestmark = pytest.mark.e2e
 

@@ -22,10 +22,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from services.optimizer.scrape import bucket_quantile
-from shared.embedded import free_port
 from tests.factories import event_dict
-from tests.fleet import ServiceProcess, service_env
-from tests.prometheus import instant, prometheus_binary, scrape_metrics, start_prometheus
+from tools.dev.embedded import free_port
+from tools.dev.fleet import ServiceProcess, service_env
+from tools.dev.prometheus import instant, prometheus_binary, scrape_metrics, start_prometheus
 
 pytestmark = pytest.mark.e2e
 

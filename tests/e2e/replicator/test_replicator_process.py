@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from shared.db import ensure_database, with_database
-from shared.embedded import EmbeddedPostgres
 from shared.settings import REPO_ROOT
-from tests.fleet import ServiceProcess
 from tests.integration.replicator.checks import assert_replica_matches, table_checksum
-from tests.servers import unavailable
+from tools.dev.embedded import EmbeddedPostgres
+from tools.dev.fleet import ServiceProcess
+from tools.dev.servers import unavailable
 
 pytestmark = pytest.mark.e2e
 

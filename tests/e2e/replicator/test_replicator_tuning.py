@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.e2e.replicator.test_replicator_process import _bulk_insert, replicator_env, status, wait_for
-from tests.fleet import ServiceProcess
+from tools.dev.fleet import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 

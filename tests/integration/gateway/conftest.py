@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from shared.embedded import free_port
+from tools.dev.embedded import free_port
 
 
 class LocalServer:

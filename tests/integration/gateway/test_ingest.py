@@ -12,10 +12,10 @@ import pytest
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
-from shared.embedded import free_port
 from shared.kafka import create_consumer
 from tests.factories import event_dict
 from tests.integration.gateway.conftest import serving, write_breakers, write_routes
+from tools.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

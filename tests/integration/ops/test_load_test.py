@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from shared.settings import REPO_ROOT
-from tests.fleet import ServiceProcess, service_env
+from tools.dev.fleet import ServiceProcess, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -152,7 +152,7 @@ def test_original_message_shape_in_batches_is_stored(
 
 
 def test_unreachable_gateway_is_reported_and_fails_the_run() -> None:
-    from shared.embedded import free_port
+    from tools.dev.embedded import free_port
 
     port = free_port()  # nothing listens there
     code, summary, _ = _run_load_test(

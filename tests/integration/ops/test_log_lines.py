@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from shared.settings import REPO_ROOT
-from tests.fleet import ServiceProcess
 from tests.unit.ops._logstash import parse_pipeline, referenced_fields
+from tools.dev.fleet import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from shared.db import migration_files, with_database
-from shared.embedded import free_port
+from tools.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

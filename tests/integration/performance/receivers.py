@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from shared.embedded import free_port
+from tools.dev.embedded import free_port
 
 
 class SlackReceiver:

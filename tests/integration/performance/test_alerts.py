@@ -185,7 +185,7 @@ async def test_a_failing_channel_does_not_stop_the_other(
 
 
 async def test_unreachable_channels_time_out_without_raising() -> None:
-    from shared.embedded import free_port
+    from tools.dev.embedded import free_port
 
     config = MonitoringConfig.model_validate(
         {

@@ -13,7 +13,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from services.data_processing.copy_binary import EventColumns, encode_copy_binary
+from services.analytics.uploads.copy_binary import EventColumns, encode_copy_binary
 from shared.event_store import copy_event_binary
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.transport.TTransport import TMemoryBuffer
 
-from shared.embedded import free_port
 from shared.settings import REPO_ROOT
+from tools.dev.embedded import free_port
 
 
 class Collector:

@@ -16,8 +16,8 @@ from services.gateway.dashboard_data import (
     histogram_summary,
     parse_metrics,
 )
-from shared.embedded import free_port
 from shared.settings import FleetSettings
+from tools.dev.embedded import free_port
 
 
 def test_histogram_quantile_interpolates_like_promql() -> None:

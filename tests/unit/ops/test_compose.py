@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from shared.settings import DEFAULT_PORTS, REPO_ROOT, FleetSettings
-from tests.servers import unavailable
 from tests.unit.ops._settings import setting_names
+from tools.dev.servers import unavailable
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 GELF_OVERRIDE = REPO_ROOT / "logging" / "docker-compose.gelf.yml"

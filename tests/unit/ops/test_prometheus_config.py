@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from shared.settings import REPO_ROOT
-from tests.servers import unavailable
+from tools.dev.servers import unavailable
 
 PROMETHEUS_DIR = REPO_ROOT / "monitoring" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"

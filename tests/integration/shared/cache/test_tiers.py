@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from shared._breaker_config import BreakerConfig
-from shared.breaker import CircuitBreaker
+from shared.breaker import BreakerConfig, CircuitBreaker
 from shared.cache import (
     DiskTier,
     HierarchicalCacheManager,
@@ -22,7 +21,7 @@ from shared.cache import (
     RedisTier,
     cache_with_lock,
 )
-from tests.servers import start_redis_server
+from tools.dev.servers import start_redis_server
 
 # A hang here (seen once under heavy load) should cost a minute and a traceback, not five.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -18,20 +18,16 @@ import asyncio
 import gc
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import psutil
 
+from services.analytics.uploads.arrow_chunks import parse_span
+from services.analytics.uploads.csv_rows import Chunk, Header, estimate_row_bytes, parse_chunk, read_header
+from services.analytics.uploads.record_scan import Plan, Span, in_flight_bytes, plan_spans
 from services.analytics.worker_pool import WorkerPool
-from services.data_processing.arrow_chunks import parse_span
-from services.data_processing.csv_rows import Chunk, Header, estimate_row_bytes, parse_chunk, read_header
-from services.data_processing.record_scan import Plan, Span, in_flight_bytes, plan_spans
 
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-__all__ = ["AsyncFileProcessor", "register_upload_services"]
+__all__ = ["AsyncFileProcessor"]
 
 MIN_CHUNK_ROWS = 1_000
 FIRST_BLOCK = 1 << 20  # bytes planned before the first span starts
@@ -213,11 +209,3 @@ class AsyncFileProcessor:
             frame = chunk.frame if chunk.frame is not None else pd.DataFrame()
             frame.attrs["errors"] = chunk.errors
             yield frame
-
-
-def register_upload_services(app: FastAPI) -> None:
-    """Add the upload API to the analytics app; the processor is built per upload from the app's
-    worker pool and live tuning (chunk size), so `/admin/tuning` changes apply to the next upload."""
-    from services.data_processing import routes
-
-    app.include_router(routes.router)

@@ -30,50 +30,27 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from shared import _breaker_metrics as metrics
-from shared._breaker_classify import Classifier, Verdict
-from shared._breaker_config import (
+from shared.breaker import metrics
+from shared.breaker.classify import Classifier, Verdict
+from shared.breaker.config import (
     BreakerConfig,
-    BreakerConfigError,
-    Seconds,
     build_config,
     load_breaker_file,
     parse_breaker_document,
 )
-from shared._breaker_window import CountWindow, TimeWindow, Window, WindowStats
-
-__all__ = [
-    "BreakerConfig",
-    "BreakerConfigError",
-    "BreakerRegistry",
-    "CircuitBreaker",
-    "CircuitBreakerOpen",
-    "Permit",
-    "Seconds",
-    "get_breaker_registry",
-]
+from shared.breaker.errors import CircuitBreakerOpen, State
+from shared.breaker.window import CountWindow, TimeWindow, Window, WindowStats
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-State = Literal["closed", "open", "half_open"]
 
 # How long a caller rejected during half-open should wait: the trial calls are usually
 # quick, so a short hint is more useful than the whole open-state wait.
 HALF_OPEN_RETRY_AFTER_S = 1.0
-
-
-class CircuitBreakerOpen(Exception):
-    """The breaker rejected the call without running it."""
-
-    def __init__(self, name: str, retry_after: float, state: State = "open") -> None:
-        self.name = name
-        self.retry_after = max(0.0, retry_after)
-        self.state = state
-        super().__init__(f"circuit breaker {name!r} is {state}; retry in {self.retry_after:.1f}s")
 
 
 class Permit:

@@ -8,7 +8,7 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from services.data_processing.event_ids import IdField, derive_event_ids
+from services.analytics.uploads.event_ids import IdField, derive_event_ids
 from shared.events import UPLOAD_NAMESPACE, derive_event_id
 
 # Characters JSON must escape, characters it must not, multi-byte UTF-8 and CSV punctuation.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.embedded import EmbeddedPostgres
+from tools.dev.embedded import EmbeddedPostgres
 
 
 def test_embedded_postgres_keeps_its_data_across_restarts(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
+from services.optimizer.index_optimizer import IndexOptimizer, IndexRecommendation
 from shared.db import apply_migrations, ensure_database
-from shared.embedded import EmbeddedPostgres
-from shared.index_optimizer import IndexOptimizer, IndexRecommendation
 from shared.settings import REPO_ROOT
+from tools.dev.embedded import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def observed(recommendations: list[IndexRecommendation], columns: list[str]) -> 
 
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.index_optimizer_cli", *args],
+        [sys.executable, "-m", "services.optimizer.index_cli", *args],
         cwd=REPO_ROOT,
         env={**os.environ, "DATABASE_URL": dsn},
         capture_output=True,
@@ -123,7 +123,7 @@ async def test_a_statement_the_server_ran_is_recommended_and_indexed(stat_server
     assert rec.source == "pg_stat_statements"
     assert rec.query == PERSON_QUERY  # the statement text as the server recorded it
     assert "sequential scan of access_events" in rec.reason
-    assert rec.create_command == "python -m services.index_optimizer_cli create access_events person_id"
+    assert rec.create_command == "python -m services.optimizer.index_cli create access_events person_id"
 
     analyzed = await asyncio.to_thread(cli, dsn, "analyze", "--json")
     assert analyzed.returncode == 0, analyzed.stderr

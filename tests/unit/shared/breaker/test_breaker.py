@@ -351,7 +351,7 @@ def test_repository_breaker_file_is_valid(tmp_path: Path) -> None:
     from shared.breaker import BreakerRegistry
 
     registry = BreakerRegistry.from_yaml(
-        Path(__file__).resolve().parents[3] / "config" / "circuit-breakers.yaml"
+        Path(__file__).resolve().parents[4] / "config" / "circuit-breakers.yaml"
     )
     for name in ("analytics", "database", "redis", "kafka", "event_processor", "external_api"):
         assert name in registry

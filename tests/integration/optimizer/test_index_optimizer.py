@@ -11,7 +11,7 @@ import time
 import asyncpg
 import pytest
 
-from shared.index_optimizer import IndexOptimizer
+from services.optimizer.index_optimizer import IndexOptimizer
 from shared.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ BADGE_QUERY = "SELECT * FROM access_events WHERE badge_id = 'b1234' ORDER BY tim
 
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.index_optimizer_cli", "--database-url", database_url, *args],
+        [sys.executable, "-m", "services.optimizer.index_cli", "--database-url", database_url, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

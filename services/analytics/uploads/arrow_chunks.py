@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from services.data_processing.copy_binary import EventColumns, encode_copy_binary
-from services.data_processing.csv_rows import MAX_ID, Chunk, Header, validate
-from services.data_processing.event_ids import IdField, derive_event_ids
-from services.data_processing.record_scan import scan_records
+from services.analytics.uploads.copy_binary import EventColumns, encode_copy_binary
+from services.analytics.uploads.csv_rows import MAX_ID, Chunk, Header, validate
+from services.analytics.uploads.event_ids import IdField, derive_event_ids
+from services.analytics.uploads.record_scan import scan_records
 
 __all__ = ["parse_span"]
 

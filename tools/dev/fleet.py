@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.embedded import free_port
 from shared.settings import REPO_ROOT
+from tools.dev.embedded import free_port
 
 PORT_SETTING = {
     "services.gateway": "GATEWAY_PORT",

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, redis_server_binary, wait_for_port
+from tools.dev.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, redis_server_binary, wait_for_port
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

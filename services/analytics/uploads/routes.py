@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.analytics.tuning import AnalyticsTuning
-from services.data_processing.async_file_processor import AsyncFileProcessor
-from services.data_processing.csv_rows import HeaderError
-from services.data_processing.uploads import store_upload
+from services.analytics.uploads.async_file_processor import AsyncFileProcessor
+from services.analytics.uploads.csv_rows import HeaderError
+from services.analytics.uploads.uploads import store_upload
 from shared.errors import ApiError
 
 router = APIRouter(prefix="/api/v1", tags=["uploads"])

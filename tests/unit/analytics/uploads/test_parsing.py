@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.data_processing.arrow_chunks import parse_span
-from services.data_processing.csv_rows import Header, parse_chunk, read_header
-from services.data_processing.record_scan import plan_spans, scan_records
+from services.analytics.uploads.arrow_chunks import parse_span
+from services.analytics.uploads.csv_rows import Header, parse_chunk, read_header
+from services.analytics.uploads.record_scan import plan_spans, scan_records
 
 HEADERS = [
     ["Timestamp", "Person ID", "Token ID", "Device name", "Access result"],

@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from services.analytics.settings import AnalyticsSettings
+from services.analytics.uploads.async_file_processor import AsyncFileProcessor
 from services.analytics.worker_pool import WorkerPool
-from services.data_processing.async_file_processor import AsyncFileProcessor
 from tests.integration.analytics.test_api import Client, _client
 
 pytestmark = pytest.mark.integration

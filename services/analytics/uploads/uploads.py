@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from services.data_processing.async_file_processor import AsyncFileProcessor
-from services.data_processing.csv_rows import Chunk, Header
-from services.data_processing.metrics import UPLOAD_ROWS, UPLOADS_IN_PROGRESS
+from services.analytics.uploads.async_file_processor import AsyncFileProcessor
+from services.analytics.uploads.csv_rows import Chunk, Header
+from services.analytics.uploads.metrics import UPLOAD_ROWS, UPLOADS_IN_PROGRESS
 from shared.breaker import CircuitBreaker
 from shared.event_store import copy_event_binary, copy_event_csv
 

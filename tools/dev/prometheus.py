@@ -12,8 +12,8 @@ import httpx
 import yaml
 
 from services.optimizer.scrape import Scrape
-from shared.embedded import free_port
-from tests.servers import unavailable
+from tools.dev.embedded import free_port
+from tools.dev.servers import unavailable
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"

@@ -15,7 +15,8 @@ import httpx
 import redis.exceptions
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from shared._breaker_config import BreakerConfig, resolve_exception
+from shared.breaker.config import BreakerConfig, resolve_exception
+from shared.breaker.errors import CircuitBreakerOpen
 
 Verdict = Literal["success", "failure", "ignored"]
 
@@ -71,7 +72,7 @@ class Classifier:
             if sqlstate.startswith(_SERVER_SQLSTATE_CLASSES):
                 return "failure" if config.record_server_errors else "success"
             return "success"
-        if type(exc).__name__ == "CircuitBreakerOpen":
+        if isinstance(exc, CircuitBreakerOpen):
             # A breaker further down is open: this dependency is unavailable too.
             return "failure"
         code = status_code_of(exc)

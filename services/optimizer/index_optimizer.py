@@ -332,7 +332,7 @@ class IndexOptimizer:
                 table_rows=table_rows,
                 estimated_cost=float(node.get("Total Cost", 0.0)),
             )
-            rec.create_command = "python -m services.index_optimizer_cli create " + " ".join(
+            rec.create_command = "python -m services.optimizer.index_cli create " + " ".join(
                 [table, *columns]
             )
             out.append(rec)

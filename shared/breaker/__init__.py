@@ -1,0 +1,22 @@
+"""Circuit breakers: the public API. Callers import from here, never from the submodules.
+
+`circuit` holds the state machine and the registry, `config` the YAML schema, `window` the
+sliding windows, `classify` which outcomes count as failures, `metrics` the Prometheus series,
+`errors` the rejection raised while open.
+"""
+
+from shared.breaker.circuit import BreakerRegistry, CircuitBreaker, Permit, get_breaker_registry
+from shared.breaker.config import BreakerConfig, BreakerConfigError, Seconds
+from shared.breaker.errors import CircuitBreakerOpen, State
+
+__all__ = [
+    "BreakerConfig",
+    "BreakerConfigError",
+    "BreakerRegistry",
+    "CircuitBreaker",
+    "CircuitBreakerOpen",
+    "Permit",
+    "Seconds",
+    "State",
+    "get_breaker_registry",
+]
