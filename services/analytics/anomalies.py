@@ -22,6 +22,7 @@ import asyncpg
 import numpy as np
 import pandas as pd
 
+from services.analytics import rollups
 from services.analytics.filters import EventFilter
 
 
@@ -39,10 +40,8 @@ _DENIALS_SQL = """
 SELECT event_id, person_id, door_id, time FROM access_events
 WHERE access_result = 'Denied'{and_where} ORDER BY person_id, time, event_id
 """
-_HOUR_PROFILE_SQL = """
-SELECT person_id, extract(hour FROM time AT TIME ZONE 'UTC')::int AS hr, count(*) AS n
-FROM access_events{where} GROUP BY 1, 2
-"""
+# From the person-hour rollup (whole days and months) plus raw rows at the range's ends.
+_HOUR_PROFILE_SQL = "SELECT person_id, hr::int AS hr, sum(n)::bigint AS n FROM ({parts}) AS p GROUP BY 1, 2"
 _EVENTS_AT_HOURS_SQL = """
 SELECT e.event_id, e.person_id, e.door_id, e.time, e.access_result
 FROM access_events e
@@ -213,12 +212,16 @@ def _flag_finding(kind: str, row: asyncpg.Record, params: AnomalyParameters) -> 
     }
 
 
-async def fetch_inputs(pool: asyncpg.Pool, flt: EventFilter, params: AnomalyParameters) -> dict[str, Any]:
-    """Everything the detectors need, filtered and reduced in SQL."""
+async def fetch_inputs(
+    pool: asyncpg.Pool, flt: EventFilter, params: AnomalyParameters, *, use_rollups: bool = True
+) -> dict[str, Any]:
+    """Everything the detectors need, filtered and reduced in SQL, from one snapshot."""
     where, args = flt.where()
-    async with pool.acquire() as conn:
+    async with rollups.snapshot(pool, use_rollups=use_rollups) as (conn, mark):
         denial_rows = await conn.fetch(_DENIALS_SQL.format(and_where=_and(where)), *args)
-        profile_rows = await conn.fetch(_HOUR_PROFILE_SQL.format(where=where), *args)
+        profile_params = rollups.Params()
+        profile_parts = rollups.parts(rollups.PERSON_HOURS, flt, ["person_id", "hr"], profile_params, mark)
+        profile_rows = await conn.fetch(_HOUR_PROFILE_SQL.format(parts=profile_parts), *profile_params.values)
         flagged: dict[str, list[asyncpg.Record]] = {}
         counts: dict[str, int] = {}
         for kind, condition in _FLAGGED_SQL.items():

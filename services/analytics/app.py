@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from services.analytics import __version__, admin_routes, performance_routes, routes
 from services.analytics.analyses import CACHE_TTLS, AnalyticsService
 from services.analytics.invalidation import EventsListener
+from services.analytics.rollup_refresher import RollupRefresher
 from services.analytics.settings import AnalyticsSettings, get_settings
 from services.analytics.tuning import AnalyticsTuning
 from services.analytics.uploads import routes as upload_routes
@@ -59,6 +60,9 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         listener = EventsListener(dsn, cache)
         listener.start()
         app.state.events_listener = listener
+        refresher = RollupRefresher(pool)
+        refresher.start()
+        app.state.rollup_refresher = refresher
         service = AnalyticsService(pool, workers, cache, breakers.get("database"))
         app.state.analytics = service
         app.state.tuning = AnalyticsTuning(
@@ -79,6 +83,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         finally:
             if warmer is not None:
                 await warmer.stop()
+            await refresher.stop()
             await listener.stop()
             await cache.close()
             set_cache_manager(None)

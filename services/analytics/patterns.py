@@ -1,11 +1,13 @@
 """The unique-patterns analysis: who goes where, when, and how often it works.
 
 Where it is computed (measured by `python -m bench patterns`): every count the analysis needs
-is aggregated in PostgreSQL in ONE scan (`GROUPING SETS`), so only a few thousand aggregate
-rows leave the database instead of every event; pandas then does what it is good at on those
-small frames (percentiles, splits, rankings) in a worker process. Moving the raw rows into
-pandas (`aggregates_from_frame`, kept for that comparison and as an independent check) is
-several times slower on 1,000,000 events, mostly spent transferring rows.
+is aggregated in PostgreSQL from the rollups (`services.analytics.rollups`: whole months and
+days or hours from rollup tables, raw rows only for the partial buckets at the ends of the
+range and rows not rolled up yet), in two `GROUPING SETS` queries, so the cost follows the
+number of months, people and doors rather than the number of events, and only a few thousand
+aggregate rows leave the database; pandas then does what it is good at on those small frames
+(percentiles, splits, rankings) in a worker process. `aggregates_from_frame` computes the
+same aggregates from raw rows in pandas, kept as an independent check.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncpg
 import numpy as np
 import pandas as pd
 
+from services.analytics import rollups
 from services.analytics.filters import EventFilter
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -25,28 +28,29 @@ WORK_START_HOUR = 8  # working hours: Monday-Friday, 08:00 to 18:00 UTC
 WORK_END_HOUR = 18
 TOP_N = 10
 
-# One scan feeds six hash aggregates. `g` says which grouping set a row belongs to
-# (GROUPING() bit mask over the six columns, leftmost = most significant bit).
-_AGGREGATES_SQL = """
-SELECT GROUPING(person_id, door_id, hr, dow, access_result, badge_status) AS g,
-       person_id, door_id, hr, dow, access_result, badge_status,
-       count(*) AS n, min(time) AS first_time, max(time) AS last_time
-FROM (SELECT person_id, door_id, access_result, time,
-             extract(hour FROM time AT TIME ZONE 'UTC')::int AS hr,
-             extract(isodow FROM time AT TIME ZONE 'UTC')::int AS dow,
-             coalesce(badge_status, 'Unknown') AS badge_status
-      FROM access_events{where}) AS e
-GROUP BY GROUPING SETS ((person_id), (door_id, access_result), (person_id, door_id), (hr, dow),
-                        (access_result, badge_status), ())
+# Two scans of partial aggregates (rollups plus raw edges, see `services.analytics.rollups`)
+# feed the grouping sets. `g` says which grouping set a row belongs to (GROUPING() bit mask,
+# leftmost column = most significant bit, set for the columns NOT in the set).
+_TIME_SQL = """
+SELECT GROUPING(hr, dow, access_result, badge_status) AS g, hr, dow, access_result,
+       coalesce(badge_status, 'Unknown') AS badge_status,
+       sum(n) AS n, min(first_time) AS first_time, max(last_time) AS last_time
+FROM ({parts}) AS p
+GROUP BY GROUPING SETS ((hr, dow), (access_result, badge_status), ())
 """
-# GROUPING() bits are set for the columns NOT in the set: person_id=32 door_id=16 hr=8 dow=4
-# access_result=2 badge_status=1.
-_G_USER = 0b011111
-_G_DOOR_RESULT = 0b101101
-_G_PAIR = 0b001111
-_G_TIME = 0b110011
-_G_RESULT_BADGE = 0b111100
-_G_TOTAL = 0b111111
+_PEOPLE_SQL = """
+SELECT GROUPING(person_id, door_id, access_result) AS g, person_id, door_id, access_result, sum(n) AS n
+FROM ({parts}) AS p
+GROUP BY GROUPING SETS ((person_id), (door_id, access_result), (person_id, door_id))
+"""
+# hr=8 dow=4 access_result=2 badge_status=1
+_G_TIME = 0b0011
+_G_RESULT_BADGE = 0b1100
+_G_TOTAL = 0b1111
+# person_id=4 door_id=2 access_result=1
+_G_USER = 0b011
+_G_DOOR_RESULT = 0b100
+_G_PAIR = 0b001
 
 
 @dataclass
@@ -63,26 +67,38 @@ class PatternAggregates:
     last_time: datetime | None
 
 
-async def fetch_aggregates(pool: asyncpg.Pool, flt: EventFilter) -> PatternAggregates:
-    where, params = flt.where()
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(_AGGREGATES_SQL.format(where=where), *params)
+def _buckets(rows: list[asyncpg.Record]) -> dict[int, list[asyncpg.Record]]:
     buckets: dict[int, list[asyncpg.Record]] = {}
     for row in rows:
         buckets.setdefault(row["g"], []).append(row)
+    return buckets
 
-    def frame(g: int, columns: list[str]) -> pd.DataFrame:
-        data = buckets.get(g, [])
-        return pd.DataFrame({c: [r[c] for r in data] for c in [*columns, "n"]}, columns=[*columns, "n"])
 
-    total_row = buckets.get(_G_TOTAL, [None])[0]
-    total = int(total_row["n"]) if total_row is not None else 0
+def _frame(rows: list[asyncpg.Record], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: [int(r[c]) if c == "n" else r[c] for r in rows] for c in [*columns, "n"]}, columns=[*columns, "n"]
+    )
+
+
+async def fetch_aggregates(
+    pool: asyncpg.Pool, flt: EventFilter, *, use_rollups: bool = True
+) -> PatternAggregates:
+    """The aggregates for `flt`, from the rollups (`use_rollups=False`: from raw rows only)."""
+    async with rollups.snapshot(pool, use_rollups=use_rollups) as (conn, mark):
+        p = rollups.Params()
+        time_parts = rollups.parts(rollups.TIME, flt, ["hr", "dow", "access_result", "badge_status"], p, mark)
+        time_rows = _buckets(await conn.fetch(_TIME_SQL.format(parts=time_parts), *p.values))
+        p = rollups.Params()
+        people_parts = rollups.parts(rollups.PEOPLE, flt, ["person_id", "door_id", "access_result"], p, mark)
+        people_rows = _buckets(await conn.fetch(_PEOPLE_SQL.format(parts=people_parts), *p.values))
+    total_row = time_rows.get(_G_TOTAL, [None])[0]
+    total = int(total_row["n"] or 0) if total_row is not None else 0
     return PatternAggregates(
-        users=frame(_G_USER, ["person_id"]),
-        door_results=frame(_G_DOOR_RESULT, ["door_id", "access_result"]),
-        pairs=frame(_G_PAIR, ["person_id", "door_id"]),
-        hour_weekday=frame(_G_TIME, ["hr", "dow"]),
-        result_badge=frame(_G_RESULT_BADGE, ["access_result", "badge_status"]),
+        users=_frame(people_rows.get(_G_USER, []), ["person_id"]),
+        door_results=_frame(people_rows.get(_G_DOOR_RESULT, []), ["door_id", "access_result"]),
+        pairs=_frame(people_rows.get(_G_PAIR, []), ["person_id", "door_id"]),
+        hour_weekday=_frame(time_rows.get(_G_TIME, []), ["hr", "dow"]),
+        result_badge=_frame(time_rows.get(_G_RESULT_BADGE, []), ["access_result", "badge_status"]),
         total=total,
         first_time=total_row["first_time"] if total and total_row is not None else None,
         last_time=total_row["last_time"] if total and total_row is not None else None,
@@ -145,105 +161,126 @@ def _activity_split(counts: pd.Series, id_name: str, names: tuple[str, str, str]
     return out
 
 
-def build_patterns(agg: PatternAggregates, flt: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The analysis document from the aggregates (pure: runs in a worker process)."""
-    total = agg.total
-    user_counts = agg.users.set_index("person_id")["n"].astype("int64")
-    door_totals = agg.door_results.groupby("door_id")["n"].sum().astype("int64")
-    door_denied = (
+def _date_range(first: datetime | None, last: datetime | None) -> dict[str, Any]:
+    return {
+        "start": first.isoformat() if first else None,
+        "end": last.isoformat() if last else None,
+        "span_days": round((last - first).total_seconds() / 86400, 6) if first and last else 0.0,
+    }
+
+
+def _door_counts(agg: PatternAggregates) -> tuple[pd.Series, pd.Series]:
+    """Events and denials per door (every door that has events, 0 denials included)."""
+    totals = agg.door_results.groupby("door_id")["n"].sum().astype("int64")
+    denied = (
         agg.door_results[agg.door_results["access_result"] == "Denied"]
         .groupby("door_id")["n"]
         .sum()
-        .reindex(door_totals.index, fill_value=0)
+        .reindex(totals.index, fill_value=0)
         .astype("int64")
     )
-    pair_counts = agg.pairs.set_index(["person_id", "door_id"])["n"].astype("int64")
-    by_result = agg.result_badge.groupby("access_result")["n"].sum().astype("int64")
-    by_badge = agg.result_badge.groupby("badge_status")["n"].sum().astype("int64")
-    hours = agg.hour_weekday.groupby("hr")["n"].sum().reindex(range(24), fill_value=0).astype("int64")
-    weekdays = agg.hour_weekday.groupby("dow")["n"].sum().reindex(range(1, 8), fill_value=0).astype("int64")
-    hw = agg.hour_weekday
-    inside = hw[(hw["dow"] <= 5) & (hw["hr"] >= WORK_START_HOUR) & (hw["hr"] < WORK_END_HOUR)]["n"].sum()
-    outside = int(total - int(inside))
-    granted = int(by_result.get("Granted", 0))
-    first, last = agg.first_time, agg.last_time
+    return totals, denied
 
-    denial_rates = pd.DataFrame({"events": door_totals, "denied": door_denied})
-    denial_rates["denial_rate"] = denial_rates["denied"] / denial_rates["events"]
-    denial_rates = denial_rates[denial_rates["denied"] > 0].rename_axis("door_id").reset_index()
-    denial_rates = denial_rates.sort_values(
-        ["denial_rate", "denied", "door_id"], ascending=[False, False, True]
-    )
+
+def _device_patterns(door_totals: pd.Series, door_denied: pd.Series) -> dict[str, Any]:
+    """Traffic split, the doors with the highest denial rates, and the doors never denied."""
+    rates = pd.DataFrame({"events": door_totals, "denied": door_denied})
+    rates["denial_rate"] = rates["denied"] / rates["events"]
+    rates = rates[rates["denied"] > 0].rename_axis("door_id").reset_index()
+    rates = rates.sort_values(["denial_rate", "denied", "door_id"], ascending=[False, False, True])
     never_denied = sorted(str(d) for d in door_totals.index[door_denied == 0])
+    return {
+        **_activity_split(door_totals, "door_id", ("high_traffic", "moderate_traffic", "low_traffic")),
+        "highest_denial_rates": [
+            {
+                "door_id": str(r["door_id"]),
+                "events": int(r["events"]),
+                "denied": int(r["denied"]),
+                "denial_rate": round(float(r["denial_rate"]), 6),
+            }
+            for r in _records(rates.head(TOP_N))
+        ],
+        "never_denied": {"count": len(never_denied), "doors": never_denied[:100]},
+    }
 
+
+def _interaction_patterns(pair_counts: pd.Series, users: int) -> dict[str, Any]:
+    """Person-door pairs: how many, doors per user, the most frequent."""
     top_pairs = (
         pair_counts.rename("events")
         .reset_index()
         .sort_values(["events", "person_id", "door_id"], ascending=[False, True, True])
         .head(TOP_N)
     )
-    risky = agg.result_badge[
-        (agg.result_badge["access_result"] == "Granted")
-        & agg.result_badge["badge_status"].isin(["Expired", "Suspended"])
-    ]
+    return {
+        "unique_pairs": len(pair_counts),
+        "average_doors_per_user": round(len(pair_counts) / users, 6) if users else 0.0,
+        "top_pairs": [
+            {"person_id": str(r["person_id"]), "door_id": str(r["door_id"]), "events": int(r["events"])}
+            for r in _records(top_pairs)
+        ],
+    }
 
+
+def _temporal_patterns(hour_weekday: pd.DataFrame, total: int) -> dict[str, Any]:
+    """Events by hour and weekday (UTC), the peak hour, and the share outside working hours."""
+    hours = hour_weekday.groupby("hr")["n"].sum().reindex(range(24), fill_value=0).astype("int64")
+    weekdays = hour_weekday.groupby("dow")["n"].sum().reindex(range(1, 8), fill_value=0).astype("int64")
+    hw = hour_weekday
+    inside = hw[(hw["dow"] <= 5) & (hw["hr"] >= WORK_START_HOUR) & (hw["hr"] < WORK_END_HOUR)]["n"].sum()
+    outside = int(total - int(inside))
+    return {
+        "by_hour": {str(h): int(n) for h, n in zip(hours.index, hours.to_list(), strict=True)},
+        "by_weekday": {
+            WEEKDAYS[int(d) - 1]: int(n) for d, n in zip(weekdays.index, weekdays.to_list(), strict=True)
+        },
+        "peak_hour": int(np.argmax(hours.to_numpy())) if total else None,
+        "peak_hour_events": int(hours.max()) if total else 0,
+        "outside_working_hours": {
+            "events": outside,
+            "share": round(outside / total, 6) if total else 0.0,
+            "working_hours": f"Monday-Friday {WORK_START_HOUR:02d}:00-{WORK_END_HOUR:02d}:00 UTC",
+        },
+    }
+
+
+def _access_patterns(result_badge: pd.DataFrame, total: int) -> dict[str, Any]:
+    """Success rate, counts by result and badge status, grants on expired or suspended badges."""
+    by_result = result_badge.groupby("access_result")["n"].sum().astype("int64")
+    by_badge = result_badge.groupby("badge_status")["n"].sum().astype("int64")
+    risky = result_badge[
+        (result_badge["access_result"] == "Granted")
+        & result_badge["badge_status"].isin(["Expired", "Suspended"])
+    ]
+    granted = int(by_result.get("Granted", 0))
+    return {
+        "success_rate": round(granted / total, 6) if total else None,
+        "by_result": {str(k): int(v) for k, v in sorted(by_result.items())},
+        "by_badge_status": {str(k): int(v) for k, v in sorted(by_badge.items())},
+        "granted_with_expired_or_suspended_badge": int(risky["n"].sum()),
+    }
+
+
+def build_patterns(agg: PatternAggregates, flt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The analysis document from the aggregates (pure: runs in a worker process)."""
+    user_counts = agg.users.set_index("person_id")["n"].astype("int64")
+    door_totals, door_denied = _door_counts(agg)
+    pair_counts = agg.pairs.set_index(["person_id", "door_id"])["n"].astype("int64")
     result: dict[str, Any] = {
         "data_summary": {
-            "total_records": total,
+            "total_records": agg.total,
             "unique_users": len(user_counts),
             "unique_doors": len(door_totals),
             "unique_pairs": len(pair_counts),
-            "date_range": {
-                "start": first.isoformat() if first else None,
-                "end": last.isoformat() if last else None,
-                "span_days": round((last - first).total_seconds() / 86400, 6) if first and last else 0.0,
-            },
+            "date_range": _date_range(agg.first_time, agg.last_time),
         },
         "user_patterns": _activity_split(
             user_counts, "person_id", ("power_users", "regular_users", "occasional_users")
         ),
-        "device_patterns": {
-            **_activity_split(door_totals, "door_id", ("high_traffic", "moderate_traffic", "low_traffic")),
-            "highest_denial_rates": [
-                {
-                    "door_id": str(r["door_id"]),
-                    "events": int(r["events"]),
-                    "denied": int(r["denied"]),
-                    "denial_rate": round(float(r["denial_rate"]), 6),
-                }
-                for r in _records(denial_rates.head(TOP_N))
-            ],
-            "never_denied": {"count": len(never_denied), "doors": never_denied[:100]},
-        },
-        "interaction_patterns": {
-            "unique_pairs": len(pair_counts),
-            "average_doors_per_user": round(len(pair_counts) / len(user_counts), 6)
-            if len(user_counts)
-            else 0.0,
-            "top_pairs": [
-                {"person_id": str(r["person_id"]), "door_id": str(r["door_id"]), "events": int(r["events"])}
-                for r in _records(top_pairs)
-            ],
-        },
-        "temporal_patterns": {
-            "by_hour": {str(h): int(n) for h, n in zip(hours.index, hours.to_list(), strict=True)},
-            "by_weekday": {
-                WEEKDAYS[int(d) - 1]: int(n) for d, n in zip(weekdays.index, weekdays.to_list(), strict=True)
-            },
-            "peak_hour": int(np.argmax(hours.to_numpy())) if total else None,
-            "peak_hour_events": int(hours.max()) if total else 0,
-            "outside_working_hours": {
-                "events": outside,
-                "share": round(outside / total, 6) if total else 0.0,
-                "working_hours": f"Monday-Friday {WORK_START_HOUR:02d}:00-{WORK_END_HOUR:02d}:00 UTC",
-            },
-        },
-        "access_patterns": {
-            "success_rate": round(granted / total, 6) if total else None,
-            "by_result": {str(k): int(v) for k, v in sorted(by_result.items())},
-            "by_badge_status": {str(k): int(v) for k, v in sorted(by_badge.items())},
-            "granted_with_expired_or_suspended_badge": int(risky["n"].sum()),
-        },
+        "device_patterns": _device_patterns(door_totals, door_denied),
+        "interaction_patterns": _interaction_patterns(pair_counts, len(user_counts)),
+        "temporal_patterns": _temporal_patterns(agg.hour_weekday, agg.total),
+        "access_patterns": _access_patterns(agg.result_badge, agg.total),
     }
     result["recommendations"] = recommendations(result)
     if flt is not None:

@@ -1,4 +1,9 @@
-"""The access summary, aggregated in SQL (one scan, no rows leave the database)."""
+"""The access summary, aggregated in SQL from the rollups (no rows leave the database).
+
+Totals, results, first and last event and events per hour come from the `time` rollup; the
+busiest doors and the distinct people and doors from the `people` rollup (see
+`services.analytics.rollups` for how a range is split between rollups and raw rows).
+"""
 
 from __future__ import annotations
 
@@ -6,37 +11,48 @@ from typing import Any
 
 import asyncpg
 
+from services.analytics import rollups
 from services.analytics.filters import EventFilter
 
 _TOTALS_SQL = """
-SELECT count(*) AS total,
-       count(*) FILTER (WHERE access_result = 'Granted') AS granted,
-       count(*) FILTER (WHERE access_result = 'Denied') AS denied,
-       count(*) FILTER (WHERE access_result = 'Timeout') AS timeout,
-       count(*) FILTER (WHERE access_result = 'Error') AS error,
-       count(DISTINCT person_id) AS unique_people,
-       count(DISTINCT door_id) AS unique_doors,
-       min(time) AS first_event, max(time) AS last_event
-FROM access_events{where}
+SELECT coalesce(sum(n), 0) AS total,
+       coalesce(sum(n) FILTER (WHERE access_result = 'Granted'), 0) AS granted,
+       coalesce(sum(n) FILTER (WHERE access_result = 'Denied'), 0) AS denied,
+       coalesce(sum(n) FILTER (WHERE access_result = 'Timeout'), 0) AS timeout,
+       coalesce(sum(n) FILTER (WHERE access_result = 'Error'), 0) AS error,
+       min(first_time) AS first_event, max(last_time) AS last_event
+FROM ({parts}) AS p
 """
-_BY_HOUR_SQL = """
-SELECT extract(hour FROM time AT TIME ZONE 'UTC')::int AS hour, count(*) AS n
-FROM access_events{where} GROUP BY 1 ORDER BY 1
+_BY_HOUR_SQL = "SELECT hr AS hour, sum(n) AS n FROM ({parts}) AS p GROUP BY hr"
+_DISTINCT_SQL = """
+SELECT count(DISTINCT person_id) AS unique_people, count(DISTINCT door_id) AS unique_doors
+FROM ({parts}) AS p
 """
 _TOP_DOORS_SQL = """
-SELECT door_id, count(*) AS n, count(*) FILTER (WHERE access_result = 'Denied') AS denied
-FROM access_events{where} GROUP BY door_id ORDER BY n DESC, door_id LIMIT $__limit
+SELECT door_id, sum(n) AS n, coalesce(sum(n) FILTER (WHERE access_result = 'Denied'), 0) AS denied
+FROM ({parts}) AS p GROUP BY door_id ORDER BY n DESC, door_id LIMIT {limit}
 """
 
 
-async def access_summary(pool: asyncpg.Pool, flt: EventFilter, top: int = 10) -> dict[str, Any]:
-    where, params = flt.where()
-    async with pool.acquire() as conn:
-        totals = await conn.fetchrow(_TOTALS_SQL.format(where=where), *params)
-        by_hour_rows = await conn.fetch(_BY_HOUR_SQL.format(where=where), *params)
-        top_sql = _TOP_DOORS_SQL.format(where=where).replace("$__limit", f"${len(params) + 1}")
-        top_rows = await conn.fetch(top_sql, *params, top)
+async def access_summary(
+    pool: asyncpg.Pool, flt: EventFilter, top: int = 10, *, use_rollups: bool = True
+) -> dict[str, Any]:
+    async with rollups.snapshot(pool, use_rollups=use_rollups) as (conn, mark):
+        p = rollups.Params()
+        time_parts = rollups.parts(rollups.TIME, flt, ["access_result"], p, mark)
+        totals = await conn.fetchrow(_TOTALS_SQL.format(parts=time_parts), *p.values)
+        p = rollups.Params()
+        hour_parts = rollups.parts(rollups.TIME, flt, ["hr"], p, mark)
+        by_hour_rows = await conn.fetch(_BY_HOUR_SQL.format(parts=hour_parts), *p.values)
+        p = rollups.Params()
+        people_parts = rollups.parts(rollups.PEOPLE, flt, ["person_id", "door_id"], p, mark)
+        distinct = await conn.fetchrow(_DISTINCT_SQL.format(parts=people_parts), *p.values)
+        p = rollups.Params()
+        door_parts = rollups.parts(rollups.PEOPLE, flt, ["door_id", "access_result"], p, mark)
+        limit = p.add(top)
+        top_rows = await conn.fetch(_TOP_DOORS_SQL.format(parts=door_parts, limit=limit), *p.values)
     assert totals is not None
+    assert distinct is not None
     total = int(totals["total"])
     by_hour = {str(h): 0 for h in range(24)}
     for row in by_hour_rows:
@@ -48,8 +64,8 @@ async def access_summary(pool: asyncpg.Pool, flt: EventFilter, top: int = 10) ->
         "timeout": int(totals["timeout"]),
         "error": int(totals["error"]),
         "success_rate": round(int(totals["granted"]) / total, 6) if total else None,
-        "unique_people": int(totals["unique_people"]),
-        "unique_doors": int(totals["unique_doors"]),
+        "unique_people": int(distinct["unique_people"]),
+        "unique_doors": int(distinct["unique_doors"]),
         "first_event": totals["first_event"].isoformat() if totals["first_event"] else None,
         "last_event": totals["last_event"].isoformat() if totals["last_event"] else None,
         "by_hour": by_hour,

@@ -1,0 +1,75 @@
+"""Keeps the rollups close behind the stored events: a background task of the analytics service.
+
+Every `interval_s` (and straight away again while a batch came back full) it rolls up the rows
+stored since the last refresh, in commit order (`access_rollups_refresh`, primary migration
+0005). Answers never depend on it being current: readers take the rows not rolled up yet from
+`access_events`, so a stopped refresher only makes cold answers slower, never wrong. Several
+analytics processes may run it: a refresh that finds another in progress returns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+
+from services.analytics import rollups
+
+log = logging.getLogger(__name__)
+
+
+class RollupRefresher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        interval_s: float = 1.0,
+        batch_rows: int = 50_000,
+        statement_timeout_s: float = 120.0,
+    ) -> None:
+        self.pool = pool
+        self.interval_s = interval_s
+        self.batch_rows = batch_rows
+        self.statement_timeout_s = statement_timeout_s
+        self.rows_total = 0
+        self.seconds_total = 0.0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh_once(self) -> int:
+        started = time.perf_counter()
+        async with self.pool.acquire() as conn:
+            done = int(
+                await conn.fetchval(rollups.REFRESH_SQL, self.batch_rows, timeout=self.statement_timeout_s)
+            )
+        self.rows_total += done
+        self.seconds_total += time.perf_counter() - started
+        return done
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                done = await self.refresh_once()
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: try again later, answers stay correct
+                done = 0
+                if self.last_error is None:
+                    log.warning("rollup refresh failed (%s: %s); retrying", type(exc).__name__, exc)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            if done < self.batch_rows:
+                await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="rollup-refresher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

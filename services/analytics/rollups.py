@@ -1,0 +1,246 @@
+"""Reading the rollups (primary migration 0005): a range is split into whole buckets, read from
+the rollups, and partial buckets at its ends, read from raw rows.
+
+A rollup holds counts per bucket of event time at a coarse level (a month) and a fine one (a
+day or an hour). `cover()` splits `[start, end)` greedily: whole months from the month table,
+then whole fine buckets for what is left at either end, then raw rows for the rest (less than
+one fine bucket at each end). Rows stored after the rollup's watermark (not rolled up yet) are
+read raw too, for the part of the range the rollups cover. The watermark, the rollups and the
+raw rows are read in one REPEATABLE READ snapshot, so every row counts exactly once.
+
+`parts()` turns that plan into one SQL relation of partial aggregates with the same columns
+whichever source a part comes from; the analyses aggregate it like they would aggregate raw
+events. With `use_rollups=False` the relation is the raw rows alone: the reference the tests
+and `bench patterns` compare the rollup answers with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.analytics.filters import EventFilter
+
+Level = Literal["month", "day", "hour"]
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+HOUR_SQL = "extract(hour FROM time AT TIME ZONE 'UTC')::smallint"
+ISODOW_SQL = "extract(isodow FROM time AT TIME ZONE 'UTC')::smallint"
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """One rollup: its tables (`access_rollup_<name>_<level>`), dimensions and measures."""
+
+    name: str
+    levels: tuple[Level, ...]  # coarse to fine
+    dims: dict[str, str]  # dimension -> its expression over access_events
+    # measure -> (expression over the rollup table, expression over raw rows); both are partial
+    # aggregates that the caller merges (sum of counts, min of minimums, max of maximums)
+    measures: dict[str, tuple[str, str]] = field(default_factory=lambda: {"n": ("n", "count(*)")})
+
+    def table(self, level: Level) -> str:
+        return f"access_rollup_{self.name}_{level}"
+
+
+TIME = Rollup(
+    "time",
+    ("month", "hour"),
+    {"hr": HOUR_SQL, "dow": ISODOW_SQL, "access_result": "access_result", "badge_status": "badge_status"},
+    {
+        "n": ("n", "count(*)"),
+        "first_time": ("first_time", "min(time)"),
+        "last_time": ("last_time", "max(time)"),
+    },
+)
+PEOPLE = Rollup(
+    "people",
+    ("month", "day"),
+    {"person_id": "person_id", "door_id": "door_id", "access_result": "access_result"},
+)
+PERSON_HOURS = Rollup("person_hours", ("month", "day"), {"person_id": "person_id", "hr": HOUR_SQL})
+
+
+def floor_to(t: datetime, level: Level) -> datetime:
+    """The start of the UTC bucket holding `t`."""
+    t = t.astimezone(UTC)
+    if level == "hour":
+        return t.replace(minute=0, second=0, microsecond=0)
+    if level == "day":
+        return t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next(bucket: datetime, level: Level) -> datetime:
+    if level == "hour":
+        return bucket + timedelta(hours=1)
+    if level == "day":
+        return bucket + timedelta(days=1)
+    return (
+        bucket.replace(year=bucket.year + 1, month=1)
+        if bucket.month == 12
+        else bucket.replace(month=bucket.month + 1)
+    )
+
+
+def ceil_to(t: datetime, level: Level) -> datetime:
+    """The start of the first UTC bucket that begins at or after `t`."""
+    bucket = floor_to(t, level)
+    return bucket if bucket == t else _next(bucket, level)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """`[start, end)` (None = unbounded) read from one level's table, or raw when `level` is None."""
+
+    level: Level | None
+    start: datetime | None
+    end: datetime | None
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def cover(start: datetime | None, end: datetime | None, levels: tuple[Level, ...]) -> list[Piece]:
+    """Pieces that partition `[start, end)`: as much as possible from the coarsest level, then
+    the finer ones for what is left at either end, raw rows for the rest."""
+    start, end = _utc(start), _utc(end)
+    if start is not None and end is not None and start >= end:
+        return []
+    if not levels:
+        return [Piece(None, start, end)]
+    level, finer = levels[0], levels[1:]
+    first = ceil_to(start, level) if start is not None else None
+    last = floor_to(end, level) if end is not None else None
+    if first is not None and last is not None and first >= last:
+        return cover(start, end, finer)
+    pieces = [Piece(level, first, last)]
+    if start is not None and first is not None and start < first:
+        pieces = cover(start, first, finer) + pieces
+    if end is not None and last is not None and last < end:
+        pieces = pieces + cover(last, end, finer)
+    return pieces
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The last row rolled up, in commit order (xid8 as text: it can exceed a signed 64-bit int)."""
+
+    last_xid: str
+    last_seq: int
+
+
+class Params:
+    """Positional SQL parameters collected while a query is built."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any, cast: str = "") -> str:
+        self.values.append(value)
+        return f"${len(self.values)}{cast}"
+
+
+def _range_sql(column: str, start: datetime | None, end: datetime | None, params: Params) -> list[str]:
+    clauses = []
+    if start is not None:
+        clauses.append(f"{column} >= {params.add(start)}")
+    if end is not None:
+        clauses.append(f"{column} < {params.add(end)}")
+    return clauses
+
+
+def _where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+
+def parts(
+    rollup: Rollup,
+    flt: EventFilter,
+    columns: list[str],
+    params: Params,
+    watermark: Watermark | None,
+) -> str:
+    """A relation of (`columns` dims..., measures...) partial aggregates equal, once merged, to
+    aggregating the raw events that match `flt`. `watermark` None: raw rows only."""
+    facility: list[str] = []
+    if flt.facility_id is not None:
+        facility = [f"facility_id = {params.add(flt.facility_id)}"]
+    raw_dims = ", ".join(f"{rollup.dims[c]} AS {c}" for c in columns)
+    group = ", ".join(str(i + 1) for i in range(len(columns)))
+    rolled_measures = ", ".join(f"{sql} AS {m}" for m, (sql, _) in rollup.measures.items())
+    raw_measures = ", ".join(f"{sql} AS {m}" for m, (_, sql) in rollup.measures.items())
+    select_dims = f"{', '.join(columns)}, " if columns else ""
+    select_raw_dims = f"{raw_dims}, " if columns else ""
+    group_by = f" GROUP BY {group}" if columns else ""
+
+    def raw(condition: list[str]) -> str:
+        where = _where(condition + facility)
+        return f"SELECT {select_raw_dims}{raw_measures} FROM access_events{where}{group_by}"
+
+    if watermark is None:
+        return raw(_range_sql("time", flt.start, flt.end, params))
+    out: list[str] = []
+    edges: list[str] = []
+    for piece in cover(flt.start, flt.end, rollup.levels):
+        if piece.level is None:
+            edge = _range_sql("time", piece.start, piece.end, params)
+            edges.append("(" + " AND ".join(edge or ["TRUE"]) + ")")
+            out.append(raw(edge))
+        else:
+            where = _where(_range_sql("bucket", piece.start, piece.end, params) + facility)
+            out.append(f"SELECT {select_dims}{rolled_measures} FROM {rollup.table(piece.level)}{where}")
+    # Rows not rolled up yet, inside the part of the range the rollups answer for.
+    tail = [
+        f"(ingest_xid, seq) > ({params.add(watermark.last_xid, '::text::xid8')}, "
+        f"{params.add(watermark.last_seq, '::bigint')})",
+        *_range_sql("time", _utc(flt.start), _utc(flt.end), params),
+    ]
+    if edges:
+        tail.append("NOT (" + " OR ".join(edges) + ")")
+    out.append(raw(tail))
+    return "\n UNION ALL ".join(out)
+
+
+_WATERMARK_SQL = "SELECT last_xid::text AS last_xid, last_seq FROM access_rollup_state WHERE id"
+
+
+@asynccontextmanager
+async def snapshot(
+    pool: asyncpg.Pool, *, use_rollups: bool = True
+) -> AsyncIterator[tuple[Connection, Watermark | None]]:
+    """A connection in a read-only REPEATABLE READ transaction, with the rollups' watermark as
+    of that snapshot (None when `use_rollups` is false)."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        watermark: Watermark | None = None
+        if use_rollups:
+            row = await conn.fetchrow(_WATERMARK_SQL)
+            assert row is not None, "access_rollup_state has its single row from migration 0005"
+            watermark = Watermark(row["last_xid"], int(row["last_seq"]))
+        yield conn, watermark
+
+
+REFRESH_SQL = "SELECT access_rollups_refresh($1)"
+
+
+async def refresh(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -> int:
+    """Roll up at most `max_rows` more rows; returns how many (0: caught up or another session
+    is refreshing)."""
+    return int(await executor.fetchval(REFRESH_SQL, max_rows))
+
+
+async def refresh_all(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -> int:
+    """Roll up until caught up with what is committed; returns the rows rolled up."""
+    total = 0
+    while (done := await refresh(executor, max_rows)) > 0:
+        total += done
+    return total

@@ -1,0 +1,211 @@
+"""The rollups give the same answers as the raw rows: summary, patterns and the anomaly hour
+profile, on planted and on random data, with ranges that start and end inside buckets, rows
+not rolled up yet, redelivered events and uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.analytics import anomalies, patterns, rollups
+from services.analytics.anomalies import AnomalyParameters
+from services.analytics.filters import EventFilter
+from services.analytics.summary import access_summary
+from shared.event_store import copy_event_records, store_events
+from shared.events import AccessEvent, event_record
+from tests.integration.analytics.planted import planted_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+_UTC = UTC
+
+
+async def _answers(pool: asyncpg.Pool, flt: EventFilter, *, use_rollups: bool) -> dict[str, Any]:
+    summary = await access_summary(pool, flt, top=1000, use_rollups=use_rollups)
+    aggregates = await patterns.fetch_aggregates(pool, flt, use_rollups=use_rollups)
+    inputs = await anomalies.fetch_inputs(pool, flt, AnomalyParameters(), use_rollups=use_rollups)
+    profile = sorted(map(tuple, inputs["profile"][["person_id", "hr", "n"]].itertuples(index=False)))
+    return {
+        "summary": summary,
+        "patterns": patterns.build_patterns(aggregates),
+        "hour_weekday": sorted(map(tuple, aggregates.hour_weekday.itertuples(index=False))),
+        "pairs": sorted(map(tuple, aggregates.pairs.itertuples(index=False))),
+        "profile": profile,
+    }
+
+
+async def _assert_same(pool: asyncpg.Pool, filters: Sequence[EventFilter]) -> None:
+    for flt in filters:
+        from_rollups = await _answers(pool, flt, use_rollups=True)
+        from_raw = await _answers(pool, flt, use_rollups=False)
+        assert from_rollups == from_raw, flt
+
+
+async def _rolled_up(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT rows_total FROM access_rollup_state"))
+
+
+async def _refresh_until(pool: asyncpg.Pool, rows_total: int, max_rows: int = 50_000) -> None:
+    """Refresh until `rows_total` rows are rolled up. A refresh only takes rows of transactions
+    below the oldest one still running anywhere on the server, so on a shared server it may
+    have to wait for someone else's transaction to end."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while await _rolled_up(pool) < rows_total:
+        if await rollups.refresh(pool, max_rows=min(max_rows, rows_total - await _rolled_up(pool))) == 0:
+            assert asyncio.get_running_loop().time() < deadline, "rollup refresh made no progress for 60 s"
+            await asyncio.sleep(0.2)
+
+
+async def _rollup_total(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT coalesce(sum(n), 0) FROM access_rollup_time_month"))
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    assert created is not None
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+PLANTED_FILTERS = [
+    EventFilter(),
+    EventFilter(facility_id="hq"),
+    EventFilter(start=datetime(2025, 3, 5, 10, 17, 3, tzinfo=_UTC)),
+    EventFilter(end=datetime(2025, 3, 19, 23, 59, 59, 999000, tzinfo=_UTC)),
+    EventFilter(
+        start=datetime(2025, 3, 4, 9, 30, tzinfo=_UTC), end=datetime(2025, 3, 25, 16, 5, tzinfo=_UTC)
+    ),
+    EventFilter(
+        start=datetime(2025, 3, 6, tzinfo=_UTC), end=datetime(2025, 3, 13, tzinfo=_UTC), facility_id="annex"
+    ),
+    EventFilter(start=datetime(2025, 3, 6, 11, tzinfo=_UTC), end=datetime(2025, 3, 6, 15, 30, tzinfo=_UTC)),
+    EventFilter(start=datetime(2025, 2, 1, tzinfo=_UTC), end=datetime(2025, 5, 1, tzinfo=_UTC)),
+    EventFilter(start=datetime(2025, 3, 10, tzinfo=_UTC), end=datetime(2025, 3, 10, tzinfo=_UTC)),
+    EventFilter(facility_id="nowhere"),
+]
+
+
+async def test_planted_data_partly_rolled_up_redelivered_and_uploaded(pool: asyncpg.Pool) -> None:
+    events = [AccessEvent.model_validate(e) for e in planted_events()]
+    first, second, third = events[:900], events[900:1400], events[1400:]
+    assert await store_events(pool, first) == len(first)
+    await _refresh_until(pool, len(first), max_rows=250)
+    assert await _rolled_up(pool) == len(first)
+    # Redelivered: nothing new is stored, so nothing is counted again.
+    assert await store_events(pool, first[:300]) == 0
+    async with pool.acquire() as conn:  # an upload: COPY, staging, INSERT ... ON CONFLICT
+        assert await copy_event_records(conn, [event_record(e) for e in first[:50] + second]) == len(second)
+    await _refresh_until(pool, len(first) + 123, max_rows=123)  # the rest stays raw
+    await store_events(pool, third)
+    await _assert_same(pool, PLANTED_FILTERS)
+
+    await _refresh_until(pool, len(events))
+    assert await _rolled_up(pool) == len(events)
+    assert await _rollup_total(pool) == len(events)
+    await _assert_same(pool, PLANTED_FILTERS)
+
+    raw = await _answers(pool, EventFilter(), use_rollups=False)
+    assert raw["summary"]["total_events"] == len(events)
+
+
+async def test_a_refresh_in_progress_elsewhere_is_not_waited_for(pool: asyncpg.Pool) -> None:
+    await store_events(pool, [AccessEvent.model_validate(e) for e in planted_events()[:10]])
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM access_rollup_state FOR UPDATE")
+        assert await asyncio.wait_for(rollups.refresh(pool), timeout=10) == 0
+    await _refresh_until(pool, 10)
+
+
+# Random data: three months across a year boundary, facilities and badge statuses sometimes
+# absent, a few people and doors so groups repeat.
+_START = datetime(2024, 12, 20, tzinfo=_UTC)
+_SPAN_S = 80 * 86400
+
+
+def _random_events(seed: int, count: int) -> list[AccessEvent]:
+    rng = random.Random(seed)
+    events = []
+    for i in range(count):
+        when = _START + timedelta(seconds=rng.randrange(_SPAN_S), milliseconds=rng.randrange(1000))
+        events.append(
+            AccessEvent.model_validate(
+                {
+                    "event_id": f"r{seed}-{i}",
+                    "timestamp": when.isoformat(),
+                    "person_id": f"p{rng.randrange(7)}",
+                    "door_id": f"d{rng.randrange(5)}",
+                    "access_result": rng.choice(["Granted", "Granted", "Denied", "Timeout", "Error"]),
+                    "badge_status": rng.choice([None, "Valid", "Valid", "Expired", "Suspended", "Invalid"]),
+                    "facility_id": rng.choice([None, "hq", "annex"]),
+                }
+            )
+        )
+    return events
+
+
+_instants = st.integers(min_value=-3 * 86400, max_value=_SPAN_S + 3 * 86400).map(
+    lambda s: _START + timedelta(seconds=s)
+)
+_filters = st.builds(
+    lambda a, b, f: EventFilter(
+        start=min(a, b) if a and b else a, end=max(a, b) if a and b else b, facility_id=f
+    ),
+    st.one_of(st.none(), _instants),
+    st.one_of(st.none(), _instants),
+    st.sampled_from([None, "hq", "annex"]),
+)
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    # DELETE, not TRUNCATE: a few hundred rows, and no new files to create and sync per example.
+    for table in (
+        "access_events",
+        *(
+            f"access_rollup_{name}_{level}"
+            for name in ("time", "people", "person_hours")
+            for level in ("month", "day", "hour")
+        ),
+    ):
+        if await conn.fetchval("SELECT to_regclass($1)", table) is not None:
+            await conn.execute(f"DELETE FROM {table}")
+    await conn.execute("UPDATE access_rollup_state SET last_xid = '0', last_seq = 0, rows_total = 0")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10_000),
+    count=st.integers(0, 300),
+    batch=st.integers(1, 120),
+    refresh_rows=st.integers(1, 200),
+    filters=st.lists(_filters, min_size=1, max_size=4),
+)
+def test_random_data_and_ranges(
+    database_url: str, seed: int, count: int, batch: int, refresh_rows: int, filters: list[EventFilter]
+) -> None:
+    async def run() -> None:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                await _reset(conn)
+            events = _random_events(seed, count)
+            for i in range(0, len(events), batch):
+                await store_events(pool, events[i : i + batch])
+                await rollups.refresh(pool, max_rows=refresh_rows)
+                await store_events(pool, events[: i // 2])  # redeliveries
+            await _assert_same(pool, filters)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())

@@ -1,0 +1,69 @@
+"""How a range is split between rollup levels and raw rows: the pieces partition the range
+exactly, every rollup piece is whole buckets of its level, and raw rows are only read for less
+than one fine bucket at each end."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.analytics.rollups import Piece, ceil_to, cover, floor_to
+
+LEVELS = ("month", "day")
+instants = st.datetimes(
+    min_value=datetime(2023, 11, 1), max_value=datetime(2025, 3, 1), timezones=st.just(UTC)
+).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+bounds = st.one_of(st.none(), instants)
+
+
+def _aligned(t: datetime | None, level: str) -> bool:
+    return t is None or floor_to(t, level) == t  # type: ignore[arg-type]
+
+
+@given(start=bounds, end=bounds)
+def test_pieces_partition_the_range(start: datetime | None, end: datetime | None) -> None:
+    pieces = cover(start, end, LEVELS)
+    if start is not None and end is not None and start >= end:
+        assert pieces == []
+        return
+    assert pieces[0].start == start
+    assert pieces[-1].end == end
+    for before, after in itertools.pairwise(pieces):
+        assert before.end is not None
+        assert before.end == after.start
+    for piece in pieces:
+        if piece.start is not None and piece.end is not None:
+            assert piece.start < piece.end
+        if piece.level is not None:
+            assert _aligned(piece.start, piece.level)
+            assert _aligned(piece.end, piece.level)
+    raw = [p for p in pieces if p.level is None]
+    assert len(raw) <= 2
+    for piece in raw:
+        assert piece.start is not None
+        assert piece.end is not None
+        assert piece.end - piece.start < timedelta(days=1)
+
+
+@given(start=instants, end=instants)
+def test_whole_months_come_from_the_month_level(start: datetime, end: datetime) -> None:
+    months = [p for p in cover(start, end, LEVELS) if p.level == "month"]
+    first, last = ceil_to(start, "month"), floor_to(end, "month")
+    if first < last:
+        assert months == [Piece("month", first, last)]
+    else:
+        assert months == []
+
+
+def test_unbounded_range_is_one_month_piece() -> None:
+    assert cover(None, None, LEVELS) == [Piece("month", None, None)]
+
+
+def test_naive_times_are_utc() -> None:
+    pieces = cover(datetime(2025, 1, 15, 12), datetime(2025, 3, 2), LEVELS)
+    assert pieces[0] == Piece(None, datetime(2025, 1, 15, 12, tzinfo=UTC), datetime(2025, 1, 16, tzinfo=UTC))
+    assert Piece("month", datetime(2025, 2, 1, tzinfo=UTC), datetime(2025, 3, 1, tzinfo=UTC)) in pieces
+    assert pieces[-1] == Piece("day", datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 3, 2, tzinfo=UTC))
