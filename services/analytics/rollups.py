@@ -1,4 +1,4 @@
-"""Reading the rollups (primary migration 0005): a range is split into whole buckets, read from
+"""Reading the rollups (primary migration 0006): a range is split into whole buckets, read from
 the rollups, and partial buckets at its ends, read from raw rows.
 
 A rollup holds counts per bucket of event time at a coarse level (a month) and a fine one (a
@@ -227,7 +227,7 @@ async def snapshot(
             # milliseconds: compiling it took longer than running it.
             await conn.execute("SET LOCAL jit = off")
             row = await conn.fetchrow(_WATERMARK_SQL)
-            assert row is not None, "access_rollup_state has its single row from migration 0005"
+            assert row is not None, "access_rollup_state has its single row from migration 0006"
             watermark = Watermark(row["last_xid"], int(row["last_seq"]))
         yield conn, watermark
 
