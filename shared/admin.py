@@ -10,29 +10,91 @@ import hmac
 from typing import Annotated, Self
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, model_validator
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.errors import ApiError
+from shared.errors import ApiError, error_response
 from shared.settings import FleetSettings
 
 _bearer = HTTPBearer(auto_error=False)
+
+
+def check_admin(settings: FleetSettings, authorization: str | None) -> None:
+    """Raise the fleet's 403/401 unless `authorization` is `Bearer <ADMIN_TOKEN>`."""
+    if settings.admin_token is None:
+        raise ApiError(403, "the admin API is disabled: ADMIN_TOKEN is not set", code="admin_disabled")
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(
+            401, "missing bearer token", code="unauthorized", headers={"WWW-Authenticate": "Bearer"}
+        )
+    expected = settings.admin_token.get_secret_value().encode()
+    if not hmac.compare_digest(token.strip().encode(), expected):
+        raise ApiError(403, "invalid admin token", code="forbidden")
 
 
 def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    settings: FleetSettings = request.app.state.settings
-    if settings.admin_token is None:
-        raise ApiError(403, "the admin API is disabled: ADMIN_TOKEN is not set", code="admin_disabled")
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiError(
-            401, "missing bearer token", code="unauthorized", headers={"WWW-Authenticate": "Bearer"}
-        )
-    expected = settings.admin_token.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise ApiError(403, "invalid admin token", code="forbidden")
+    # `credentials` only documents the scheme in OpenAPI; the header is checked as sent.
+    del credentials
+    check_admin(request.app.state.settings, request.headers.get("authorization"))
+
+
+def _needs_admin(dependant: Dependant) -> bool:
+    return any(d.call is require_admin or _needs_admin(d) for d in dependant.dependencies)
+
+
+class AdminFirstMiddleware:
+    """Check the admin token before an admin route reads its body.
+
+    FastAPI reads and decodes a route's JSON body before it runs the route's dependencies, so a
+    caller without a token sending bad JSON would learn 422 (and make the service parse up to a
+    whole body) instead of 401. This pure ASGI middleware finds the route a write request is
+    bound for and, when that route depends on `require_admin`, answers 401/403 first. Reads
+    carry no body and skip the lookup.
+    """
+
+    _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._admin_routes: dict[int, bool] = {}
+
+    def _is_admin_route(self, scope: Scope) -> bool:
+        application = scope.get("app")
+        router = getattr(application, "router", None)
+        for route in getattr(router, "routes", ()):
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                if not isinstance(route, APIRoute):
+                    return False
+                known = self._admin_routes.get(id(route))
+                if known is None:
+                    known = self._admin_routes[id(route)] = _needs_admin(route.dependant)
+                return known
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in self._BODYLESS and self._is_admin_route(scope):
+            settings: FleetSettings = scope["app"].state.settings
+            authorization = next(
+                (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None
+            )
+            try:
+                check_admin(settings, authorization)
+            except ApiError as exc:
+                response = error_response(
+                    exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 AdminOnly = Annotated[None, Depends(require_admin)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 from typing import Annotated, Any
 
@@ -15,6 +13,7 @@ from pydantic import ValidationError
 from services.gateway.publisher import EventPublisher
 from services.gateway.rate_limit import IngestLimiter, Quota
 from services.gateway.settings import GatewaySettings
+from shared.api_keys import authenticate
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
 from shared.errors import ApiError, validation_details
 from shared.events import AccessEvent
@@ -74,30 +73,13 @@ def parse_items(payload: Any, max_items: int) -> list[AccessEvent]:
 
 
 def client_identity(request: Request, settings: GatewaySettings) -> str:
-    """The API key's fingerprint when keys are required, else the client address (for rate limits)."""
-    keys = settings.api_key_set
-    if not keys:
-        presented = request.headers.get("x-api-key")
-        if presented:
-            return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
-        return "ip:" + (request.client.host if request.client else "unknown")
-    presented = request.headers.get("x-api-key")
-    if not presented:
-        raise ApiError(
-            401,
-            "this gateway requires an API key in the X-API-Key header",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
-    # Compare against every key so the time taken does not reveal which one nearly matched.
-    valid = False
-    for key in keys:
-        valid |= hmac.compare_digest(presented.encode(), key.encode())
-    if not valid:
-        raise ApiError(
-            401, "the X-API-Key is not valid", code="invalid_api_key", headers={"WWW-Authenticate": "ApiKey"}
-        )
-    return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+    """The API key's fingerprint when keys are required (401/403 otherwise), else the client
+    address (for rate limits)."""
+    authenticated = authenticate(settings, request.headers.get("x-api-key"))
+    if authenticated is not None:
+        return authenticated
+    # Without API_KEYS a client-chosen header must not pick its own bucket.
+    return "ip:" + (request.client.host if request.client else "unknown")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -124,7 +106,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     "/events",
     status_code=202,
     responses={
-        401: {"description": "API keys are configured and X-API-Key is missing or wrong"},
+        401: {"description": "API keys are configured and X-API-Key is missing"},
+        403: {"description": "API keys are configured and X-API-Key is not one of them"},
         413: {"description": "too many events or too large a body"},
         422: {"description": "invalid events, with index and reason of each"},
         429: {"description": "rate limit exceeded; retry after Retry-After seconds"},
