@@ -326,7 +326,7 @@ class HierarchicalCacheManager:
                     if token is None or stale is None or not stale.fresh(self._clock()):
                         entry = await self.l2.get(key)
                         if self._newer(entry, stale, key):
-                            assert entry is not None
+                            assert entry is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
                             if token is not None:
                                 await self.l2.release_lock(key, token)
                             return await self._found_in_l2(name, key, entry)
@@ -345,7 +345,7 @@ class HierarchicalCacheManager:
 
     async def _found_in_l2(self, name: str, key: str, entry: CacheEntry) -> CacheResult:
         """Another process computed it while we waited: count an L2 hit, promote to L1 (and L3)."""
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         self.l2.stats.hits += 1
         self._cache_stats(name).hits["l2"] += 1
         metrics.CACHE_HITS.labels(cache=name, tier="l2").inc()
@@ -355,7 +355,7 @@ class HierarchicalCacheManager:
         return CacheResult(entry.value, "shared", "l2", self._clock() - (entry.started_at + entry.delta))
 
     async def _keep_lock(self, key: str, token: str) -> None:
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         while True:
             await asyncio.sleep(self.lock_ttl_s / 3)
             with contextlib.suppress(TierUnavailable):
@@ -451,7 +451,7 @@ class HierarchicalCacheManager:
                     log.warning("invalidation %s not shared: Redis unavailable", f)
 
     async def _load_invalidations(self) -> None:
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         try:
             fields, floor = await self.l2.load_invalidations()
             self.invalidations.raise_floor(floor)
@@ -462,7 +462,7 @@ class HierarchicalCacheManager:
     async def _follow_invalidations(self) -> None:
         """Apply other processes' invalidations as they are published; after a reconnect,
         reload the hash, which holds every invalidation missed meanwhile."""
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         delay = 0.5
         while not self._closing:
             try:
