@@ -25,6 +25,19 @@ class AnalyticsSettings(FleetSettings):
         "Give it room for UPLOAD_MAX_BYTES times the concurrent uploads",
     )
 
+    anomalies_default_window_days: float = Field(
+        31,
+        gt=0,
+        validation_alias="ANOMALIES_DEFAULT_WINDOW_DAYS",
+        description="span analysed by GET /api/v1/analytics/anomalies when `start` is not given",
+    )
+    anomalies_max_window_days: float = Field(
+        92,
+        gt=0,
+        validation_alias="ANOMALIES_MAX_WINDOW_DAYS",
+        description="longest span the anomaly analysis covers; a longer request is 422",
+    )
+
     @field_validator("upload_spool_dir", mode="before")
     @classmethod
     def _empty_spool_is_unset(cls, value: object) -> object:
