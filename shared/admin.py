@@ -7,14 +7,14 @@ With no ADMIN_TOKEN configured every call is refused (403): an unset token must 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Self
+import re
+from typing import Annotated, Any, Self
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, model_validator
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ApiError, error_response
@@ -55,30 +55,37 @@ class AdminFirstMiddleware:
 
     FastAPI reads and decodes a route's JSON body before it runs the route's dependencies, so a
     caller without a token sending bad JSON would learn 422 (and make the service parse up to a
-    whole body) instead of 401. This pure ASGI middleware finds the route a write request is
-    bound for and, when that route depends on `require_admin`, answers 401/403 first. Reads
-    carry no body and skip the lookup.
+    whole body) instead of 401. This pure ASGI middleware knows the write routes that depend on
+    `require_admin` (found once, from the app's route table) and answers 401/403 for them
+    first. Reads carry no body and pass straight through.
     """
 
     _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._admin_routes: dict[int, bool] = {}
+        self._guarded: list[tuple[frozenset[str], re.Pattern[str]]] | None = None
+        self._routes_seen = -1
+
+    def _admin_routes(self, application: Any) -> list[tuple[frozenset[str], re.Pattern[str]]]:
+        routes = application.router.routes
+        if self._guarded is None or self._routes_seen != len(routes):
+            guarded = []
+            for context in iter_route_contexts(routes):
+                dependant = getattr(context, "dependant", None)
+                if isinstance(dependant, Dependant) and _needs_admin(dependant):
+                    guarded.append((frozenset(context.methods or ()), context.path_regex))
+            self._guarded, self._routes_seen = guarded, len(routes)
+        return self._guarded
 
     def _is_admin_route(self, scope: Scope) -> bool:
         application = scope.get("app")
-        router = getattr(application, "router", None)
-        for route in getattr(router, "routes", ()):
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                if not isinstance(route, APIRoute):
-                    return False
-                known = self._admin_routes.get(id(route))
-                if known is None:
-                    known = self._admin_routes[id(route)] = _needs_admin(route.dependant)
-                return known
-        return False
+        if application is None:
+            return False
+        path, method = scope["path"], scope["method"]
+        return any(
+            method in methods and regex.match(path) for methods, regex in self._admin_routes(application)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in self._BODYLESS and self._is_admin_route(scope):

@@ -145,6 +145,10 @@ async def test_a_failed_recomputation_serves_the_last_value_marked_stale(client:
 async def test_tuning_needs_the_admin_token_and_applies_live(client: Client) -> None:
     assert (await client.get("/admin/tuning")).status_code == 401
     assert (await client.get("/admin/tuning", headers={"Authorization": "Bearer wrong"})).status_code == 403
+    # The token is checked before the body is parsed: bad JSON without it is 401, not 422.
+    bad_json = {"content": b"{oops", "headers": {"content-type": "application/json"}}
+    assert (await client.put("/admin/tuning", **bad_json)).status_code == 401  # type: ignore[arg-type]
+    assert (await client.post("/api/v1/cache/invalidate", **bad_json)).status_code == 401  # type: ignore[arg-type]
     current = (await client.get("/admin/tuning", headers=AUTH)).json()
     assert current["max_workers"] == 1
     assert current["cache_ttl_seconds"]["patterns"] == 600
