@@ -40,14 +40,14 @@ test-unit: install
 lint: install
 	$(VENV)/bin/ruff check shared services tests tools bench
 	$(VENV)/bin/ruff format --check shared services tests tools bench
-	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/mypy shared services tools bench
 
 fmt: install
 	$(VENV)/bin/ruff format shared services tests tools bench
 	$(VENV)/bin/ruff check --fix shared services tests tools bench
 
 typecheck: install
-	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/mypy shared services tools bench
 
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)

@@ -1,6 +1,28 @@
+"""`python -m services.optimizer`: watches the fleet and tunes it over the admin API."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
 from services.optimizer.app import create_app
 from services.optimizer.settings import get_settings
-from shared.runner import serve
+from shared.runner import run_service
 
-settings = get_settings()
-serve("optimizer", lambda: create_app(settings), settings, port=settings.optimizer_port)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service(
+        "optimizer",
+        module="services.optimizer",
+        description="Reads the fleet's signals and tunes analytics, the event processor and the "
+        "replicator over their admin API (acts only with OPTIMIZER_ENABLED=true and ADMIN_TOKEN). "
+        "Serves on HOST:OPTIMIZER_PORT.",
+        settings=get_settings,
+        app_factory=create_app,
+        port=lambda s: s.optimizer_port,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
