@@ -39,6 +39,7 @@ from services.gateway.event_processor.sink import EventSink
 from shared.breaker import CircuitBreaker
 from shared.db import create_pool
 from shared.events import parse_event_bytes
+from shared.kafka import create_producer, ensure_topics
 from tools.dev.embedded import EmbeddedKafka
 
 TARGET_EVENTS_PER_S = 20_000
@@ -92,6 +93,27 @@ async def _drain(dsn: str, expected: int, timeout_s: float) -> dict[str, Any]:
     }
 
 
+async def _ack_latency_ms(bootstrap: str, sends: int) -> dict[str, float]:
+    """Latency of one acknowledged send of one event at a time: what a small ingest request waits."""
+    topic = unique_name("bench-ack")
+    await ensure_topics(bootstrap, {topic: 1})
+    producer = create_producer(bootstrap)
+    await producer.start()
+    try:
+        latencies = []
+        for n in range(sends):
+            started = time.perf_counter()
+            await producer.send_and_wait(topic, event_bytes(n)[1])
+            latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        await producer.stop()
+    latencies.sort()
+    return {
+        "ack_p50_ms": round(latencies[len(latencies) // 2], 2),
+        "ack_p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
+    }
+
+
 def _broker_run(pg_server: str, bootstrap: str, count: int, batch_size: int, label: str) -> dict[str, Any]:
     """Fill a new topic on `bootstrap` with `count` events, then drain it with one processor."""
     with fresh_database(pg_server) as dsn:
@@ -119,6 +141,7 @@ def _storage_comparison(pg_server: str, count: int, batch_size: int) -> dict[str
         "events": count,
         **runs,
         "disk_to_memory_fill_ratio": round(disk["fill_events_per_s"] / memory["fill_events_per_s"], 3),
+        "disk_to_memory_ack_p50_ratio": round(disk["ack_p50_ms"] / memory["ack_p50_ms"], 2),
         "disk_to_memory_drain_ratio": (
             round(disk["events_per_s"] / memory["events_per_s"], 3) if memory["events_per_s"] else None
         ),
