@@ -29,7 +29,7 @@ $(VENV)/bin/uv:
 	@$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 run: install
-	$(PY) -m tools.dev.run_fleet
+	$(PY) -m tools.dev.run_fleet $(RUN_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

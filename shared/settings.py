@@ -1,4 +1,4 @@
-"""Fleet-wide settings: every variable of the contract, read from the environment and `.env`.
+"""Fleet-wide settings, read from the environment and `.env` (docs/reference.md, "Settings").
 
 Each service subclasses :class:`FleetSettings` to add its own knobs; all of them share the
 names below so one `.env` configures the whole fleet.
@@ -33,7 +33,7 @@ class MissingSetting(RuntimeError):
 
 
 class FleetSettings(BaseSettings):
-    """Settings every service understands (CONTRACT section 3)."""
+    """Settings every service understands (docs/reference.md, "Settings", "Every service")."""
 
     model_config = SettingsConfigDict(
         env_file=".env",

@@ -159,11 +159,12 @@ class EmbeddedPostgres:
         wait_for_port(self.port)
         return self
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; `mode` as pg_ctl's: `fast` (clients cut off) or `immediate` (a crash)."""
         if not self._started_here:
             return
         try:
-            self._pg("pg_ctl", ["-w", "-t", "30", "-m", "fast", "stop"], timeout=40)
+            self._pg("pg_ctl", ["-w", "-t", "30", "-m", mode, "stop"], timeout=40)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             log.warning("pg_ctl stop failed (%s); killing the postmaster", exc)
             pid = self._running_pid()

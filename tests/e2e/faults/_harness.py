@@ -203,7 +203,7 @@ def figures(
         "duplicated": stored_rows - stored_distinct,
         "lost": acknowledged - stored_distinct - dead_lettered,
         "refused_during_outage": sum(
-            1 for a in answers if fault_at <= a.at < (recovered_at or back_at) and a.status != 202
+            1 for a in answers if fault_at <= a.at < (recovered_at or back_at) and not 200 <= a.status < 300
         ),
         "5xx_before_fault": ledger.server_errors(answers[0].at if answers else 0, fault_at),
         "5xx_after_recovery": ledger.server_errors(recovered_at, float("inf")) if recovered_at else None,
