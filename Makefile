@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test test-unit lint fmt typecheck bench load-test up down logs clean compose-check
+.PHONY: install lock run test test-faults test-unit lint fmt typecheck bench load-test up down logs clean compose-check
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ run: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: install
+	$(PY) -m pytest tests/e2e/faults -s $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -11,22 +11,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 
-from shared.breaker import BreakerConfigError
-from shared.json_logging import configure_logging
-from shared.performance.config import MonitoringConfigError
 from shared.settings import FleetSettings, MissingSetting
-from shared.tracing import init_tracing
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# The web stack is imported only once the command line and the settings are known good, so
+# `--help` and a bad setting answer at once instead of after seconds of imports.
 
 S = TypeVar("S", bound=FleetSettings)
 
-# Config files named by a setting: a wrong value there is a start-up error, not a crash.
-CONFIG_ERRORS: tuple[type[Exception], ...] = (BreakerConfigError, MonitoringConfigError)
 USAGE_ERROR = 2
 SETTINGS_EPILOG = (
     "Settings are read from environment variables and from .env in the working directory "
@@ -104,11 +102,24 @@ def serve(
     config_errors: tuple[type[Exception], ...] = (),
     prog: str | None = None,
 ) -> None:
+    import uvicorn
+
+    from shared.breaker import BreakerConfigError
+    from shared.json_logging import configure_logging
+    from shared.performance.config import MonitoringConfigError
+    from shared.tracing import init_tracing
+
     configure_logging(service, settings.log_level, settings.log_format)
     init_tracing(service, settings)  # before the app exists, so its requests are traced
+    # Config files named by a setting: a wrong value there is a start-up error, not a crash.
+    config_error_types: tuple[type[Exception], ...] = (
+        BreakerConfigError,
+        MonitoringConfigError,
+        *config_errors,
+    )
     try:
         app = app_factory()
-    except (*CONFIG_ERRORS, *config_errors) as exc:
+    except config_error_types as exc:
         message = " ".join(str(exc).split())
         print(f"{prog or service}: invalid configuration: {message}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None

@@ -353,9 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="fleet",
         help="fleet: every field of the event format; original: the original system's 5-field message",
     )
-    parser.add_argument("--people", type=_bounded(int, 1, 10_000_000, "--people"), default=500)
-    parser.add_argument("--doors", type=_bounded(int, 1, 1_000_000, "--doors"), default=60)
-    parser.add_argument("--facilities", type=_bounded(int, 1, 10_000, "--facilities"), default=3)
+    parser.add_argument(
+        "--people",
+        type=_bounded(int, 1, 10_000_000, "--people"),
+        default=500,
+        help="distinct person ids in the generated events (default: 500)",
+    )
+    parser.add_argument(
+        "--doors",
+        type=_bounded(int, 1, 1_000_000, "--doors"),
+        default=60,
+        help="distinct door ids (default: 60)",
+    )
+    parser.add_argument(
+        "--facilities",
+        type=_bounded(int, 1, 10_000, "--facilities"),
+        default=3,
+        help="distinct facility ids (default: 3)",
+    )
     parser.add_argument("--seed", type=int, help="make the people, doors and outcomes reproducible")
     parser.add_argument("--api-key", help="sent as X-API-Key (needed when the gateway sets API_KEYS)")
     parser.add_argument(

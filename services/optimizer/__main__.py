@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from services.optimizer.app import create_app
-from services.optimizer.settings import get_settings
+from services.optimizer.settings import OptimizerSettings, get_settings
 from shared.runner import run_service
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def _create_app(settings: OptimizerSettings) -> FastAPI:
+    from services.optimizer.app import create_app  # the web stack loads only once the settings are good
+
+    return create_app(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replicator over their admin API (acts only with OPTIMIZER_ENABLED=true and ADMIN_TOKEN). "
         "Serves on HOST:OPTIMIZER_PORT.",
         settings=get_settings,
-        app_factory=create_app,
+        app_factory=_create_app,
         port=lambda s: s.optimizer_port,
         argv=argv,
     )

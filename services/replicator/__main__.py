@@ -7,10 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from services.replicator.app import create_app
-from services.replicator.service import ReplicatorService
 from services.replicator.settings import ReplicatorSettings, get_settings
-from shared.json_logging import configure_logging
 from shared.runner import command_parser, load_settings, serve
 
 MODULE = "services.replicator"
@@ -19,6 +16,8 @@ log = logging.getLogger("services.replicator")
 
 
 async def _once(settings: ReplicatorSettings) -> int:
+    from services.replicator.service import ReplicatorService
+
     service = ReplicatorService(settings)
     await service.open()
     try:
@@ -49,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(f"python -m {MODULE}", get_settings, _require)
     if args.once:
+        from shared.json_logging import configure_logging
+
         configure_logging("replicator", settings.log_level, settings.log_format)
         try:
             asyncio.run(_once(settings))
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("replication catch-up failed: %s", exc)
             return 1
         return 0
+    from services.replicator.app import create_app  # the web stack loads once the settings are good
+
     serve(
         "replicator",
         lambda: create_app(settings),

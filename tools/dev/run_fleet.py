@@ -17,8 +17,10 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TextIO
 
 from shared.db import apply_migrations, ensure_database, with_database
 from shared.settings import REPO_ROOT, FleetSettings
@@ -73,6 +75,15 @@ def prepare_infrastructure(
     return env
 
 
+def child_log_format(environ: Mapping[str, str], stdout: TextIO) -> str:
+    """The services write into honcho's pipe, not the terminal, so `auto` is decided here:
+    readable lines when `make run` runs on a terminal, JSON lines when its output is captured."""
+    chosen = environ.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+    if chosen != "auto":
+        return chosen
+    return "console" if stdout.isatty() else "json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -100,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             stack, settings, args.data_dir, durable_broker=args.broker_storage == "disk"
         )
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        # The services write into honcho's pipe, not the terminal, so they are told what it is.
-        if "LOG_FORMAT" not in os.environ:
-            child_env["LOG_FORMAT"] = "console" if sys.stdout.isatty() else "json"
+        child_env["LOG_FORMAT"] = child_log_format(os.environ, sys.stdout)
         manager = Manager(Printer(sys.stdout))
         for name, module in SERVICES.items():
             manager.add_process(name, f"{sys.executable} -m {module}", env=child_env, cwd=str(REPO_ROOT))
