@@ -49,6 +49,7 @@ __all__ = [
     "text_problem",
     "time_window",
     "timestamp_problem",
+    "window_description",
 ]
 
 
@@ -237,6 +238,15 @@ def time_window(now: datetime | None = None) -> tuple[datetime, datetime]:
     limits = get_event_limits()
     now = now or datetime.now(UTC)
     return limits.event_time_min, now + timedelta(seconds=limits.event_time_max_ahead_s)
+
+
+def window_description() -> str:
+    """The accepted window in words, the same at any moment (for error messages)."""
+    limits = get_event_limits()
+    return (
+        f"from {limits.event_time_min.isoformat()} to {limits.event_time_max_ahead_s:g}s ahead of the "
+        "server's clock; EVENT_TIME_MIN, EVENT_TIME_MAX_AHEAD"
+    )
 
 
 def timestamp_problem(value: datetime, now: datetime | None = None) -> str | None:
