@@ -1,4 +1,5 @@
-"""`POST /api/v1/events`: validate every item, publish all or none, answer after the broker acks."""
+"""`POST /api/v1/events`: validate every item, publish only a fully valid request, answer after the
+broker acks, and say exactly which events were published when the broker fails part-way."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from services.gateway.publisher import EventPublisher
+from services.gateway.publisher import BrokerUnavailable, EventPublisher, Message, PublishIncomplete
 from services.gateway.rate_limit import IngestLimiter, Quota
 from services.gateway.settings import GatewaySettings
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
 from shared.errors import ApiError, validation_details
+from shared.event_vocabulary import get_event_limits
 from shared.events import AccessEvent
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -36,7 +38,18 @@ Publisher = Annotated[EventPublisher, Depends(get_publisher)]
 Settings = Annotated[GatewaySettings, Depends(get_gateway_settings)]
 
 
-def parse_items(payload: Any, max_items: int) -> list[AccessEvent]:
+def _item_error(index: int, exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, ValidationError):
+        details = validation_details(list(exc.errors()))
+        reason = "; ".join(f"{d['loc']}: {d['message']}" for d in details)
+        return {"index": index, "reason": reason, "fields": details}
+    # Nothing one item holds may become a 500: whatever else the model raised is its reason.
+    return {"index": index, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def parse_items(payload: Any, max_items: int, max_event_bytes: int) -> list[Message]:
+    """The Kafka message of every item, or ApiError: 422 listing each invalid item, 413 listing
+    each item whose message would exceed `max_event_bytes` (what the processor accepts)."""
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise ApiError(422, "the request holds no events", code="empty_batch")
@@ -46,31 +59,75 @@ def parse_items(payload: Any, max_items: int) -> list[AccessEvent]:
             f"{len(items)} events in one request; the maximum is {max_items}",
             details={"max_events_per_request": max_items},
         )
-    events: list[AccessEvent] = []
+    messages: list[Message] = []
     errors: list[dict[str, Any]] = []
+    oversized: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             errors.append({"index": index, "reason": f"expected a JSON object, got {type(item).__name__}"})
             continue
         try:
-            events.append(AccessEvent.model_validate(item))
-        except ValidationError as exc:
-            details = validation_details(list(exc.errors()))
-            errors.append(
-                {
-                    "index": index,
-                    "reason": "; ".join(f"{d['loc']}: {d['message']}" for d in details),
-                    "fields": details,
-                }
-            )
+            event = AccessEvent.model_validate(item)
+            wire = event.to_wire()
+        except Exception as exc:
+            errors.append(_item_error(index, exc))
+            continue
+        if len(wire) > max_event_bytes:
+            oversized.append({"index": index, "bytes": len(wire), "max_event_bytes": max_event_bytes})
+            continue
+        messages.append(Message(key=event.door_id.encode(), value=wire))
     if errors:
         raise ApiError(
             422,
             f"{len(errors)} of {len(items)} events are invalid; none were accepted",
             code="invalid_events",
-            details=errors,
+            details=errors + [{**o, "reason": "oversized"} for o in oversized],
         )
-    return events
+    if oversized:
+        first = oversized[0]
+        raise ApiError(
+            413,
+            f"{len(oversized)} of {len(items)} events exceed {max_event_bytes} bytes each (the first, "
+            f"at index {first['index']}, has {first['bytes']}); none were accepted",
+            code="event_too_large",
+            details=oversized,
+        )
+    return messages
+
+
+def _ranges(indices: list[int]) -> list[list[int]]:
+    """[0, 1, 2, 5, 7, 8] -> [[0, 2], [5, 5], [7, 8]]: inclusive runs, short even for 10,000 items."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return runs
+
+
+def _incomplete(exc: PublishIncomplete, total: int, retry_after: float) -> ApiError:
+    outcome = exc.outcome
+    published = len(outcome.acknowledged)
+    message = (
+        f"{published} of {total} events were published; "
+        + (f"{len(outcome.unknown)} may or may not have been; " if outcome.unknown else "")
+        + "sending the whole request again is safe (events are stored once per event_id)"
+    )
+    retry = str(max(1, math.ceil(retry_after)))
+    broker_fault = isinstance(exc, BrokerUnavailable)
+    return ApiError(
+        503 if broker_fault else 422,
+        ("the broker is unavailable: " if broker_fault else "the broker refused some events: ") + message,
+        code="broker_unavailable" if broker_fault else "events_refused_by_broker",
+        details={
+            "published": _ranges(outcome.acknowledged),
+            "not_published": _ranges(outcome.refused),
+            "unknown": _ranges(outcome.unknown),
+            **({"retry_after": float(retry)} if broker_fault else {}),
+        },
+        headers={"Retry-After": retry} if broker_fault else None,
+    )
 
 
 def client_identity(request: Request, settings: GatewaySettings) -> str:
@@ -125,10 +182,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     status_code=202,
     responses={
         401: {"description": "API keys are configured and X-API-Key is missing or wrong"},
-        413: {"description": "too many events or too large a body"},
-        422: {"description": "invalid events, with index and reason of each"},
+        413: {
+            "description": "too many events, too large a body, or events over MAX_EVENT_BYTES (with index)"
+        },
+        422: {"description": "invalid events, with index and reason of each; nothing published"},
         429: {"description": "rate limit exceeded; retry after Retry-After seconds"},
-        503: {"description": "Kafka unavailable; retry after Retry-After seconds"},
+        503: {
+            "description": "Kafka unavailable; `details` says which indices were published; "
+            "resending the whole request is safe"
+        },
     },
 )
 async def post_events(request: Request, publisher: Publisher, settings: Settings) -> JSONResponse:
@@ -143,28 +205,21 @@ async def post_events(request: Request, publisher: Publisher, settings: Settings
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
-    events = parse_items(payload, settings.max_events_per_request)
+    messages = parse_items(payload, settings.max_events_per_request, get_event_limits().max_event_bytes)
     if limiter.enabled:
-        quota = await limiter.hit_events(identity, len(events)) or quota
+        quota = await limiter.hit_events(identity, len(messages)) or quota
     breaker: CircuitBreaker = request.app.state.kafka_breaker
     try:
-        accepted = await breaker.call(publisher.publish, events)
+        accepted = await breaker.call(publisher.publish, messages)
     except CircuitBreakerOpen as exc:
         retry = str(max(1, math.ceil(exc.retry_after)))
         raise ApiError(
             503,
-            f"Kafka is unavailable (circuit breaker {exc.name!r} is {exc.state}); nothing was accepted",
+            f"the broker is unavailable (circuit breaker {exc.name!r} is {exc.state}); nothing was published",
             code="broker_unavailable",
-            details={"retry_after": float(retry)},
+            details={"retry_after": float(retry), "published": [], "breaker": exc.name},
             headers={"Retry-After": retry},
         ) from None
-    except ConnectionError as exc:  # BrokerUnavailable
-        retry = str(max(1, math.ceil(breaker.retry_after or 1.0)))
-        raise ApiError(
-            503,
-            f"{exc}; nothing was accepted",
-            code="broker_unavailable",
-            details={"retry_after": float(retry)},
-            headers={"Retry-After": retry},
-        ) from None
+    except PublishIncomplete as exc:
+        raise _incomplete(exc, len(messages), breaker.retry_after or 1.0) from None
     return JSONResponse({"accepted": accepted}, status_code=202, headers=quota.headers() if quota else None)
