@@ -237,6 +237,39 @@ async def test_hostile_corpus_every_message_is_stored_or_dead_lettered_and_the_p
     assert status["stored"] == len(good) + len(should_store)
 
 
+async def test_a_batch_with_a_hundred_long_facility_ids_is_stored_in_one_statement(
+    database_url: str, kafka_bootstrap: str, topic_name: str
+) -> None:
+    """NOTIFY's 8000-byte limit never fails the write: one statement, one bounded signal."""
+    events = [event_dict(facility_id=f"facility-{i:03d}-" + "x" * 180) for i in range(100)]
+    producer = await producer_for(kafka_bootstrap, topic_name)
+    try:
+        for event in events:
+            await producer.send(topic_name, orjson.dumps(event), key=b"d", partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    listener = await asyncpg.connect(database_url)
+    heard: list[str] = []
+    await listener.add_listener("access_events_written", lambda *args: heard.append(args[3]))
+    settings = processor_settings(database_url, kafka_bootstrap, topic_name)
+    pool = await create_pool(database_url, min_size=0, max_size=2)
+    service = ProcessorService(settings, pool, BreakerRegistry.from_dict({}).get("database"))
+    service.start()
+    try:
+        assert await wait_rows(database_url, 100) == 100
+        await eventually(lambda: sum(orjson.loads(p)["rows"] for p in heard) >= 100, 5)
+    finally:
+        await service.stop()
+        await pool.close()
+        await listener.close()
+    payloads = [orjson.loads(p) for p in heard]
+    # Stored as one batch (not event by event after a refused statement), signalled once.
+    assert [p["rows"] for p in payloads] == [100]
+    assert payloads[0]["facilities"] is None
+    assert service.status()["dead_lettered"] == 0
+
+
 async def test_database_outage_pauses_commits_nothing_and_resumes(
     database_url: str, kafka_bootstrap: str, topic_name: str
 ) -> None:
