@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from services.gateway.admission import BudgetExhausted, MemoryBudget, request_cost
 from services.gateway.publisher import BrokerUnavailable, EventPublisher, Message, PublishIncomplete
 from services.gateway.rate_limit import IngestLimiter, Quota
 from services.gateway.settings import GatewaySettings
@@ -50,7 +51,7 @@ def _item_error(index: int, exc: Exception) -> dict[str, Any]:
 def parse_items(payload: Any, max_items: int, max_event_bytes: int) -> list[Message]:
     """The Kafka message of every item, or ApiError: 422 listing each invalid item, 413 listing
     each item whose message would exceed `max_event_bytes` (what the processor accepts)."""
-    items = payload if isinstance(payload, list) else [payload]
+    items: list[Any] = payload if isinstance(payload, list) else [payload]
     if not items:
         raise ApiError(422, "the request holds no events", code="empty_batch")
     if len(items) > max_items:
@@ -62,7 +63,10 @@ def parse_items(payload: Any, max_items: int, max_event_bytes: int) -> list[Mess
     messages: list[Message] = []
     errors: list[dict[str, Any]] = []
     oversized: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
+    for index in range(len(items)):
+        # Each item's objects are released once its message is built, so the request's memory
+        # shrinks from the parsed JSON towards the messages as it goes.
+        item, items[index] = items[index], None
         if not isinstance(item, dict):
             errors.append({"index": index, "reason": f"expected a JSON object, got {type(item).__name__}"})
             continue
@@ -75,7 +79,9 @@ def parse_items(payload: Any, max_items: int, max_event_bytes: int) -> list[Mess
         if len(wire) > max_event_bytes:
             oversized.append({"index": index, "bytes": len(wire), "max_event_bytes": max_event_bytes})
             continue
-        messages.append(Message(key=event.door_id.encode(), value=wire))
+        # orjson's output keeps the capacity it grew to (up to ~50x the length for nested
+        # extras, measured); a compact copy is what the request holds until the broker acks.
+        messages.append(Message(key=event.door_id.encode(), value=bytes(memoryview(wire))))
     if errors:
         raise ApiError(
             422,
@@ -131,12 +137,12 @@ def _incomplete(exc: PublishIncomplete, total: int, retry_after: float) -> ApiEr
 
 
 def client_identity(request: Request, settings: GatewaySettings) -> str:
-    """The API key's fingerprint when keys are required, else the client address (for rate limits)."""
+    """Who a rate limit counts: the authenticated API key when keys are required, else the
+    client address (the peer, or the forwarded client when the peer is in TRUSTED_PROXIES; the
+    gateway's ProxyHeadersMiddleware has already put it in `request.client`). A key sent to a
+    gateway that requires none authenticates nothing, so it does not choose the budget."""
     keys = settings.api_key_set
     if not keys:
-        presented = request.headers.get("x-api-key")
-        if presented:
-            return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
         return "ip:" + (request.client.host if request.client else "unknown")
     presented = request.headers.get("x-api-key")
     if not presented:
@@ -157,24 +163,30 @@ def client_identity(request: Request, settings: GatewaySettings) -> str:
     return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def declared_length(request: Request, limit: int) -> int | None:
+    """The Content-Length, after refusing one over `limit` (413) before anything is read."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is None or not declared.isdigit():
+        return None
+    if int(declared) > limit:
         raise ApiError(
             413,
             f"body of {declared} bytes exceeds the limit of {limit} bytes",
             details={"max_request_bytes": limit},
         )
-    chunks: list[bytes] = []
-    size = 0
+    return int(declared)
+
+
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The body in one buffer (no list of chunks joined into a second copy), at most `limit` bytes."""
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise ApiError(
                 413, f"body exceeds the limit of {limit} bytes", details={"max_request_bytes": limit}
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 @router.post(
@@ -200,12 +212,36 @@ async def post_events(request: Request, publisher: Publisher, settings: Settings
     quota: Quota | None = None
     if limiter.enabled:
         quota = await limiter.hit_request(identity)
+    length = declared_length(request, settings.max_request_bytes)
+    budget: MemoryBudget = request.app.state.ingest_budget
+    try:
+        async with budget.reserve(
+            request_cost(settings.max_request_bytes if length is None else length),
+            settings.ingest_admission_timeout_s,
+        ):
+            return await _ingest(request, publisher, settings, identity, quota)
+    except BudgetExhausted:
+        raise ApiError(
+            503,
+            "the gateway is busy with other ingest requests; retry shortly",
+            code="ingest_busy",
+            details={"retry_after": 1.0},
+            headers={"Retry-After": "1"},
+        ) from None
+
+
+async def _ingest(
+    request: Request, publisher: EventPublisher, settings: GatewaySettings, identity: str, quota: Quota | None
+) -> JSONResponse:
+    limiter: IngestLimiter = request.app.state.ingest_limiter
     body = await read_body(request, settings.max_request_bytes)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
+    del body  # the parsed objects replace it
     messages = parse_items(payload, settings.max_events_per_request, get_event_limits().max_event_bytes)
+    del payload
     if limiter.enabled:
         quota = await limiter.hit_events(identity, len(messages)) or quota
     breaker: CircuitBreaker = request.app.state.kafka_breaker

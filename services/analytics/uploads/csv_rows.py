@@ -58,6 +58,9 @@ ALIASES: dict[str, str] = {
     "facility id": "facility_id",
 }
 REQUIRED = ("timestamp", "person_id", "door_id", "access_result")
+# A header line longer than this is refused before it is read whole (a header is names, not data).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_COLUMNS = 1000
 _RESULTS = {word: member.value for word, member in ACCESS_RESULTS.items()}
 _STATUSES = {word: member.value for word, member in BADGE_STATUSES.items()}
 _DIGITS = re.compile(r"-?\d+")
@@ -110,17 +113,48 @@ class _LineFeed:
             yield raw.decode("utf-8", errors="replace")
 
 
-def read_header(path: str) -> Header:
+class _BoundedLines:
+    """Lines of the header for csv.reader, at most `limit` bytes in all: a header line of 150 MB
+    must cost a 422, not 290 MiB (reading by line would load it whole)."""
+
+    def __init__(self, fh: BinaryIO, offset: int, limit: int) -> None:
+        self.offset = offset
+        self._fh = fh
+        self._left = limit
+        self.limit = limit
+
+    def __iter__(self) -> Iterator[str]:
+        while raw := self._fh.readline(self._left + 1):
+            if len(raw) > self._left:
+                raise HeaderError(
+                    f"the header is longer than {self.limit} bytes (is the first line really a header?)",
+                    {"max_header_bytes": self.limit},
+                )
+            self._left -= len(raw)
+            self.offset += len(raw)
+            yield raw.decode("utf-8", errors="replace")
+
+
+def read_header(path: str, max_bytes: int = MAX_HEADER_BYTES) -> Header:
+    """The header: the first non-blank record, read within `max_bytes` (blank lines before it
+    count). Raises HeaderError for anything unusable, never another exception."""
     with open(path, "rb") as fh:
         start = 3 if fh.read(3) == b"\xef\xbb\xbf" else 0
         fh.seek(start)
-        feed = _LineFeed(fh, start)
+        feed = _BoundedLines(fh, start, max_bytes)
         reader = csv.reader(iter(feed))
-        for names in reader:
-            if any(n.strip() for n in names):
-                break
-        else:
-            raise HeaderError("the file is empty: expected a header line and rows")
+        try:
+            for names in reader:
+                if any(n.strip() for n in names):
+                    break
+            else:
+                raise HeaderError("the file is empty: expected a header line and rows")
+        except csv.Error as exc:
+            raise HeaderError(f"the header line is not valid CSV: {exc}") from None
+        if len(names) > MAX_COLUMNS:
+            raise HeaderError(
+                f"{len(names)} columns; at most {MAX_COLUMNS} are accepted", {"columns": len(names)}
+            )
         fields = [ALIASES.get(_normal(n)) for n in names]
         seen: dict[str, str] = {}
         for name, f in zip(names, fields, strict=True):
@@ -133,7 +167,7 @@ def read_header(path: str) -> Header:
             raise HeaderError(
                 f"missing required column(s): {', '.join(missing)} (accepted headers include "
                 "Timestamp, Person ID, Device name, Access result, or the field names)",
-                {"missing": missing, "found": names},
+                {"missing": missing, "found": names[:50]},
             )
         return Header(names=names, fields=fields, data_offset=feed.offset, data_line=reader.line_num + 1)
 
@@ -444,6 +478,7 @@ def estimate_row_bytes(chunk: Chunk) -> float:
 
 __all__ = [
     "ALIASES",
+    "MAX_HEADER_BYTES",
     "REQUIRED",
     "Chunk",
     "Header",

@@ -125,6 +125,48 @@ async def test_limits_api_keys_and_rate_limits(tmp_path: Path, kafka_bootstrap: 
         ).status_code == 202
 
 
+async def test_without_api_keys_the_rate_limit_counts_the_client_address_not_a_header(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    settings = settings_for(tmp_path, kafka_bootstrap, topic_name, INGEST_RATE_LIMIT="2/minute")
+    async with serving(create_app(settings)) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+        for key in ("a", "b"):
+            answer = await client.post("/api/v1/events", json=event_dict(), headers={"x-api-key": key})
+            assert answer.status_code == 202, answer.text
+        # A new X-API-Key or a forged X-Forwarded-For buys no new budget: no proxy is trusted.
+        for headers in ({"x-api-key": "c"}, {"x-forwarded-for": "10.9.9.9"}):
+            answer = await client.post("/api/v1/events", json=event_dict(), headers=headers)
+            assert answer.status_code == 429, headers
+
+
+async def test_trusted_proxies_make_the_forwarded_client_the_identity(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        kafka_bootstrap,
+        topic_name,
+        INGEST_RATE_LIMIT="2/minute",
+        TRUSTED_PROXIES="10.0.0.0/8, 127.0.0.1",
+    )
+    async with serving(create_app(settings)) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+
+        async def post(forwarded: str) -> int:
+            answer = await client.post(
+                "/api/v1/events", json=event_dict(), headers={"x-forwarded-for": forwarded}
+            )
+            return answer.status_code
+
+        assert await post("203.0.113.7") == 202
+        assert await post("203.0.113.7, 10.1.2.3") == 202  # through a second trusted proxy
+        assert await post("203.0.113.7") == 429
+        # Prepending a forged address changes nothing: the rightmost untrusted one counts.
+        assert await post("198.51.100.1, 203.0.113.7") == 429
+        assert await post("198.51.100.1") == 202
+    with pytest.raises(ValueError, match="not an address or CIDR"):
+        settings_for(tmp_path, kafka_bootstrap, topic_name, TRUSTED_PROXIES="10.0.0.0/8, proxy.local")
+
+
 async def test_no_client_input_opens_the_kafka_breaker_and_oversized_events_are_refused_at_the_door(
     tmp_path: Path, kafka_bootstrap: str, topic_name: str
 ) -> None:

@@ -310,3 +310,31 @@ def test_values_the_database_cannot_hold_are_refused_with_their_line(tmp_path: P
     assert "'note'" in reasons[9]
     assert "NUL" in reasons[9]
     assert _assert_same(path) is True  # the NUL rows make the parallel path defer to the csv module
+
+
+def test_a_huge_header_line_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from services.analytics.uploads.csv_rows import MAX_HEADER_BYTES, HeaderError
+
+    path = tmp_path / "wide.csv"
+    with open(path, "wb") as fh:
+        fh.write(b"Timestamp,Person ID,Device name,Access result")
+        for _ in range(20):
+            fh.write(b",c" * (1 << 19))  # 20 MiB of header
+        fh.write(b"\n2025-01-01T00:00:00Z,p,d,Granted\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderError, match="header is longer than"):
+            read_header(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_HEADER_BYTES + (1 << 20)
+    # An unterminated quote runs into the same bound instead of reading the file to its end.
+    path.write_bytes(b'Timestamp,"Person ID\n' + b"x" * (MAX_HEADER_BYTES + 10))
+    with pytest.raises(HeaderError):
+        read_header(str(path))
+    # A normal header after blank lines is still found.
+    path.write_bytes(b"\n\nTimestamp,Person ID,Device name,Access result\n2025-01-01T00:00:00Z,p,d,Granted\n")
+    assert read_header(str(path)).data_line == 4
