@@ -130,6 +130,8 @@ def hostile_messages() -> list[Hostile]:
         _obj("unicode_ok", STORED, person_id="персона-🙂", note="\uffff\u200b"),
         # Size and shape.
         _obj("one_megabyte_string", "oversized", note="x" * 1_000_000),
+        # Just under the producer's 1 MiB request limit: too large to dead-letter with headers.
+        Hostile("near_kafka_limit", b'{"x": "' + b"y" * 1_048_280 + b'"}', "oversized"),
         Hostile("empty_bytes", b"", "empty"),
         Hostile("tombstone", None, "empty"),
         Hostile("whitespace_only", b"   \n", "invalid_json"),

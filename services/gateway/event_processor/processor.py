@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from services.gateway.event_processor import metrics
 from services.gateway.event_processor.sink import EventSink, StoreOutcome, is_database_down
-from shared.breaker import CircuitBreakerOpen
+from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
 from shared.events import AccessEvent, EventParseError, parse_event_bytes
 
 log = logging.getLogger(__name__)
@@ -233,27 +233,48 @@ class EventProcessor:
         # travels in headers, after the message's own (`traceparent` included, so the trace
         # that produced it leads to its dead letter). Every send is acknowledged before the
         # offsets are committed.
-        futures = []
-        for record, reason, message in dead:
-            headers = [
-                *(record.headers or ()),
-                ("dlq.reason", reason.encode()),
-                ("dlq.error", message.encode("utf-8", "replace")[:1000]),
-                ("dlq.source.topic", record.topic.encode()),
-                ("dlq.source.partition", str(record.partition).encode()),
-                ("dlq.source.offset", str(record.offset).encode()),
-            ]
-            futures.append(
-                await self.dlq_producer.send(
-                    self.dlq_topic, record.value or b"", key=record.key, headers=headers
-                )
+        letters = [(record, _dlq_headers(record, reason, message)) for record, reason, message in dead]
+        outcomes = await asyncio.gather(
+            *(self._send(record, headers) for record, headers in letters), return_exceptions=True
+        )
+        # A message too large to be dead-lettered with its headers (it was just under the
+        # broker's limit) must not hold the partition: its first bytes go instead, marked.
+        retry = [
+            (record, [*headers, ("dlq.truncated", str(len(record.value or b"")).encode())])
+            for (record, headers), outcome in zip(letters, outcomes, strict=True)
+            if isinstance(outcome, MESSAGE_CAUSED)
+        ]
+        failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, MESSAGE_CAUSED)]
+        if retry and not failed:
+            outcomes = await asyncio.gather(
+                *(self._send(record, headers, truncate=True) for record, headers in retry),
+                return_exceptions=True,
             )
-        try:
-            await asyncio.gather(*futures)
-        except KafkaError:
-            log.exception("dead-letter topic unavailable; the batch will be redelivered")
-            raise
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            log.error("dead-letter topic unavailable (%r); the batch will be redelivered", failed[0])
+            raise failed[0]
         for _, reason, _ in dead:
             metrics.EVENTS_FAILED.labels(reason=reason).inc()
         metrics.DEAD_LETTERED.inc(len(dead))
         self.stats.dead_lettered += len(dead)
+
+    async def _send(
+        self, record: Record, headers: list[tuple[str, bytes]], *, truncate: bool = False
+    ) -> object:
+        value = record.value or b""
+        if truncate:
+            value = value[: self.max_message_bytes]
+        future = await self.dlq_producer.send(self.dlq_topic, value, key=record.key, headers=headers)
+        return await future
+
+
+def _dlq_headers(record: Record, reason: str, message: str) -> list[tuple[str, bytes]]:
+    return [
+        *(record.headers or ()),
+        ("dlq.reason", reason.encode()),
+        ("dlq.error", message.encode("utf-8", "replace")[:1000]),
+        ("dlq.source.topic", record.topic.encode()),
+        ("dlq.source.partition", str(record.partition).encode()),
+        ("dlq.source.offset", str(record.offset).encode()),
+    ]

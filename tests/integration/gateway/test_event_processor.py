@@ -17,6 +17,7 @@ from services.gateway.event_processor.service import ProcessorService
 from services.gateway.settings import GatewaySettings
 from shared.breaker import BreakerRegistry
 from shared.db import create_pool
+from shared.event_vocabulary import get_event_limits
 from shared.kafka import create_consumer, create_producer, ensure_topics
 from tests.factories import event_dict
 from tests.hostile import EITHER, STORED, hostile_messages
@@ -220,7 +221,13 @@ async def test_hostile_corpus_every_message_is_stored_or_dead_lettered_and_the_p
         assert headers["dlq.reason"].decode() == verdicts[message.name], message.name
         assert headers["traceparent"] == traceparent  # the original headers travel along
         assert headers["corpus.name"].decode() == message.name
-        assert record.value == (message.value or b"")
+        if "dlq.truncated" in headers:  # too large to dead-letter whole: its first bytes, marked
+            assert int(headers["dlq.truncated"]) == len(message.value or b"")
+            assert record.value == (message.value or b"")[: get_event_limits().max_event_bytes]
+        else:
+            assert record.value == (message.value or b"")
+    near_limit = next(i for i, m in enumerate(corpus) if m.name == "near_kafka_limit")
+    assert "dlq.truncated" in dict(by_key[f"h{near_limit}"].headers)
     conn = await asyncpg.connect(database_url)
     try:
         stored = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM access_events")}
