@@ -125,6 +125,25 @@ async def test_limits_api_keys_and_rate_limits(tmp_path: Path, kafka_bootstrap: 
         ).status_code == 202
 
 
+async def test_the_hostile_corpus_gets_4xx_or_202_from_a_real_gateway_never_5xx(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    from tests.hostile import STORED, hostile_messages
+
+    app = create_app(settings_for(tmp_path, kafka_bootstrap, topic_name))
+    async with serving(app) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+        for message in hostile_messages():
+            answer = await client.post(
+                "/api/v1/events", content=message.value or b"", headers={"content-type": "application/json"}
+            )
+            assert answer.status_code in (202, 400, 413, 422), (message.name, answer.text[:300])
+            if answer.status_code != 202:
+                assert answer.json()["error"]["code"], message.name
+            elif message.name != "json_array":  # an array of events is what REST accepts
+                assert message.expect in (STORED, "either"), message.name
+        assert (await client.get("/breaker")).json()["kafka"]["state"] == "closed"
+
+
 async def test_without_api_keys_the_rate_limit_counts_the_client_address_not_a_header(
     tmp_path: Path, kafka_bootstrap: str, topic_name: str
 ) -> None:
