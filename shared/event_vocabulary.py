@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -233,10 +234,21 @@ def parse_timestamp(value: object) -> datetime:
         raise ValueError(f"timestamp {value!r} is out of range once converted to UTC") from None
 
 
+# (monotonic expiry, limits, earliest, latest): the window at "now", reused for a second, so the
+# hot path does not read the clock per event. A second late on the upper bound is immaterial.
+_window_cache: list[tuple[float, EventLimits, datetime, datetime]] = []
+
+
 def time_window(now: datetime | None = None) -> tuple[datetime, datetime]:
-    """The accepted event times [earliest, latest] (both inclusive) at `now`."""
+    """The accepted event times [earliest, latest] (both inclusive) at `now` (default: the clock)."""
     limits = get_event_limits()
-    now = now or datetime.now(UTC)
+    if now is None:
+        if _window_cache and _window_cache[0][0] > time.monotonic() and _window_cache[0][1] is limits:
+            return _window_cache[0][2], _window_cache[0][3]
+        now = datetime.now(UTC)
+        window = limits.event_time_min, now + timedelta(seconds=limits.event_time_max_ahead_s)
+        _window_cache[:] = [(time.monotonic() + 1.0, limits, *window)]
+        return window
     return limits.event_time_min, now + timedelta(seconds=limits.event_time_max_ahead_s)
 
 
