@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.admin import AdminFirstMiddleware
 from shared.errors import install_error_handlers
+from shared.event_vocabulary import get_event_limits
 from shared.request_context import request_id_var
 from shared.resources import start_resource_guard
 from shared.settings import FleetSettings
@@ -122,6 +123,9 @@ def create_service_app(
         finally:
             await guard.stop()
 
+    # The event vocabulary's settings (time window, event size) are read now, so a wrong value
+    # stops start-up with its name instead of failing the first event.
+    get_event_limits()
     app = FastAPI(
         title=title or f"Sentinel Fleet {service}",
         version=version,
