@@ -185,7 +185,7 @@ def parts(
 
     def raw(condition: list[str]) -> str:
         where = _where(condition + facility)
-        return f"SELECT {select_raw_dims}{raw_measures} FROM access_events{where}{group_by}"
+        return f"SELECT {select_raw_dims}{raw_measures} FROM access_events{where}{group_by}"  # noqa: S608  fixed SQL fragments; every value is a $n parameter
 
     if watermark is None:
         return raw(_range_sql("time", flt.start, flt.end, params))
@@ -198,7 +198,7 @@ def parts(
             out.append(raw(edge))
         else:
             where = _where(_range_sql("bucket", piece.start, piece.end, params) + facility)
-            out.append(f"SELECT {select_dims}{rolled_measures} FROM {rollup.table(piece.level)}{where}")
+            out.append(f"SELECT {select_dims}{rolled_measures} FROM {rollup.table(piece.level)}{where}")  # noqa: S608  fixed SQL fragments; every value is a $n parameter
     # Rows not rolled up yet, inside the part of the range the rollups answer for.
     tail = [
         f"(ingest_xid, seq) > ({params.add(watermark.last_xid, '::text::xid8')}, "
@@ -227,7 +227,8 @@ async def snapshot(
             # milliseconds: compiling it took longer than running it.
             await conn.execute("SET LOCAL jit = off")
             row = await conn.fetchrow(_WATERMARK_SQL)
-            assert row is not None, "access_rollup_state has its single row from migration 0006"
+            if row is None:
+                raise RuntimeError("access_rollup_state has lost its row: apply the primary migrations")
             watermark = Watermark(row["last_xid"], int(row["last_seq"]))
         yield conn, watermark
 
