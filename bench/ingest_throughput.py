@@ -10,6 +10,10 @@ Baseline in the same run: the same events parsed and inserted in-process (no Kaf
 commits) with the same insert path, batch by batch: the ceiling the processor can reach.
 Target: >= 20,000 events/s on 2 cores.
 
+Stages, same run (`stages`): decode, validate and store each alone, and the database's own
+idempotent bulk-store rate for the same rows (COPY into staging, INSERT ... ON CONFLICT);
+`ratio_to_database_bulk_store` is the processor's rate over that ceiling (target 0.8).
+
 The cost of a durable broker log, same run: the embedded broker that `make run` starts keeps
 its log on disk (an fsynced file per record batch, through `tools.dev.object_store`), where
 the test suite's keeps it in memory. Both are filled and drained with the same events, and
@@ -25,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench._gateway_bench import (
     count_rows,
     cpu_count,
@@ -38,7 +44,8 @@ from bench._gateway_bench import (
 from services.gateway.event_processor.sink import EventSink
 from shared.breaker import CircuitBreaker
 from shared.db import create_pool
-from shared.events import parse_event_bytes
+from shared.event_store import copy_event_records
+from shared.events import AccessEvent, event_record, parse_event_bytes
 from shared.kafka import create_producer, ensure_topics
 from tools.dev.embedded import EmbeddedKafka
 
@@ -57,6 +64,42 @@ async def _in_process_rate(dsn: str, count: int, batch_size: int) -> float:
         return count / (time.perf_counter() - started)
     finally:
         await pool.close()
+
+
+async def _stages(dsn: str, count: int, batch_size: int) -> dict[str, Any]:
+    """Each stage of the processor's work alone, in events/s on one core: decoding the JSON,
+    validating it into `AccessEvent`, storing through the processor's sink; and the database's
+    own idempotent bulk-store rate for the same rows (COPY into a staging table, then INSERT ...
+    ON CONFLICT DO NOTHING, rows prepared beforehand): the ceiling any processor can reach."""
+    raw = [event_bytes(n, seed=3)[1] for n in range(count)]
+    t0 = time.perf_counter()
+    decoded = [orjson.loads(value) for value in raw]
+    decode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    events = [AccessEvent.model_validate(data) for data in decoded]
+    validate_s = time.perf_counter() - t0
+    records = [event_record(e) for e in events]
+    bulk_records = [(f"bulk-{r[0]}", *r[1:]) for r in records]
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    sink = EventSink(pool, CircuitBreaker("bench_database"))
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, count, batch_size):
+            await sink.store(events[i : i + batch_size])
+        store_s = time.perf_counter() - t0
+        async with pool.acquire() as conn:
+            t0 = time.perf_counter()
+            for i in range(0, count, batch_size):
+                await copy_event_records(conn, bulk_records[i : i + batch_size])
+            bulk_s = time.perf_counter() - t0
+    finally:
+        await pool.close()
+    return {
+        "decode_events_per_s": round(count / decode_s),
+        "validate_events_per_s": round(count / validate_s),
+        "store_events_per_s": round(count / store_s),
+        "database_bulk_store_events_per_s": round(count / bulk_s),
+    }
 
 
 async def _drain(dsn: str, expected: int, timeout_s: float) -> dict[str, Any]:
@@ -154,6 +197,8 @@ def run(quick: bool) -> dict[str, Any]:
     with servers() as (pg_server, bootstrap):
         with fresh_database(pg_server) as baseline_dsn:
             baseline = asyncio.run(_in_process_rate(baseline_dsn, 50_000 if quick else 200_000, batch_size))
+        with fresh_database(pg_server) as stages_dsn:
+            stages = asyncio.run(_stages(stages_dsn, 50_000 if quick else 200_000, batch_size))
         with fresh_database(pg_server) as dsn:
             topic = unique_name("bench-ingest")
             fill_seconds = asyncio.run(produce(bootstrap, topic, count))
@@ -171,6 +216,9 @@ def run(quick: bool) -> dict[str, Any]:
         **drained,
         "baseline_in_process_events_per_s": round(baseline),
         "ratio_to_baseline": round(rate / baseline, 3) if baseline else None,
+        "stages": stages,
+        "ratio_to_database_bulk_store": round(rate / stages["database_bulk_store_events_per_s"], 3),
+        "target_ratio_to_database_bulk_store": 0.8,
         "target_events_per_s": TARGET_EVENTS_PER_S,
         "meets_target": rate >= TARGET_EVENTS_PER_S and drained["stored"] == count,
         "broker_storage": storage,
