@@ -12,6 +12,7 @@ nothing; it resumes by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,16 @@ def parse_record(value: bytes, max_bytes: int) -> AccessEvent | tuple[str, str]:
         return "invalid_event", f"{type(exc).__name__}: {exc}"
 
 
+@dataclass
+class _Prepared:
+    """A parsed batch: the events to store, the record each came from, and the dead letters."""
+
+    events: list[AccessEvent] = field(default_factory=list)
+    sources: list[Record] = field(default_factory=list)
+    dead: list[tuple[Record, str, str]] = field(default_factory=list)
+    inserted: int = 0
+
+
 class EventProcessor:
     def __init__(
         self,
@@ -88,6 +99,9 @@ class EventProcessor:
         self.retry_backoff_max_s = retry_backoff_max_s
         self.stats = ProcessorStats()
         self._stopping = asyncio.Event()
+        # The next batch is fetched while the previous one is stored, and a store that waits
+        # for the database polls the consumer too: one getmany at a time.
+        self._poll_lock = asyncio.Lock()
 
     def stop(self) -> None:
         """Ask the loop to finish: the batch in hand is stored and committed first."""
@@ -98,10 +112,35 @@ class EventProcessor:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        while not self.stopping:
-            records = await self._next_batch()
-            if records:
-                await self.handle(records)
+        """Fetch and parse batch n+1 while batch n is being stored.
+
+        Parsing is Python CPU and storing is database CPU: overlapped, the rate approaches the
+        slower of the two instead of their harmonic sum. Order is kept: batch n+1 is stored only
+        after batch n was stored, dead-lettered and its offsets committed, and not at all when
+        batch n was not committed (asked to stop while the database was down): committing n+1
+        would move the partitions' offsets past n.
+        """
+        in_flight: asyncio.Task[bool] | None = None
+        try:
+            while not self.stopping:
+                records = await self._next_batch()
+                prepared = self._prepare(records) if records else None
+                if in_flight is not None:
+                    committed = await in_flight
+                    in_flight = None
+                    if not committed:
+                        return
+                if prepared is not None:
+                    in_flight = asyncio.create_task(self._finish(records, prepared))
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
+        finally:
+            if in_flight is not None and not in_flight.done():
+                # Cancelled: the unfinished batch is redelivered, never half-committed.
+                in_flight.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await in_flight
 
     async def _next_batch(self) -> list[Record]:
         """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one arrived."""
@@ -113,9 +152,10 @@ class EventProcessor:
             wait = interval if deadline is None else deadline - time.monotonic()
             if deadline is not None and wait <= 0:
                 break
-            fetched = await self.consumer.getmany(
-                timeout_ms=max(0, int(wait * 1000)), max_records=size - len(records)
-            )
+            async with self._poll_lock:
+                fetched = await self.consumer.getmany(
+                    timeout_ms=max(0, int(wait * 1000)), max_records=size - len(records)
+                )
             for partition_records in fetched.values():
                 records.extend(partition_records)
             if not records:
@@ -125,24 +165,32 @@ class EventProcessor:
         return records
 
     async def handle(self, records: list[Record]) -> int:
-        """Store, dead-letter, then commit `records`; returns events newly stored.
+        """Parse, store, dead-letter, then commit `records`; returns events newly stored.
 
         Returns without committing when asked to stop while the database is down: the batch
         is redelivered to whoever consumes the partitions next.
         """
-        events: list[AccessEvent] = []
-        sources: list[Record] = []
-        dead: list[tuple[Record, str, str]] = []
+        prepared = self._prepare(records)
+        await self._finish(records, prepared)
+        return prepared.inserted
+
+    def _prepare(self, records: list[Record]) -> _Prepared:
+        prepared = _Prepared()
         for record in records:
             parsed = parse_record(record.value or b"", self.max_message_bytes)
             if isinstance(parsed, AccessEvent):
-                events.append(parsed)
-                sources.append(record)
+                prepared.events.append(parsed)
+                prepared.sources.append(record)
             else:
-                dead.append((record, *parsed))
+                prepared.dead.append((record, *parsed))
+        return prepared
+
+    async def _finish(self, records: list[Record], prepared: _Prepared) -> bool:
+        """Store, dead-letter and commit one parsed batch; False when it was not committed."""
+        events, sources, dead = prepared.events, prepared.sources, prepared.dead
         outcome = await self._store_until_done(events)
         if outcome is None:
-            return 0
+            return False
         if outcome.refused:
             source_of = {id(event): record for event, record in zip(events, sources, strict=True)}
             for event, reason in outcome.refused:
@@ -161,7 +209,8 @@ class EventProcessor:
         self.stats.duplicates += len(outcome.stored) - inserted
         self.stats.last_batch_at = time.time()
         await self._commit(records)
-        return inserted
+        prepared.inserted = inserted
+        return True
 
     async def _store_until_done(self, events: list[AccessEvent]) -> StoreOutcome | None:
         delay = 0.1
@@ -198,7 +247,8 @@ class EventProcessor:
             if left <= 0:
                 return True
             # Paused partitions return nothing; polling keeps max_poll_interval from expiring.
-            await self.consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000), max_records=1)
+            async with self._poll_lock:
+                await self.consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000), max_records=1)
         return False
 
     def _pause(self) -> None:
