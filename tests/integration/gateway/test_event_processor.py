@@ -378,3 +378,49 @@ async def test_graceful_stop_drains_and_commits(
         await service.stop()
         await pool.close()
     assert await count_rows(database_url) == (len(events), len(events))
+
+
+async def test_stop_during_an_outage_commits_no_batch_fetched_behind_the_held_one(
+    database_url: str, kafka_bootstrap: str, topic_name: str
+) -> None:
+    """The processor parses the next batch while one is being stored. Stopped while the
+    database is down, it must commit neither the held batch nor the one parsed behind it:
+    committing the later one would move the offsets past the events never stored."""
+    link = CuttableLink(database_url)
+    await link.cut()
+    settings = processor_settings(
+        link.dsn, kafka_bootstrap, topic_name, DATABASE_TIMEOUT=2, EVENT_PROCESSOR_BATCH_SIZE=10
+    )
+    pool = await create_pool(link.dsn, min_size=0, max_size=2, command_timeout=2, connect_timeout=1)
+    registry = BreakerRegistry.from_dict({"breakers": {"database": {"failure_threshold": 2}}})
+    events = [event_dict() for _ in range(60)]
+    producer = await producer_for(kafka_bootstrap, topic_name)
+    try:
+        for event in events:
+            await producer.send(topic_name, orjson.dumps(event), key=event["door_id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    service = ProcessorService(settings, pool, registry.get("database"))
+    service.start()
+    try:
+        await eventually(lambda: service.status()["store_retries"] >= 2, 20)
+        assert service.status()["store_retries"] >= 2
+    finally:
+        await service.stop()
+        await pool.close()
+    assert await count_rows(database_url) == (0, 0)
+
+    pool = await create_pool(database_url, min_size=0, max_size=2)
+    again = ProcessorService(
+        settings.model_copy(update={"database_url": database_url}),
+        pool,
+        BreakerRegistry.from_dict({}).get("database"),
+    )
+    again.start()
+    try:
+        assert await wait_rows(database_url, len(events), timeout_s=30) == len(events)
+    finally:
+        await again.stop()
+        await pool.close()
+    assert await count_rows(database_url) == (len(events), len(events))
