@@ -67,6 +67,21 @@ _FROM_STAGE_ORDERED_SQL = _FROM_STAGE_SQL.replace(
 )
 
 
+async def copy_events(pool: asyncpg.Pool, events: Sequence[AccessEvent]) -> int:
+    """Insert a batch of `events` through COPY and the staging table (one transaction); returns
+    how many were new. Faster than `store_events` from a few hundred rows on (measured by
+    `python -m bench ingest_throughput`: the database's bulk-store stage). Rows enter in
+    event_id order, so two writers storing overlapping batches wait instead of deadlocking."""
+    if not events:
+        return 0
+    records = [event_record(event) for event in events]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_STAGE_SQL)
+        await conn.copy_records_to_table("access_events_stage", records=records, columns=list(EVENT_COLUMNS))
+        status = await conn.execute(_FROM_STAGE_ORDERED_SQL)
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def copy_event_records(conn: CopyConnection, records: Sequence[tuple[object, ...]]) -> int:
     """Store already validated rows (EVENT_COLUMNS order) in one transaction; returns how many were new."""
     if not records:

@@ -1,4 +1,5 @@
-"""The processor's sink: one database round-trip per batch through the `database` breaker.
+"""The processor's sink: one transaction per batch (COPY into staging, then INSERT ... ON
+CONFLICT) through the `database` breaker; single events go through `store_events`.
 
 Only an unavailable database (`DATABASE_DOWN`) may hold a batch. A batch that fails for any
 other reason (PostgreSQL refusing a value, a value the driver cannot encode) would block the
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
-from shared.event_store import store_events
+from shared.event_store import copy_events, store_events
 from shared.events import AccessEvent
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class EventSink:
         if not events:
             return StoreOutcome(0, [])
         try:
-            inserted = await self.breaker.call(store_events, self.pool, events)
+            inserted = await self.breaker.call(copy_events, self.pool, events)
         except Exception as exc:
             if is_database_down(exc):
                 raise
