@@ -187,8 +187,25 @@ def check_target(url: str, *, explicit: bool) -> str:
     return url.rstrip("/")
 
 
+async def report_progress(stats: RunStats, every_s: float, started: float) -> None:
+    """One line on stderr every `every_s` seconds, so a long run is visibly alive and on course."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every_s)
+        failed = sum(stats.errors.values())
+        print(
+            f"load test: {loop.time() - started:.0f}s, {stats.events_sent:,} events sent, "
+            f"{stats.events_accepted:,} accepted, {failed:,} failed requests",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 async def run_load(
-    plan: LoadPlan, generator: EventGenerator, stop: asyncio.Event | None = None
+    plan: LoadPlan,
+    generator: EventGenerator,
+    stop: asyncio.Event | None = None,
+    progress_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Send the planned load and return the summary (also usable from benchmarks and tests)."""
     stop = stop or asyncio.Event()
@@ -250,7 +267,16 @@ async def run_load(
         headers={"user-agent": "sentinel-load-test"},
     ) as client:
         workers = [asyncio.create_task(worker(client)) for _ in range(plan.concurrency)]
-        await asyncio.gather(*workers)
+        progress = (
+            asyncio.create_task(report_progress(stats, progress_every_s, start)) if progress_every_s else None
+        )
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            if progress is not None:
+                progress.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await progress
     elapsed = max(loop.time() - start, 1e-9)
     return summarise(plan, stats, elapsed, interrupted=stop.is_set())
 
@@ -380,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 when more than this share of requests fail (default: 0.01)",
     )
     parser.add_argument("--output", type=Path, help="also write the JSON summary to this file")
+    parser.add_argument(
+        "--progress",
+        type=_bounded(float, 0, 3600, "--progress"),
+        default=5.0,
+        metavar="SECONDS",
+        help="print a progress line on stderr this often; 0: never (default: 5)",
+    )
     return parser
 
 
@@ -398,13 +431,13 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     )
 
 
-async def _main_async(plan: LoadPlan, generator: EventGenerator) -> dict[str, Any]:
+async def _main_async(plan: LoadPlan, generator: EventGenerator, progress_every_s: float) -> dict[str, Any]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    return await run_load(plan, generator, stop)
+    return await run_load(plan, generator, stop, progress_every_s or None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     started = time.monotonic()
-    summary = asyncio.run(_main_async(plan, generator))
+    summary = asyncio.run(_main_async(plan, generator, args.progress))
     text = json.dumps(summary, indent=2)
     print(text, flush=True)
     if args.output:
