@@ -19,7 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.breaker.routes import router as breakers_router
 from shared.errors import install_error_handlers
+from shared.performance.asgi import OperationTimingMiddleware
+from shared.performance.service import monitoring_lifespan
 from shared.request_context import request_id_var
 from shared.resources import start_resource_guard
 from shared.settings import FleetSettings
@@ -100,11 +103,12 @@ def create_service_app(
         guard = start_resource_guard(settings, service=service)
         app.state.resource_guard = guard
         try:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
+            async with monitoring_lifespan(app, settings.monitoring_config, service):
+                if lifespan is None:
                     yield
+                else:
+                    async with lifespan(app):
+                        yield
         finally:
             await guard.stop()
 
@@ -118,6 +122,7 @@ def create_service_app(
     app.state.settings = settings
     readiness_checks(app)
     install_error_handlers(app)
+    app.add_middleware(OperationTimingMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/health", tags=["ops"])
@@ -150,5 +155,6 @@ def create_service_app(
         body = generate_latest(REGISTRY) + generate_latest(http_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(breakers_router)
     instrument_app(app)
     return app

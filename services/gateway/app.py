@@ -71,6 +71,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         description="Front door of the fleet: event ingestion, proxy and circuit breakers.",
     )
     app.state.breakers = breakers
+    for route in routes:  # the proxy's breakers are in use from the start, not from a first call
+        breakers.get(route.route.breaker)
     app.state.kafka_breaker = breakers.get("kafka")
     app.state.ingest_limiter = limiter
     app.state.routes = routes

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from services.gateway.event_processor.observe import received_at_header
 from shared.events import AccessEvent
 from shared.kafka import create_producer, ensure_topics
 
@@ -60,9 +61,10 @@ class EventPublisher:
     async def publish(self, events: Sequence[AccessEvent]) -> int:
         """Send every event (key = door_id, so a door's events stay ordered) and wait for acks=all."""
         producer = await self._ensure_producer()
+        stamp = received_at_header()  # processing latency counts from here
         try:
             futures = [
-                await producer.send(self.topic, event.to_wire(), key=event.door_id.encode())
+                await producer.send(self.topic, event.to_wire(), key=event.door_id.encode(), headers=[stamp])
                 for event in events
             ]
             await asyncio.wait_for(asyncio.gather(*futures), timeout=self.timeout_s)

@@ -61,6 +61,20 @@ class GatewaySettings(FleetSettings):
         validation_alias="EVENT_PROCESSOR_FETCH_MAX_WAIT_MS",
         description="longest the broker may hold a fetch for data; bounds the idle-to-first-event latency",
     )
+    breaker_board_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        validation_alias="BREAKER_BOARD_TIMEOUT_S",
+        description="how long GET /breaker waits for each upstream service's breakers",
+    )
+    processor_lag_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        validation_alias="EVENT_PROCESSOR_LAG_REFRESH_S",
+        description="how often the consumer lag gauges are recomputed",
+    )
     processor_max_message_bytes: int = Field(
         64 * 1024, ge=256, validation_alias="EVENT_PROCESSOR_MAX_MESSAGE_BYTES"
     )

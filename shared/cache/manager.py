@@ -36,6 +36,7 @@ from shared.cache.entry import CacheEntry
 from shared.cache.invalidation import InvalidationLog
 from shared.cache.tiers import DiskTier, MemoryTier, RedisTier, TierUnavailable
 from shared.cache.xfetch import should_refresh_early
+from shared.performance.operation import operation
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +372,8 @@ class HierarchicalCacheManager:
         try:
             stats.computations += 1
             metrics.CACHE_COMPUTATIONS.labels(cache=name).inc()
-            value = await compute()
+            with operation(f"cache.compute.{name}"):
+                value = await compute()
         except Exception as exc:
             stats.errors += 1
             if stale is not None and stale.usable_stale(self._clock()):

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeAlias
 
 import asyncpg
@@ -23,9 +22,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from services.gateway.event_processor import metrics
+from services.gateway.event_processor.observe import (
+    ConsumerLag,
+    batch_links,
+    observe_latencies,
+    received_at,
+)
 from services.gateway.event_processor.sink import EventSink, StoreOutcome
 from shared.breaker import CircuitBreakerOpen
 from shared.events import AccessEvent, EventParseError, parse_event_bytes
+from shared.performance import get_performance_monitor
+from shared.performance.operation import operation
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,7 @@ class EventProcessor:
         self.max_message_bytes = max_message_bytes
         self.retry_backoff_max_s = retry_backoff_max_s
         self.stats = ProcessorStats()
+        self.lag = ConsumerLag()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -130,6 +138,11 @@ class EventProcessor:
         return records
 
     async def handle(self, records: list[Record]) -> int:
+        """`_handle` under one span linked to the trace of every message, timed as `processor.batch`."""
+        with operation("processor.batch", links=batch_links(records), records=len(records)):
+            return await self._handle(records)
+
+    async def _handle(self, records: list[Record]) -> int:
         """Store, dead-letter, then commit `records`; returns events newly stored.
 
         Returns without committing when asked to stop while the database is down: the batch
@@ -138,6 +151,7 @@ class EventProcessor:
         events: list[AccessEvent] = []
         sources: list[Record] = []
         dead: list[tuple[Record, str, str]] = []
+        parse_started = time.perf_counter()
         for record in records:
             if not record.value:
                 dead.append((record, "empty", "the message has no value (a tombstone or an empty message)"))
@@ -147,7 +161,9 @@ class EventProcessor:
                 sources.append(record)
             except EventParseError as exc:
                 dead.append((record, dlq_reason(exc), exc.message))
-        outcome = await self._store_until_done(events)
+        get_performance_monitor().record("processor.parse", time.perf_counter() - parse_started)
+        with operation("processor.store", events=len(events)):
+            outcome = await self._store_until_done(events)
         if outcome is None:
             return 0
         if outcome.refused:
@@ -155,10 +171,10 @@ class EventProcessor:
             for event, reason in outcome.refused:
                 dead.append((source_of[id(event)], "rejected_by_database", reason))
         if dead:
-            await self._dead_letter(dead)
-        now = datetime.now(UTC)
-        for event in outcome.stored:
-            metrics.EVENT_LATENCY.observe(max(0.0, (now - event.timestamp).total_seconds()))
+            with operation("processor.dead_letter", messages=len(dead)):
+                await self._dead_letter(dead)
+        received = {id(e): received_at(r) for e, r in zip(events, sources, strict=True)}
+        observe_latencies(outcome.stored, received)
         inserted = outcome.inserted
         metrics.EVENTS_PROCESSED.inc(inserted)
         metrics.EVENTS_DUPLICATE.inc(len(outcome.stored) - inserted)
@@ -167,7 +183,9 @@ class EventProcessor:
         self.stats.stored += inserted
         self.stats.duplicates += len(outcome.stored) - inserted
         self.stats.last_batch_at = time.time()
-        await self._commit(records)
+        with operation("processor.commit"):
+            await self._commit(records)
+        self.lag.note_batch(records)
         return inserted
 
     async def _store_until_done(self, events: list[AccessEvent]) -> StoreOutcome | None:
@@ -238,7 +256,10 @@ class EventProcessor:
         # travels in headers. Every send is acknowledged before the offsets are committed.
         futures = []
         for record, reason, message in dead:
+            # The original headers (traceparent, receive time) first, so the dead letter
+            # stays in the event's trace and can be replayed as it came.
             headers = [
+                *(record.headers or ()),
                 ("dlq.reason", reason.encode()),
                 ("dlq.error", message.encode()[:1000]),
                 ("dlq.source.topic", record.topic.encode()),
