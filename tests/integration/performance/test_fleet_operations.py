@@ -141,12 +141,20 @@ async def test_replicator_times_cycles_batches_and_their_steps(database_url: str
         ReplicatorSettings(DATABASE_URL=database_url, TIMESCALE_URL=replica_url, REPLICATION_BATCH_SIZE=8)
     )
     await service.open()
+    cycles = 0
     try:
-        assert await service.run_once() == 20
+        # Rows become copyable once no older transaction of the server is open (the watermark
+        # is commit order); another client of a shared server can delay that for a moment.
+        copied = 0
+        deadline = time.monotonic() + 20
+        while copied < 20 and time.monotonic() < deadline:
+            copied += await service.run_once()
+            cycles += 1
     finally:
         await service.close()
-    assert _count("replicator.cycle") == before["replicator.cycle"] + 1
-    assert _count("replicator.batch") - before["replicator.batch"] == 3  # 8 + 8 + 4 rows
+    assert copied == 20
+    assert _count("replicator.cycle") == before["replicator.cycle"] + cycles
+    assert _count("replicator.batch") - before["replicator.batch"] >= 3  # 8 + 8 + 4 rows
     for name in names[2:]:
         assert _count(name) > before[name], name
     assert _count("db.replication_backlog") >= 1
