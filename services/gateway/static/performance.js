@@ -46,6 +46,7 @@
 
   function fmtSeconds(s) {
     if (s === null || s === undefined) return "–";
+    if (s === 0) return "0 s"; // nothing waiting: not "0 µs", which reads as a measured delay
     if (s < 1e-3) return `${fmtNumber(s * 1e6)} µs`;
     if (s < 1) return `${fmtNumber(s * 1e3, s < 0.01 ? 2 : 1)} ms`;
     if (s < 120) return `${fmtNumber(s, 2)} s`;
@@ -173,7 +174,14 @@
           Array.isArray(k.bounds) ? k.bounds.map((b) => fmtPlain(b)).join(" – ") : "–"]);
       }
     }
-    const decisions = (opt.decisions || []).slice(0, 5);
+    // The optimizer repeats a recommendation every cycle while it stands; show each once.
+    const seen = new Set();
+    const decisions = (opt.decisions || []).filter((d) => {
+      const key = typeof d === "string" ? d : `${d.service}|${d.setting}|${d.old}|${d.new}|${d.applied}`;
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    }).slice(0, 5);
     return el("div", {},
       el("p", {}, `mode: ${opt.mode || (opt.enabled ? "apply" : "recommend")}`,
         opt.cycles !== undefined ? ` · cycles: ${opt.cycles}` : "",
