@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from shared._quiet_export import QuietExporter
 
 if TYPE_CHECKING:
+    import httpx
     from fastapi import FastAPI
 
     from shared.settings import FleetSettings
@@ -103,6 +104,22 @@ def _instrument_libraries() -> None:
                 instrumentor.instrument()
         except Exception as exc:  # a broken instrumentation must not take the service down
             log.warning("could not instrument %s: %s", type(instrumentor).__name__, exc)
+
+
+def instrument_httpx_client(client: httpx.AsyncClient) -> None:
+    """Client spans (and `traceparent` injection) for a client with its own transport.
+
+    The global instrumentation wraps httpx's own transport class only; a client over another
+    transport (the gateway's httpx-over-aiohttp pool) is instrumented on the instance.
+    """
+    if not _initialised:
+        return
+    import httpx
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    if isinstance(getattr(client, "_transport", None), httpx.AsyncHTTPTransport):
+        return  # already traced by the global instrumentation
+    HTTPXClientInstrumentor.instrument_client(client)
 
 
 def instrument_app(app: FastAPI) -> None:
