@@ -149,7 +149,7 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
 ) -> None:
     gateway, analytics = fleet["gateway"], fleet["analytics"]
     now = datetime.now(UTC)
-    # Recent timestamps, so the latency histogram (event time → stored) has figures inside its buckets.
+    # Recent timestamps, so the event-time delay histogram has figures inside its buckets too.
     events = [
         event_dict(door_id=f"door-{i % 3}", timestamp=(now - timedelta(milliseconds=40 * i)).isoformat())
         for i in range(EVENTS)
@@ -228,6 +228,41 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
     )
     assert float(shown["replication.backlog_seconds"]) == replication["replication_backlog_seconds"][0].value
     assert "events / s" in page.inner_text("#events")
+
+    # The fleet's slowest operations: each row is an operation its service really times, the
+    # rows come from more than one service and are ordered by p95.
+    slowest = page.eval_on_selector_all(
+        "[data-metric^='ops.'][data-metric$='.name']", "els => els.map(e => e.dataset.value)"
+    )
+    assert slowest, "no operations shown"
+    for row in slowest:
+        service, operation = row.split("|", 1)
+        timed = {
+            s.labels["operation"] for s in metric_samples(fleet[service].url)["performance_operation_count"]
+        }
+        assert operation in timed, (service, operation)
+    assert len({row.split("|", 1)[0] for row in slowest}) >= 2, slowest
+    p95s = [float(shown[f"ops.{i}.p95"]) for i in range(len(slowest))]
+    assert p95s == sorted(p95s, reverse=True)
+
+    # Trends: each plot gains a point per refresh; the last point is the figure shown.
+    wait_for_refresh(page, time.time())
+    points = page.eval_on_selector_all(
+        "svg[data-trend]",
+        "els => Object.fromEntries(els.map(e => [e.dataset.trend, Number(e.dataset.points)]))",
+    )
+    assert set(points) == {"events", "latency", "requests", "backlog", "breakers"}
+    assert points["events"] >= 2
+    assert points["backlog"] >= 2
+    now_shown = page_values(page)
+    assert now_shown["trend.events.last"] == now_shown["events.per_second"]
+    assert now_shown["trend.backlog.last"] == now_shown["replication.backlog_seconds"]
+    assert page.eval_on_selector_all("link[href^='http'], script[src^='http']", "els => els.length") == 0
+    # Caught up: a backlog of zero reads "0 s", not "0 µs".
+    assert float(now_shown["replication.backlog_seconds"]) == 0
+    replication_text = page.inner_text("#replication")
+    assert "0 s" in replication_text
+    assert "µs" not in replication_text
 
     # The page's own vitals and frame times arrive at the analytics service through the gateway.
     def vitals_arrived() -> dict[str, Any] | None:
