@@ -428,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--prometheus", help="Prometheus base URL: also report the run's figures by PromQL")
     parser.add_argument(
+        "--prometheus-wait",
+        type=_bounded(float, 0, 300, "--prometheus-wait"),
+        default=20.0,
+        help="seconds to let Prometheus scrape the final counts before querying it (default: 20)",
+    )
+    parser.add_argument(
         "--database-url", help="cross-check in PostgreSQL: the run's rows and exact latency (default: none)"
     )
     parser.add_argument(
@@ -597,6 +603,7 @@ async def _main_async(args: argparse.Namespace, plan: LoadPlan, generator: Event
         if watcher is not None:
             processing["metrics"] = watcher.summary() or {"error": watcher.error}
     if args.prometheus:
+        await asyncio.sleep(args.prometheus_wait)  # at least one scrape interval after the drain
         try:
             processing["prometheus"] = await load_report.prometheus_report(
                 args.prometheus, time.time() - started_at, time.time()

@@ -22,6 +22,7 @@ import pytest
 
 from shared.settings import REPO_ROOT
 from tools.dev.fleet import ServiceProcess, service_env
+from tools.dev.prometheus import instant, prometheus_binary, start_prometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -192,9 +193,21 @@ def test_kafka_run_reports_processing_from_metrics_and_database_and_writes_repor
     gateway = _gateway(database_url, kafka_bootstrap, topic_name, start_service)
     common = ("--kafka", kafka_bootstrap, "--topic", topic_name, "--target", gateway.url)
     common += ("--database-url", database_url, "--drain-timeout", "20")
-    code, report, stderr = _run_load_test(
-        *common, "--rate", "100", "--duration", "3", "--report-dir", str(tmp_path), "--seed", "5"
-    )
+    prom, prom_url = start_prometheus(prometheus_binary(), {"gateway": gateway.url}, tmp_path)
+    try:
+        # As in a running deployment, Prometheus has scraped the processor before the run starts.
+        deadline = time.monotonic() + 20
+        while not instant(prom_url, 'up{job="gateway"} == 1') and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5)
+        code, report, stderr = _run_load_test(
+            *common,
+            *("--rate", "100", "--duration", "3", "--report-dir", str(tmp_path), "--seed", "5"),
+            *("--prometheus", prom_url, "--prometheus-wait", "2.5"),
+        )
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
     assert code == 0, (report["verdict"], stderr, gateway.logs())
     assert report["via"] == "kafka"
     assert report["sent"] == report["accepted"] == 300
@@ -208,7 +221,11 @@ def test_kafka_run_reports_processing_from_metrics_and_database_and_writes_repor
     # within the histogram's bucket resolution.
     assert 0 < database["p50_s"] <= database["p99_s"] < 5
     assert 0 < metrics["mean_s"] < 1
-    assert report["figures_from"] == "metrics"
+    # Prometheus' increase() over the run extrapolates to the window's edges: close, not exact.
+    prometheus = report["processing"]["prometheus"]
+    assert prometheus["processed"] == pytest.approx(300, rel=0.2), prometheus
+    assert 0 < prometheus["p50_s"] <= prometheus["p99_s"] < 5
+    assert report["figures_from"] == "prometheus"
     assert report["verdict"]["met"] is True
     assert report["verdict"]["events_per_minute"] >= 2500
     assert report["timeline"], "no per-second timeline"
