@@ -1,7 +1,7 @@
 """The FastAPI app factory every service uses: health, readiness, metrics, errors, request ids.
 
 A service supplies its name, its lifespan (which opens its pools and clients and registers
-readiness checks) and its routers; the factory adds the endpoints of CONTRACT section 2.
+readiness checks) and its routers; the factory adds the endpoints every service has (docs/reference.md).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.breaker.routes import router as breakers_router
 from shared.errors import install_error_handlers
+from shared.event_vocabulary import get_event_limits
 from shared.performance.asgi import OperationTimingMiddleware
 from shared.performance.service import monitoring_lifespan
 from shared.request_context import request_id_var
@@ -112,6 +113,9 @@ def create_service_app(
         finally:
             await guard.stop()
 
+    # The event vocabulary's settings (time window, event size) are read now, so a wrong value
+    # stops start-up with its name instead of failing the first event.
+    get_event_limits()
     app = FastAPI(
         title=title or f"Sentinel Fleet {service}",
         version=version,

@@ -6,8 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.gateway import __version__, breaker_routes, dashboard, ingest, proxy
+from services.gateway.admission import MemoryBudget
 from services.gateway.event_processor import tuning as processor_tuning
 from services.gateway.event_processor.service import running_processor
 from services.gateway.http_client import create_upstream_client
@@ -70,11 +72,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Front door of the fleet: event ingestion, proxy and circuit breakers.",
     )
+    if settings.trusted_proxy_list:
+        # uvicorn's own handling, scoped to the proxies named: `request.client` becomes the
+        # rightmost X-Forwarded-For address that is not one of them.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     app.state.breakers = breakers
     for route in routes:  # the proxy's breakers are in use from the start, not from a first call
         breakers.get(route.route.breaker)
     app.state.kafka_breaker = breakers.get("kafka")
     app.state.ingest_limiter = limiter
+    app.state.ingest_budget = MemoryBudget(settings.ingest_memory_budget_mb * 1024 * 1024)
     app.state.routes = routes
     app.include_router(ingest.router)
     app.include_router(breaker_routes.router)

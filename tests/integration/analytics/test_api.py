@@ -191,6 +191,34 @@ async def test_bad_filters_are_clear_422s(client: Client) -> None:
     ).status_code == 422
 
 
+HOSTILE_FILTERS: list[dict[str, str]] = [
+    {"start": "9999-12-31T23:59:59-05:00"},  # overflows when converted to UTC
+    {"end": "0000-01-01T00:00:00Z"},
+    {"start": "1" * 40},
+    {"start": "-" + "9" * 30},
+    {"end": "2025-01-01T00:00:00+99:00"},
+    {"start": "NaN"},
+    {"start": "2025-01-01\x00"},
+    {"start": "x" * 5000},
+    {"facility_id": "f\x00"},
+    {"facility_id": "f" * 201},
+    {"start": "2025-02-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/analytics/summary", "/api/v1/analytics/patterns"])
+async def test_hostile_filters_are_422_with_the_envelope_never_500(client: Client, path: str) -> None:
+    for params in HOSTILE_FILTERS:
+        answer = await client.get(path, params=params)
+        assert answer.status_code == 422, (params, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "validation_error"
+        assert error["message"]
+    # The extremes of the representable range are valid bounds of a query.
+    for params in ({"end": "9999-12-31T23:59:59.999999+00:00"}, {"start": "0001-01-01T00:00:00Z"}):
+        assert (await client.get(path, params=params)).status_code == 200, params
+
+
 async def test_anomalies_endpoint_lists_the_planted_findings(client: Client) -> None:
     body = (await client.get("/api/v1/analytics/anomalies")).json()
     assert body["counts"] == {

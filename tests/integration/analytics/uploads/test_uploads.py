@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from services.analytics.settings import AnalyticsSettings
@@ -44,7 +46,7 @@ async def _count(dsn: str) -> int:
         await conn.close()
 
 
-async def test_contract_headers_bom_quotes_and_mixed_timestamps(client: Client, database_url: str) -> None:
+async def test_reference_headers_bom_quotes_and_mixed_timestamps(client: Client, database_url: str) -> None:
     body = (
         "\ufeff"
         + HEADER
@@ -106,6 +108,33 @@ async def test_bad_rows_are_reported_with_the_line_where_they_start(
     assert "expected 5 fields, found 4" in reasons[7]
     assert "expected 5 fields, found 6" in reasons[9]
     assert await _count(database_url) == 2
+
+
+async def test_a_chunk_with_a_hundred_long_facility_ids_is_stored_and_announced(
+    client: Client, database_url: str
+) -> None:
+    """The invalidation signal would exceed NOTIFY's 8000 bytes: it is sent without the list,
+    never failing the write."""
+    body = "Timestamp,Person ID,Device name,Access result,facility_id\n" + "".join(
+        f"2025-01-01T12:00:{i % 60:02d}Z,p{i},d{i},Granted,{'facility-' + str(i).zfill(3) + 'x' * 180}\n"
+        for i in range(100)
+    )
+    listener = await asyncpg.connect(database_url)
+    heard: list[str] = []
+    await listener.add_listener("access_events_written", lambda *args: heard.append(args[3]))
+    try:
+        report = await _upload(client, body.encode())
+        assert report["status"] == 201, report
+        assert report["rows_inserted"] == 100
+        assert report["rows_rejected"] == 0
+        await asyncio.sleep(0.5)
+    finally:
+        await listener.close()
+    assert await _count(database_url) == 100
+    payloads = [orjson.loads(p) for p in heard]
+    assert sum(p["rows"] for p in payloads) == 100
+    assert any(p["facilities"] is None for p in payloads)
+    assert all(len(p.encode()) < 8000 for p in heard)
 
 
 async def test_every_kind_of_bad_file_gets_a_clear_answer(client: Client) -> None:
