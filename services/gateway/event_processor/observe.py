@@ -52,9 +52,12 @@ def received_at(record: Any) -> float | None:
     for key, value in record.headers or ():
         if key == RECEIVED_AT_HEADER:
             try:
-                return int(value) / 1000.0
+                stamp_ms = int(value)
             except (TypeError, ValueError):
                 break  # a foreign producer's junk header: fall back to the record time
+            if 0 < stamp_ms < 2**53:  # a plausible epoch in ms, not 0, negative or absurd
+                return stamp_ms / 1000.0
+            break
     stamp = getattr(record, "timestamp", None)
     return stamp / 1000.0 if isinstance(stamp, int) and stamp > 0 else None
 
