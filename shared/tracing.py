@@ -78,6 +78,11 @@ def init_tracing(service_name: str, settings: FleetSettings | None = None, versi
     return True
 
 
+def tracing_active() -> bool:
+    """True once this process exports spans (work done only for spans can be skipped otherwise)."""
+    return _initialised
+
+
 def _fleet_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

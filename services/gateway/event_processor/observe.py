@@ -21,6 +21,7 @@ from opentelemetry.trace import Link
 
 from services.gateway.event_processor import metrics
 from shared.events import AccessEvent
+from shared.tracing import tracing_active
 
 RECEIVED_AT_HEADER = "received_at_ms"
 # A batch span with a link per message would be huge for big batches; the first ones suffice
@@ -63,8 +64,11 @@ def received_at(record: Any) -> float | None:
 
 
 def batch_links(records: Iterable[Any]) -> list[Link]:
-    """A link to the context carried by each message (up to MAX_LINKS)."""
+    """A link to the context carried by each message (up to MAX_LINKS); none while tracing is off,
+    so an untraced processor does not parse headers for nothing."""
     links: list[Link] = []
+    if not tracing_active():
+        return links
     for record in records:
         if len(links) >= MAX_LINKS:
             break

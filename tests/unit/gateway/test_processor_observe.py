@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 from services.gateway.event_processor.observe import (
     MAX_LINKS,
     RECEIVED_AT_HEADER,
@@ -36,7 +38,8 @@ def test_junk_receive_headers_fall_back_to_the_record_time() -> None:
         assert received_at(FakeRecord([(RECEIVED_AT_HEADER, junk)])) == 1_700_000_000.123, junk
 
 
-def test_links_follow_valid_trace_context_and_skip_junk() -> None:
+def test_links_follow_valid_trace_context_and_skip_junk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.gateway.event_processor.observe.tracing_active", lambda: True)
     records = [
         FakeRecord([("traceparent", TRACEPARENT)]),
         FakeRecord([("traceparent", b"00-zzzz-not-a-trace-01")]),
@@ -48,3 +51,6 @@ def test_links_follow_valid_trace_context_and_skip_junk() -> None:
     assert [format(link.context.trace_id, "032x") for link in links] == ["0af7651916cd43dd8448eb211c80319c"]
     # A huge batch does not make a huge span: links are capped.
     assert len(batch_links([FakeRecord([("traceparent", TRACEPARENT)])] * (MAX_LINKS + 50))) == MAX_LINKS
+    # Tracing off: nothing to link, no headers parsed.
+    monkeypatch.setattr("services.gateway.event_processor.observe.tracing_active", lambda: False)
+    assert batch_links(records) == []
