@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -263,6 +264,31 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
     replication_text = page.inner_text("#replication")
     assert "0 s" in replication_text
     assert "µs" not in replication_text
+
+    # Under a steady 20 events/s the page reads about 20 events/s (not 0.0).
+    stop = threading.Event()
+
+    def feed() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                live = datetime.now(UTC).isoformat()
+                client.post(
+                    gateway.url + "/api/v1/events", json=[event_dict(timestamp=live) for _ in range(10)]
+                )
+                stop.wait(0.5)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        time.sleep(3)
+        readings = []
+        for _ in range(3):
+            wait_for_refresh(page, time.time())
+            readings.append(float(page_values(page)["events.per_second"] or 0))
+    finally:
+        stop.set()
+        feeder.join(timeout=15)
+    assert 8 <= max(readings) <= 40, readings
 
     # The page's own vitals and frame times arrive at the analytics service through the gateway.
     def vitals_arrived() -> dict[str, Any] | None:
