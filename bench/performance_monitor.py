@@ -75,10 +75,29 @@ def run(quick: bool) -> dict[str, Any]:
                 pass
 
     def with_operation(k: int) -> None:
-        # What the services use: the monitor's timing plus a span (non-recording: tracing off).
+        # What the services use, with tracing off: the monitor's timing, no span.
         for _ in range(k):
             with operation("bench.operation"):
                 pass
+
+    def with_traced_operation(k: int) -> None:
+        # The same with tracing on: a recording span per block (sampled, exported nowhere), the
+        # cost a service pays with JAEGER_ENDPOINT or OTLP configured.
+        from opentelemetry.sdk.trace import TracerProvider
+
+        import shared.tracing
+        from shared.performance import operation as operation_module
+
+        tracer = operation_module._tracer
+        operation_module._tracer = TracerProvider().get_tracer("bench")
+        shared.tracing._initialised = True
+        try:
+            for _ in range(k):
+                with operation("bench.traced"):
+                    pass
+        finally:
+            shared.tracing._initialised = False
+            operation_module._tracer = tracer
 
     def with_route(k: int) -> None:
         # The ASGI middleware around an empty app, against the same app called bare.
@@ -111,6 +130,7 @@ def run(quick: bool) -> dict[str, Any]:
             ("decorator_ns", with_decorator),
             ("watched_ns", with_watched),
             ("operation_ns", with_operation),
+            ("operation_traced_ns", with_traced_operation),
             ("asgi_bare_ns", bare_route),
             ("asgi_timed_ns", with_route),
         )
@@ -138,6 +158,7 @@ def run(quick: bool) -> dict[str, Any]:
         **timings,
         "monitor_overhead_vs_bare_ns": round(timings["monitor_ns"] - timings["bare_ns"], 1),
         "operation_overhead_vs_bare_ns": round(timings["operation_ns"] - timings["bare_ns"], 1),
+        "operation_traced_overhead_vs_bare_ns": round(timings["operation_traced_ns"] - timings["bare_ns"], 1),
         "route_overhead_ns": round(timings["asgi_timed_ns"] - timings["asgi_bare_ns"], 1),
         "memory_list_bytes": list_bytes,
         "memory_monitor_bytes": monitor_bytes,
