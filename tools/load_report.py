@@ -155,7 +155,8 @@ async def database_report(dsn: str, run_prefix: str) -> dict[str, Any]:
         )
     finally:
         await conn.close()
-    assert row is not None
+    if row is None:  # an aggregate always returns one row; guard for the type checker
+        raise RuntimeError("the database returned no aggregate row")
     return {
         "stored": int(row["n"]),
         **{k: (float(row[k]) if row[k] is not None else None) for k in ("mean_s", "p50_s", "p95_s", "p99_s")},

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from shared.errors import ApiError, validation_details
 from shared.performance import export_history_csv, export_history_json, get_performance_monitor
 from shared.performance.realtime import RealTimePerformanceTracker
+from shared.request_body import read_body_limited
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_ITEMS = 1000
@@ -59,9 +60,7 @@ _UI = TypeAdapter(FrameReport | CallbackReport | list[FrameReport | CallbackRepo
 async def _parse(request: Request, adapter: TypeAdapter[Any]) -> list[Any]:
     """Beacons arrive as JSON whatever their content type (`navigator.sendBeacon` sends text/plain
     for strings), so the body is decoded here rather than by FastAPI's content-type check."""
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    body = await read_body_limited(request, MAX_BODY_BYTES)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

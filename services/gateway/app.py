@@ -19,6 +19,7 @@ from services.gateway.routes_table import load_routes
 from services.gateway.settings import GatewaySettings, get_settings
 from services.gateway.stale_cache import StaleCache
 from shared.breaker import get_breaker_registry
+from shared.redis_options import redis_connection_options
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -28,7 +29,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     breakers = get_breaker_registry(settings.circuit_breaker_config)
     routes = load_routes(settings.routes_config, settings)
     limiter = IngestLimiter(
-        settings.ingest_rate_limit, settings.ingest_events_rate_limit, settings.rate_limit_storage_uri
+        settings.ingest_rate_limit,
+        settings.ingest_events_rate_limit,
+        settings.rate_limit_storage_uri,
+        redis_options=lambda tls: redis_connection_options(settings, tls=tls),
     )
 
     @contextlib.asynccontextmanager

@@ -3,8 +3,6 @@ broker acks, and say exactly which events were published when the broker fails p
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 from typing import Annotated, Any
 
@@ -17,6 +15,7 @@ from services.gateway.admission import BudgetExhausted, MemoryBudget, request_co
 from services.gateway.publisher import BrokerUnavailable, EventPublisher, Message, PublishIncomplete
 from services.gateway.rate_limit import IngestLimiter, Quota
 from services.gateway.settings import GatewaySettings
+from shared.api_keys import authenticate
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
 from shared.errors import ApiError, validation_details
 from shared.event_vocabulary import get_event_limits
@@ -137,30 +136,13 @@ def _incomplete(exc: PublishIncomplete, total: int, retry_after: float) -> ApiEr
 
 
 def client_identity(request: Request, settings: GatewaySettings) -> str:
-    """Who a rate limit counts: the authenticated API key when keys are required, else the
-    client address (the peer, or the forwarded client when the peer is in TRUSTED_PROXIES; the
-    gateway's ProxyHeadersMiddleware has already put it in `request.client`). A key sent to a
-    gateway that requires none authenticates nothing, so it does not choose the budget."""
-    keys = settings.api_key_set
-    if not keys:
-        return "ip:" + (request.client.host if request.client else "unknown")
-    presented = request.headers.get("x-api-key")
-    if not presented:
-        raise ApiError(
-            401,
-            "this gateway requires an API key in the X-API-Key header",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
-    # Compare against every key so the time taken does not reveal which one nearly matched.
-    valid = False
-    for key in keys:
-        valid |= hmac.compare_digest(presented.encode(), key.encode())
-    if not valid:
-        raise ApiError(
-            401, "the X-API-Key is not valid", code="invalid_api_key", headers={"WWW-Authenticate": "ApiKey"}
-        )
-    return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+    """The API key's fingerprint when keys are required (401/403 otherwise), else the client
+    address (for rate limits)."""
+    authenticated = authenticate(settings, request.headers.get("x-api-key"))
+    if authenticated is not None:
+        return authenticated
+    # Without API_KEYS a client-chosen header must not pick its own bucket.
+    return "ip:" + (request.client.host if request.client else "unknown")
 
 
 def declared_length(request: Request, limit: int) -> int | None:
@@ -193,7 +175,8 @@ async def read_body(request: Request, limit: int) -> bytearray:
     "/events",
     status_code=202,
     responses={
-        401: {"description": "API keys are configured and X-API-Key is missing or wrong"},
+        401: {"description": "API keys are configured and X-API-Key is missing"},
+        403: {"description": "API keys are configured and X-API-Key is not one of them"},
         413: {
             "description": "too many events, too large a body, or events over MAX_EVENT_BYTES (with index)"
         },

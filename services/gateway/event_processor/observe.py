@@ -10,11 +10,13 @@ says when the door was used; how far that lies behind storage
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import IllegalStateError, KafkaError
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link
@@ -22,6 +24,8 @@ from opentelemetry.trace import Link
 from services.gateway.event_processor import metrics
 from shared.events import AccessEvent
 from shared.tracing import tracing_active
+
+log = logging.getLogger(__name__)
 
 RECEIVED_AT_HEADER = "received_at_ms"
 # A batch span with a link per message would be huge for big batches; the first ones suffice
@@ -121,7 +125,8 @@ class ConsumerLag:
                 continue  # nothing fetched from it yet
             try:
                 position = await consumer.position(tp)
-            except Exception:  # unassigned meanwhile (rebalance): next refresh
+            except (IllegalStateError, KafkaError) as exc:  # unassigned meanwhile (rebalance)
+                log.debug("no position for %s: %s; next refresh", tp, exc)
                 continue
             behind = max(0, int(highwater) - int(position))
             key = (tp.topic, tp.partition)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,10 @@ async def test_a_failed_recomputation_serves_the_last_value_marked_stale(client:
 async def test_tuning_needs_the_admin_token_and_applies_live(client: Client) -> None:
     assert (await client.get("/admin/tuning")).status_code == 401
     assert (await client.get("/admin/tuning", headers={"Authorization": "Bearer wrong"})).status_code == 403
+    # The token is checked before the body is parsed: bad JSON without it is 401, not 422.
+    bad_json = {"content": b"{oops", "headers": {"content-type": "application/json"}}
+    assert (await client.put("/admin/tuning", **bad_json)).status_code == 401  # type: ignore[arg-type]
+    assert (await client.post("/api/v1/cache/invalidate", **bad_json)).status_code == 401  # type: ignore[arg-type]
     current = (await client.get("/admin/tuning", headers=AUTH)).json()
     assert current["max_workers"] == 1
     assert current["cache_ttl_seconds"]["patterns"] == 600
@@ -229,3 +234,21 @@ async def test_anomalies_endpoint_lists_the_planted_findings(client: Client) -> 
         "entry_without_badge": 1,
     }
     assert all(a["evidence"] for a in body["anomalies"])
+
+
+async def test_the_anomaly_analysis_is_bounded_by_a_date_window(client: Client) -> None:
+    too_long = await client.get(
+        "/api/v1/analytics/anomalies", params={"start": "2024-01-01T00:00:00Z", "end": "2025-06-01T00:00:00Z"}
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["error"]["code"] == "window_too_large"
+    assert too_long.json()["error"]["details"] == {"max_days": 92}
+    # Only a start, long before the newest event: the same refusal.
+    open_ended = await client.get("/api/v1/analytics/anomalies", params={"start": "2020-01-01T00:00:00Z"})
+    assert open_ended.status_code == 422
+    # No dates: the default window, ending just past the newest event.
+    body = (await client.get("/api/v1/analytics/anomalies")).json()
+    start = datetime.fromisoformat(body["filters"]["start"])
+    end = datetime.fromisoformat(body["filters"]["end"])
+    assert end - start == timedelta(days=31)
+    assert datetime(2025, 3, 1, tzinfo=UTC) < end < datetime(2025, 4, 30, tzinfo=UTC)

@@ -102,7 +102,7 @@ async def test_limits_api_keys_and_rate_limits(tmp_path: Path, kafka_bootstrap: 
         assert missing.status_code == 401
         assert missing.json()["error"]["code"] == "missing_api_key"
         wrong = await client.post("/api/v1/events", json=event_dict(), headers={"x-api-key": "gamma"})
-        assert wrong.status_code == 401
+        assert wrong.status_code == 403
         assert wrong.json()["error"]["code"] == "invalid_api_key"
 
         alpha = {"x-api-key": "alpha"}
