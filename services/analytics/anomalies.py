@@ -29,6 +29,7 @@ import pandas as pd
 
 from services.analytics import rollups
 from services.analytics.filters import EventFilter
+from shared.performance.operation import named_operation
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,7 @@ def _flag_finding(kind: str, row: asyncpg.Record, params: AnomalyParameters) -> 
     }
 
 
+@named_operation("db.anomaly_inputs")
 async def fetch_inputs(
     pool: asyncpg.Pool, flt: EventFilter, params: AnomalyParameters, *, use_rollups: bool = True
 ) -> dict[str, Any]:
@@ -289,6 +291,7 @@ async def fetch_inputs(
     return {"denials": denials, "profile": profile, "flagged": flagged, "flag_counts": counts}
 
 
+@named_operation("db.unusual_events")
 async def fetch_unusual_events(pool: asyncpg.Pool, flt: EventFilter, cells: pd.DataFrame) -> pd.DataFrame:
     columns = ["event_id", "person_id", "door_id", "time", "access_result"]
     if cells.empty:

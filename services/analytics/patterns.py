@@ -22,6 +22,7 @@ import pandas as pd
 
 from services.analytics import rollups
 from services.analytics.filters import EventFilter
+from shared.performance.operation import named_operation
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 WORK_START_HOUR = 8  # working hours: Monday-Friday, 08:00 to 18:00 UTC
@@ -80,6 +81,7 @@ def _frame(rows: list[asyncpg.Record], columns: list[str]) -> pd.DataFrame:
     )
 
 
+@named_operation("db.pattern_aggregates")
 async def fetch_aggregates(
     pool: asyncpg.Pool, flt: EventFilter, *, use_rollups: bool = True
 ) -> PatternAggregates:

@@ -13,6 +13,7 @@ import asyncpg
 
 from services.analytics import rollups
 from services.analytics.filters import EventFilter
+from shared.performance.operation import named_operation
 
 # One pass over the `time` parts: per hour of day and per result (g = GROUPING bit mask, hr=2
 # access_result=1, set for the column NOT in the set).
@@ -32,6 +33,7 @@ FROM ({parts}) AS p GROUP BY door_id ORDER BY n DESC, door_id
 """
 
 
+@named_operation("db.analytics_summary")
 async def access_summary(
     pool: asyncpg.Pool, flt: EventFilter, top: int = 10, *, use_rollups: bool = True
 ) -> dict[str, Any]:

@@ -16,16 +16,23 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from services.gateway.event_processor import metrics
+from services.gateway.event_processor.observe import (
+    ConsumerLag,
+    batch_links,
+    observe_latencies,
+    received_at,
+)
 from services.gateway.event_processor.sink import EventSink, StoreOutcome, is_database_down
 from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
 from shared.events import AccessEvent, EventParseError, parse_event_bytes
+from shared.performance import get_performance_monitor
+from shared.performance.operation import operation
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,7 @@ class EventProcessor:
         self.max_message_bytes = max_message_bytes
         self.retry_backoff_max_s = retry_backoff_max_s
         self.stats = ProcessorStats()
+        self.lag = ConsumerLag()
         self._stopping = asyncio.Event()
         # The next batch is fetched while the previous one is stored, and a store that waits
         # for the database polls the consumer too: one getmany at a time.
@@ -176,6 +184,7 @@ class EventProcessor:
 
     def _prepare(self, records: list[Record]) -> _Prepared:
         prepared = _Prepared()
+        parse_started = time.perf_counter()
         for record in records:
             parsed = parse_record(record.value or b"", self.max_message_bytes)
             if isinstance(parsed, AccessEvent):
@@ -183,12 +192,19 @@ class EventProcessor:
                 prepared.sources.append(record)
             else:
                 prepared.dead.append((record, *parsed))
+        get_performance_monitor().record("processor.parse", time.perf_counter() - parse_started)
         return prepared
 
     async def _finish(self, records: list[Record], prepared: _Prepared) -> bool:
-        """Store, dead-letter and commit one parsed batch; False when it was not committed."""
+        """Store, dead-letter and commit one parsed batch under one span linked to the trace of
+        every message (timed as `processor.batch`); False when it was not committed."""
+        with operation("processor.batch", links=batch_links(records), records=len(records)):
+            return await self._finish_batch(records, prepared)
+
+    async def _finish_batch(self, records: list[Record], prepared: _Prepared) -> bool:
         events, sources, dead = prepared.events, prepared.sources, prepared.dead
-        outcome = await self._store_until_done(events)
+        with operation("processor.store", events=len(events)):
+            outcome = await self._store_until_done(events)
         if outcome is None:
             return False
         if outcome.refused:
@@ -196,10 +212,10 @@ class EventProcessor:
             for event, reason in outcome.refused:
                 dead.append((source_of[id(event)], "rejected_by_database", reason))
         if dead:
-            await self._dead_letter(dead)
-        now = datetime.now(UTC)
-        for event in outcome.stored:
-            metrics.EVENT_LATENCY.observe(max(0.0, (now - event.timestamp).total_seconds()))
+            with operation("processor.dead_letter", messages=len(dead)):
+                await self._dead_letter(dead)
+        received = {id(e): received_at(r) for e, r in zip(events, sources, strict=True)}
+        observe_latencies(outcome.stored, received)
         inserted = outcome.inserted
         metrics.EVENTS_PROCESSED.inc(inserted)
         metrics.EVENTS_DUPLICATE.inc(len(outcome.stored) - inserted)
@@ -208,7 +224,9 @@ class EventProcessor:
         self.stats.stored += inserted
         self.stats.duplicates += len(outcome.stored) - inserted
         self.stats.last_batch_at = time.time()
-        await self._commit(records)
+        with operation("processor.commit"):
+            await self._commit(records)
+        self.lag.note_batch(records)
         prepared.inserted = inserted
         return True
 
