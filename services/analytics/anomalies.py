@@ -27,7 +27,6 @@ import asyncpg
 import numpy as np
 import pandas as pd
 
-from services.analytics import rollups
 from services.analytics.filters import EventFilter
 from shared.performance.operation import named_operation
 
@@ -84,8 +83,10 @@ _DENIALS_SQL = """
 SELECT event_id, person_id, door_id, time FROM access_events
 WHERE access_result = 'Denied'{and_where} ORDER BY person_id, time, event_id
 """
-# From the person-hour rollup (whole days and months) plus raw rows at the range's ends.
-_HOUR_PROFILE_SQL = "SELECT person_id, hr::int AS hr, sum(n)::bigint AS n FROM ({parts}) AS p GROUP BY 1, 2"
+_HOUR_PROFILE_SQL = """
+SELECT person_id, extract(hour FROM time AT TIME ZONE 'UTC')::int AS hr, count(*) AS n
+FROM access_events{where} GROUP BY 1, 2
+"""
 _EVENTS_AT_HOURS_SQL = """
 SELECT e.event_id, e.person_id, e.door_id, e.time, e.access_result
 FROM access_events e
@@ -257,16 +258,13 @@ def _flag_finding(kind: str, row: asyncpg.Record, params: AnomalyParameters) -> 
 
 
 @named_operation("db.anomaly_inputs")
-async def fetch_inputs(
-    pool: asyncpg.Pool, flt: EventFilter, params: AnomalyParameters, *, use_rollups: bool = True
-) -> dict[str, Any]:
-    """Everything the detectors need, filtered and reduced in SQL, from one snapshot."""
+async def fetch_inputs(pool: asyncpg.Pool, flt: EventFilter, params: AnomalyParameters) -> dict[str, Any]:
+    """Everything the detectors need, filtered and reduced in SQL (raw rows: the window is
+    bounded, and the rollups hold no per-person hours; see primary migration 0006)."""
     where, args = flt.where()
-    async with rollups.snapshot(pool, use_rollups=use_rollups) as (conn, mark):
+    async with pool.acquire() as conn:
         denial_rows = await conn.fetch(_DENIALS_SQL.format(and_where=_and(where)), *args)
-        profile_params = rollups.Params()
-        profile_parts = rollups.parts(rollups.PERSON_HOURS, flt, ["person_id", "hr"], profile_params, mark)
-        profile_rows = await conn.fetch(_HOUR_PROFILE_SQL.format(parts=profile_parts), *profile_params.values)
+        profile_rows = await conn.fetch(_HOUR_PROFILE_SQL.format(where=where), *args)
         flagged: dict[str, list[asyncpg.Record]] = {}
         counts: dict[str, int] = {}
         for kind, condition in _FLAGGED_SQL.items():

@@ -64,7 +64,6 @@ PEOPLE = Rollup(
     ("month", "day"),
     {"person_id": "person_id", "door_id": "door_id", "access_result": "access_result"},
 )
-PERSON_HOURS = Rollup("person_hours", ("month",), {"person_id": "person_id", "hr": HOUR_SQL})
 
 
 def floor_to(t: datetime, level: Level) -> datetime:

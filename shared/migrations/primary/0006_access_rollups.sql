@@ -66,18 +66,10 @@ CREATE TABLE IF NOT EXISTS access_rollup_people_day (LIKE access_rollup_people_m
 CREATE UNIQUE INDEX IF NOT EXISTS access_rollup_people_day_key ON access_rollup_people_day
     (bucket, facility_id, person_id, door_id, access_result) NULLS NOT DISTINCT;
 
--- Person and hour of day: the per-person hour profile of the unusual-hour detector. Month level
--- only: a person's hours hardly repeat within a day, so a day table would cost a row per event
--- to maintain; partial months at the ends of a range are read raw.
-CREATE TABLE IF NOT EXISTS access_rollup_person_hours_month (
-    bucket        TIMESTAMPTZ NOT NULL,
-    facility_id   TEXT,
-    person_id     TEXT        NOT NULL,
-    hr            SMALLINT    NOT NULL,
-    n             BIGINT      NOT NULL
-) WITH (fillfactor = 70);
-CREATE UNIQUE INDEX IF NOT EXISTS access_rollup_person_hours_month_key ON access_rollup_person_hours_month
-    (bucket, facility_id, person_id, hr) NULLS NOT DISTINCT;
+-- No person-by-hour rollup for the anomaly detector: its analysis is bounded to a window of at
+-- most 92 days, needs the raw denials and flagged rows of that window anyway, and a person's
+-- (hour, facility) cells hardly repeat within a refresh: that table took half of the refresh's
+-- time to save one of the detector's scans.
 
 -- Roll up at most `max_rows` rows after the watermark; returns how many were rolled up (0 when
 -- caught up, or when another session is refreshing right now: refreshes never queue).
@@ -148,12 +140,6 @@ BEGIN
           FROM batch GROUP BY 1, 2, 3, 4, 5
         ON CONFLICT (bucket, facility_id, person_id, door_id, access_result) DO UPDATE
            SET n = r.n + EXCLUDED.n
-    ),
-    person_hours_month AS (
-        INSERT INTO access_rollup_person_hours_month AS r
-        SELECT date_trunc('month', time, 'UTC'), facility_id, person_id, hr, count(*)
-          FROM batch GROUP BY 1, 2, 3, 4
-        ON CONFLICT (bucket, facility_id, person_id, hr) DO UPDATE SET n = r.n + EXCLUDED.n
     ),
     last_row AS (
         SELECT ingest_xid, seq FROM batch ORDER BY ingest_xid DESC, seq DESC LIMIT 1

@@ -1,5 +1,5 @@
-"""The rollups give the same answers as the raw rows: summary, patterns and the anomaly hour
-profile, on planted and on random data, with ranges that start and end inside buckets, rows
+"""The rollups give the same answers as the raw rows: summary and patterns, on planted and on
+random data, with ranges that start and end inside buckets, rows
 not rolled up yet, redelivered events and uploads."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.analytics import anomalies, patterns, rollups
-from services.analytics.anomalies import AnomalyParameters
+from services.analytics import patterns, rollups
 from services.analytics.filters import EventFilter
 from services.analytics.summary import access_summary
 from shared.event_store import copy_event_records, store_events
@@ -31,14 +30,11 @@ _UTC = UTC
 async def _answers(pool: asyncpg.Pool, flt: EventFilter, *, use_rollups: bool) -> dict[str, Any]:
     summary = await access_summary(pool, flt, top=1000, use_rollups=use_rollups)
     aggregates = await patterns.fetch_aggregates(pool, flt, use_rollups=use_rollups)
-    inputs = await anomalies.fetch_inputs(pool, flt, AnomalyParameters(), use_rollups=use_rollups)
-    profile = sorted(map(tuple, inputs["profile"][["person_id", "hr", "n"]].itertuples(index=False)))
     return {
         "summary": summary,
         "patterns": patterns.build_patterns(aggregates),
         "hour_weekday": sorted(map(tuple, aggregates.hour_weekday.itertuples(index=False))),
         "pairs": sorted(map(tuple, aggregates.pairs.itertuples(index=False))),
-        "profile": profile,
     }
 
 
@@ -173,7 +169,7 @@ async def _reset(conn: asyncpg.Connection) -> None:
         "access_events",
         *(
             f"access_rollup_{name}_{level}"
-            for name in ("time", "people", "person_hours")
+            for name in ("time", "people")
             for level in ("month", "day", "hour")
         ),
     ):
