@@ -53,6 +53,7 @@ class RollupRefresher:
         return done
 
     async def _run(self) -> None:
+        await asyncio.sleep(self.interval_s)  # let the service finish starting first
         while True:
             try:
                 done = await self.refresh_once()
