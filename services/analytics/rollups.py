@@ -239,11 +239,3 @@ async def refresh(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -
     """Roll up at most `max_rows` more rows; returns how many (0: caught up or another session
     is refreshing)."""
     return int(await executor.fetchval(REFRESH_SQL, max_rows))
-
-
-async def refresh_all(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -> int:
-    """Roll up until caught up with what is committed; returns the rows rolled up."""
-    total = 0
-    while (done := await refresh(executor, max_rows)) > 0:
-        total += done
-    return total

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from services.analytics import patterns, rollups
 from services.analytics.filters import EventFilter
+from services.analytics.rollup_refresher import RollupRefresher
 from services.analytics.summary import access_summary
 from shared.event_store import copy_event_records, store_events
 from shared.events import AccessEvent, event_record
@@ -121,6 +122,25 @@ async def test_a_refresh_in_progress_elsewhere_is_not_waited_for(pool: asyncpg.P
         await holder.execute("SELECT 1 FROM access_rollup_state FOR UPDATE")
         assert await asyncio.wait_for(rollups.refresh(pool), timeout=10) == 0
     await _refresh_until(pool, 10)
+
+
+async def test_the_service_refresher_rolls_up_what_is_stored(pool: asyncpg.Pool) -> None:
+    events = [AccessEvent.model_validate(e) for e in planted_events()[:500]]
+    refresher = RollupRefresher(pool, interval_s=0.1, batch_rows=200)
+    refresher.start()
+    try:
+        await store_events(pool, events[:250])
+        await store_events(pool, events[250:])
+        for _ in range(600):  # up to 60 s
+            if await _rolled_up(pool) >= len(events):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await refresher.stop()
+    assert await _rolled_up(pool) == len(events)
+    assert await _rollup_total(pool) == len(events)
+    assert refresher.rows_total == len(events)
+    await _assert_same(pool, PLANTED_FILTERS[:3])
 
 
 # Random data: three months across a year boundary, facilities and badge statuses sometimes
