@@ -54,6 +54,14 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _accepts(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -241,7 +249,15 @@ class EmbeddedKafka:
         )
         if not isinstance(out, int):
             out.close()
-        wait_for_port(self._store_port, timeout_s=20)
+        deadline = time.monotonic() + 20
+        while not _accepts(self._store_port):
+            if self._store.poll() is not None:
+                where = f" (see {self.log_path})" if self.log_path else ""
+                raise RuntimeError(f"the broker's store for {self.storage_dir} did not start{where}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"the broker's store for {self.storage_dir} does not listen after 20s")
+            time.sleep(0.05)
 
     def start(self) -> EmbeddedKafka:
         """Start the broker (and its storage, when durable and not running yet)."""
