@@ -98,6 +98,7 @@ class EmbeddedPostgres:
             raise ValueError(f"not PostgreSQL setting names: {bad}")
         self._user: str | None = None
         self._started_here = False
+        self._ever_started = False
 
     @property
     def dsn(self) -> str:
@@ -105,14 +106,21 @@ class EmbeddedPostgres:
 
     def _pg(self, program: str, args: list[str], timeout: float = 60) -> None:
         cmd = [str(_postgres_bin_path() / program), "-D", str(self.data_dir), *args]
-        subprocess.run(
-            cmd,
-            check=True,
-            user=self._user,
-            timeout=timeout,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        try:
+            subprocess.run(
+                cmd,
+                check=True,
+                user=self._user,
+                timeout=timeout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except subprocess.CalledProcessError as exc:
+            # Say why: the program's own message, not only its exit status.
+            reason = (exc.stderr or b"").decode(errors="replace").strip()
+            log.error("%s failed (exit %s): %s", program, exc.returncode, reason or "no message")
+            exc.add_note(f"{program}: {reason or 'no message'}")
+            raise
 
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
@@ -153,6 +161,21 @@ class EmbeddedPostgres:
             raise RuntimeError(
                 f"an embedded PostgreSQL already runs on {self.data_dir}; stop the other fleet first"
             )
+        try:
+            self._pg_start()
+        except subprocess.CalledProcessError:
+            # Another process may have bound the port between the check and the start; on a
+            # first start any free port will do (a restart keeps its port: clients know it).
+            if self._ever_started or port_is_free(self.port):
+                raise
+            log.warning("port %s was taken meanwhile; starting on another", self.port)
+            self.port = free_port()
+            self._pg_start()
+        self._started_here = self._ever_started = True
+        wait_for_port(self.port)
+        return self
+
+    def _pg_start(self) -> None:
         log.info("starting embedded PostgreSQL on 127.0.0.1:%s", self.port)
         # pg_ctl hands its -o string to /bin/sh, so each `name=value` is shell-quoted.
         options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} " + " ".join(
@@ -163,9 +186,6 @@ class EmbeddedPostgres:
             ["-w", "-t", "60", "-o", options, "-l", str(self.data_dir / "server.log"), "start"],
             timeout=90,
         )
-        self._started_here = True
-        wait_for_port(self.port)
-        return self
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; `mode` as pg_ctl's: `fast` (clients cut off) or `immediate` (a crash)."""
