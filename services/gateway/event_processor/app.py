@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 
 from services.gateway.event_processor import __version__
 from services.gateway.event_processor import tuning as processor_tuning
-from services.gateway.event_processor.breakers import DATABASE, breaker_router, processor_breakers
+from services.gateway.event_processor.breakers import DATABASE, processor_breakers
 from services.gateway.event_processor.service import ProcessorService, running_processor
 from services.gateway.event_processor.settings import EventProcessorSettings, get_settings
 from shared.breaker import get_breaker_registry
@@ -41,7 +41,6 @@ def create_app(settings: EventProcessorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Consumes access events from Kafka and stores each exactly once in PostgreSQL.",
     )
-    app.include_router(breaker_router(breakers))
     app.include_router(processor_tuning.router)
 
     @app.get("/status", tags=["processor"])
