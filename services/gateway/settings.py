@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.settings import REPO_ROOT, FleetSettings
+from shared.settings import CONFIG_DIR, FleetSettings
 
 
 class GatewaySettings(FleetSettings):
@@ -34,9 +34,7 @@ class GatewaySettings(FleetSettings):
     )
 
     # Proxy.
-    routes_config: Path = Field(
-        REPO_ROOT / "config" / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG"
-    )
+    routes_config: Path = Field(CONFIG_DIR / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG")
     proxy_timeout_s: float = Field(10.0, gt=0, validation_alias="PROXY_TIMEOUT")
     proxy_http_transport: Literal["aiohttp", "httpcore"] = Field(
         "aiohttp",
