@@ -159,7 +159,7 @@ def build_wheelhouse(python: str = sys.executable) -> int:
     req_file.write_text("\n".join(requirements) + "\n")
     run(
         python, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-        "--wheel-dir", str(WHEELHOUSE), "-r", str(req_file),
+        "--wheel-dir", str(WHEELHOUSE), "--find-links", str(WHEELHOUSE), "-r", str(req_file),
         timeout_s=900,
     )  # fmt: skip
     return len(list(WHEELHOUSE.glob("*.whl")))
