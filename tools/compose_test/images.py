@@ -157,6 +157,16 @@ def build_wheelhouse(python: str = sys.executable) -> int:
     (CACHE_DIR).mkdir(parents=True, exist_ok=True)
     req_file = CACHE_DIR / "requirements.txt"
     req_file.write_text("\n".join(requirements) + "\n")
+    # Complete already? Resolving against the wheelhouse alone takes seconds, pip wheel a minute.
+    complete = subprocess.run(
+        [
+            python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
+            "--ignore-installed", "--no-index", "--find-links", str(WHEELHOUSE), "-r", str(req_file),
+        ],
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    if complete.returncode == 0:
+        return len(list(WHEELHOUSE.glob("*.whl")))
     run(
         python, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
         "--wheel-dir", str(WHEELHOUSE), "--find-links", str(WHEELHOUSE), "-r", str(req_file),
