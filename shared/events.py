@@ -1,4 +1,4 @@
-"""The access event: the one source of truth for the wire format (CONTRACT section 4).
+"""The access event: the one source of truth for the wire format (docs/reference.md, "Access events").
 
 Producers (REST ingestion, the load generator), the event processor and CSV uploads all parse
 and serialise through :class:`AccessEvent`, so a rule changes in exactly one place.
@@ -174,7 +174,7 @@ class AccessEvent(BaseModel):
 
     @property
     def extra(self) -> dict[str, Any]:
-        """Fields the contract does not name, kept verbatim."""
+        """Fields the event format does not name, kept verbatim."""
         return dict(self.__pydantic_extra__ or {})
 
     def extra_json(self) -> str | None:
@@ -184,7 +184,7 @@ class AccessEvent(BaseModel):
         return orjson.dumps(extra, default=str).decode()
 
     def to_wire(self) -> bytes:
-        """The JSON message as it travels on Kafka: contract field names, ISO UTC timestamp."""
+        """The JSON message as it travels on Kafka: the format's field names, ISO UTC timestamp."""
         return orjson.dumps(self.model_dump(mode="json"))
 
 

@@ -1,7 +1,7 @@
 """The FastAPI app factory every service uses: health, readiness, metrics, errors, request ids.
 
 A service supplies its name, its lifespan (which opens its pools and clients and registers
-readiness checks) and its routers; the factory adds the endpoints of CONTRACT section 2.
+readiness checks) and its routers; the factory adds the endpoints every service has (docs/reference.md).
 """
 
 from __future__ import annotations

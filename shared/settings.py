@@ -1,4 +1,4 @@
-"""Fleet-wide settings: every variable of the contract, read from the environment and `.env`.
+"""Fleet-wide settings, read from the environment and `.env` (docs/reference.md, "Settings").
 
 Each service subclasses :class:`FleetSettings` to add its own knobs; all of them share the
 names below so one `.env` configures the whole fleet.
@@ -34,8 +34,16 @@ DEFAULT_PORTS = {
 }
 
 
+class MissingSetting(RuntimeError):
+    """A setting this process cannot run without is unset; `setting` is its variable name."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 class FleetSettings(BaseSettings):
-    """Settings every service understands (CONTRACT section 3)."""
+    """Settings every service understands (docs/reference.md, "Settings", "Every service")."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -45,7 +53,15 @@ class FleetSettings(BaseSettings):
     )
 
     host: str = Field("127.0.0.1", validation_alias="HOST")
-    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", validation_alias="LOG_LEVEL", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        validation_alias="LOG_FORMAT",
+        description="json (one object per line), console (readable), "
+        "or auto: console on a terminal, else json",
+    )
 
     gateway_port: int = Field(DEFAULT_PORTS["gateway"], validation_alias="GATEWAY_PORT")
     analytics_port: int = Field(DEFAULT_PORTS["analytics"], validation_alias="ANALYTICS_PORT")
@@ -96,9 +112,7 @@ class FleetSettings(BaseSettings):
     circuit_breaker_config: Path = Field(
         CONFIG_DIR / "circuit-breakers.yaml", validation_alias="CIRCUIT_BREAKER_CONFIG"
     )
-    monitoring_config: Path = Field(
-        CONFIG_DIR / "monitoring.yaml", validation_alias="MONITORING_CONFIG"
-    )
+    monitoring_config: Path = Field(CONFIG_DIR / "monitoring.yaml", validation_alias="MONITORING_CONFIG")
 
     replication_interval: float = Field(1.0, gt=0, validation_alias="REPLICATION_INTERVAL")
     replication_batch_size: int = Field(50_000, ge=1, validation_alias="REPLICATION_BATCH_SIZE")
@@ -134,6 +148,11 @@ class FleetSettings(BaseSettings):
             return None
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     @property
     def api_key_set(self) -> frozenset[str]:
         if not self.api_keys:
@@ -142,21 +161,25 @@ class FleetSettings(BaseSettings):
 
     def require_database_url(self) -> str:
         if not self.database_url:
-            raise RuntimeError(
+            raise MissingSetting(
+                "DATABASE_URL",
                 "DATABASE_URL is not set. `make run` starts an embedded PostgreSQL and sets it; "
-                "when starting a service by hand, point DATABASE_URL at a PostgreSQL server."
+                "when starting a service by hand, point DATABASE_URL at a PostgreSQL server.",
             )
         return self.database_url
 
     def require_timescale_url(self) -> str:
         if not self.timescale_url:
-            raise RuntimeError("TIMESCALE_URL is not set (the replication target database).")
+            raise MissingSetting(
+                "TIMESCALE_URL", "TIMESCALE_URL is not set (the replication target database)."
+            )
         return self.timescale_url
 
     def require_kafka(self) -> str:
         if not self.kafka_bootstrap_servers:
-            raise RuntimeError(
-                "KAFKA_BOOTSTRAP_SERVERS is not set. `make run` starts an embedded broker and sets it."
+            raise MissingSetting(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "KAFKA_BOOTSTRAP_SERVERS is not set. `make run` starts an embedded broker and sets it.",
             )
         return self.kafka_bootstrap_servers
 

@@ -1,4 +1,4 @@
-"""Gateway settings: the fleet's, plus proxy, ingestion and processor knobs."""
+"""Gateway settings: the event processor's (the gateway hosts it), plus proxy and ingestion knobs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.settings import CONFIG_DIR, FleetSettings
+from services.gateway.event_processor.settings import EventProcessorSettings
+from shared.settings import CONFIG_DIR
 
 
-class GatewaySettings(FleetSettings):
+class GatewaySettings(EventProcessorSettings):
     run_event_processor: bool = Field(True, validation_alias="GATEWAY_RUN_EVENT_PROCESSOR")
 
     # Ingestion (POST /api/v1/events).
@@ -45,31 +46,6 @@ class GatewaySettings(FleetSettings):
     proxy_max_keepalive: int = Field(100, ge=0, validation_alias="PROXY_MAX_KEEPALIVE")
     proxy_stale_entries: int = Field(1024, ge=0, validation_alias="PROXY_STALE_ENTRIES")
     proxy_stale_max_bytes: int = Field(64 * 1024 * 1024, ge=0, validation_alias="PROXY_STALE_MAX_BYTES")
-
-    # Event processor.
-    processor_group_id: str = Field("gateway-event-processor", validation_alias="EVENT_PROCESSOR_GROUP_ID")
-    processor_batch_size: int = Field(5_000, ge=1, le=100_000, validation_alias="EVENT_PROCESSOR_BATCH_SIZE")
-    processor_flush_interval_ms: int = Field(
-        50, ge=1, le=10_000, validation_alias="EVENT_PROCESSOR_FLUSH_INTERVAL_MS"
-    )
-    processor_fetch_max_wait_ms: int = Field(
-        50,
-        ge=0,
-        le=10_000,
-        validation_alias="EVENT_PROCESSOR_FETCH_MAX_WAIT_MS",
-        description="longest the broker may hold a fetch for data; bounds the idle-to-first-event latency",
-    )
-    processor_max_message_bytes: int = Field(
-        64 * 1024, ge=256, validation_alias="EVENT_PROCESSOR_MAX_MESSAGE_BYTES"
-    )
-    processor_retry_backoff_max_s: float = Field(
-        10.0, gt=0, validation_alias="EVENT_PROCESSOR_RETRY_BACKOFF_MAX"
-    )
-    processor_shutdown_timeout_s: float = Field(
-        15.0, gt=0, validation_alias="EVENT_PROCESSOR_SHUTDOWN_TIMEOUT"
-    )
-    kafka_session_timeout_ms: int = Field(10_000, ge=1000, validation_alias="KAFKA_SESSION_TIMEOUT_MS")
-    kafka_heartbeat_interval_ms: int = Field(1_000, ge=100, validation_alias="KAFKA_HEARTBEAT_INTERVAL_MS")
 
 
 @lru_cache(maxsize=1)

@@ -52,13 +52,22 @@ def _run(*args: str | Path, timeout_s: float = 180, **kwargs: Any) -> subprocess
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The interpreter of a fresh virtual environment holding the built wheel and its dependencies."""
+    """The interpreter of a fresh virtual environment holding the built wheel and the runtime set
+    of uv.lock, as the image installs them (no dev group, no laptop extra)."""
     root = tmp_path_factory.mktemp("installed")
     _run(UV, "build", "--wheel", "--quiet", "--out-dir", root / "dist", REPO_ROOT)
     (wheel,) = (root / "dist").glob("sentinel_fleet-*.whl")
+    runtime = root / "runtime.txt"
+    _run(
+        UV, "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "--quiet",
+        "--output-file", runtime, cwd=REPO_ROOT,
+    )  # fmt: skip
     _run(UV, "venv", "--quiet", "--python", sys.executable, root / "venv")
     python = root / "venv" / "bin" / "python"
-    _run(UV, "pip", "install", "--quiet", "--python", python, wheel, timeout_s=600)
+    _run(
+        UV, "pip", "install", "--quiet", "--python", python, "--no-deps", "-r", runtime, wheel, timeout_s=600
+    )
+    _run(UV, "pip", "check", "--python", python)
     return python
 
 

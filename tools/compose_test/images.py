@@ -151,36 +151,44 @@ def _tansu_binary() -> str:
 
 
 def build_wheelhouse(python: str = sys.executable) -> int:
-    """Every wheel the image installs, and the build backend, into deploy/wheelhouse/."""
-    requirements = runtime_requirements()
+    """Every wheel the image installs into deploy/wheelhouse/: the runtime set of uv.lock (as
+    listed, no more), and uv and the build backend the Dockerfile uses."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     WHEELHOUSE.mkdir(exist_ok=True)
-    (CACHE_DIR).mkdir(parents=True, exist_ok=True)
-    req_file = CACHE_DIR / "requirements.txt"
-    req_file.write_text("\n".join(requirements) + "\n")
-    # Complete already? Resolving against the wheelhouse alone takes seconds, pip wheel a minute.
-    complete = subprocess.run(
-        [
-            python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
-            "--ignore-installed", "--no-index", "--find-links", str(WHEELHOUSE), "-r", str(req_file),
-        ],
-        capture_output=True, timeout=300, check=False,
-    )  # fmt: skip
-    if complete.returncode == 0:
-        return len(list(WHEELHOUSE.glob("*.whl")))
+    runtime = CACHE_DIR / "runtime.txt"
     run(
-        python, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-        "--wheel-dir", str(WHEELHOUSE), "--find-links", str(WHEELHOUSE), "-r", str(req_file),
-        timeout_s=900,
+        str(Path(python).parent / "uv"), "export", "--frozen", "--no-dev", "--no-emit-project",
+        "--no-hashes", "--quiet", "--output-file", str(runtime),
+        timeout_s=120,
     )  # fmt: skip
+    tooling = CACHE_DIR / "tooling.txt"
+    tooling.write_text("\n".join(build_requirements()) + "\n")
+    for requirements, deps in ((runtime, ["--no-deps"]), (tooling, [])):
+        local = ["--no-index", "--find-links", str(WHEELHOUSE), *deps, "-r", str(requirements)]
+        # Complete already? Resolving against the wheelhouse alone takes seconds, pip wheel a minute.
+        complete = subprocess.run(
+            [python, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", *local],
+            capture_output=True, timeout=300, check=False,
+        )  # fmt: skip
+        if complete.returncode != 0:
+            run(
+                python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(WHEELHOUSE),
+                "--find-links", str(WHEELHOUSE), *deps, "-r", str(requirements),
+                timeout_s=900,
+            )  # fmt: skip
     return len(list(WHEELHOUSE.glob("*.whl")))
 
 
-def runtime_requirements() -> list[str]:
-    """The pinned runtime dependencies and the build backend of pyproject.toml."""
+def build_requirements() -> list[str]:
+    """uv (which reads the lock in the build stage) and the build backend, at their pins."""
     import tomllib
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    dockerfile = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+    uv_version = next(
+        line.split("=", 1)[1] for line in dockerfile.splitlines() if line.startswith("ARG UV_VERSION=")
+    )
+    return [f"uv=={uv_version}", *project["build-system"]["requires"]]
 
 
 def fleet_image(base: str, tag: str) -> str:

@@ -25,7 +25,7 @@ from shared.events import EVENT_COLUMNS, AccessResult, BadgeStatus, derive_event
 csv.field_size_limit(1 << 20)
 
 # Header spellings accepted for each field (compared after stripping, lower-casing and
-# treating "_" as a space): the contract's names and the original system's export headers.
+# treating "_" as a space): the event format's names and the original system's export headers.
 ALIASES: dict[str, str] = {
     "event id": "event_id",
     "timestamp": "timestamp",
@@ -60,7 +60,7 @@ class HeaderError(ValueError):
 @dataclass
 class Header:
     names: list[str]  # as written in the file
-    fields: list[str | None]  # contract field of each column, None = extra column
+    fields: list[str | None]  # event field of each column, None = extra column
     data_offset: int  # byte offset of the first record
     data_line: int  # file line of the first record
 
@@ -276,7 +276,7 @@ def validate(
         if given:
             event_ids.append(given[:MAX_ID])
         else:
-            # The row as the file wrote it, by contract field, plus its extra columns.
+            # The row as the file wrote it, by event field, plus its extra columns.
             event_ids.append(derive_event_id({**{f: row[i] for i, f in mapped}, **ex}))
     out = pd.DataFrame(
         {

@@ -12,8 +12,8 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from services.gateway.event_processor.processor import EventProcessor, ProcessorTuning
+from services.gateway.event_processor.settings import EventProcessorSettings
 from services.gateway.event_processor.sink import EventSink
-from services.gateway.settings import GatewaySettings
 from shared.breaker import CircuitBreaker
 from shared.db import create_pool, ping
 from shared.kafka import create_consumer, create_producer, ensure_topics
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class ProcessorService:
     def __init__(
-        self, settings: GatewaySettings, pool: asyncpg.Pool, database_breaker: CircuitBreaker
+        self, settings: EventProcessorSettings, pool: asyncpg.Pool, database_breaker: CircuitBreaker
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -141,7 +141,7 @@ class ProcessorService:
 
 @contextlib.asynccontextmanager
 async def running_processor(
-    settings: GatewaySettings,
+    settings: EventProcessorSettings,
     database_breaker: CircuitBreaker,
     checks: dict[str, Callable[[], Awaitable[object]]],
     *,

@@ -145,7 +145,7 @@ def test_fleet_services_share_one_image_built_from_the_repository_root() -> None
     assert all("build" not in services[name] for name in others)
 
 
-def test_fleet_services_run_their_contract_command_and_port_with_an_http_healthcheck() -> None:
+def test_fleet_services_run_their_reference_command_and_port_with_an_http_healthcheck() -> None:
     services = resolved("scale")["services"]
     for name, (module, port) in FLEET.items():
         service = services[name]
@@ -253,7 +253,7 @@ def test_uploads_spool_to_a_volume_with_the_limit_the_manifests_use() -> None:
     assert configmap["UPLOAD_MAX_BYTES"] == env["UPLOAD_MAX_BYTES"]
 
 
-def test_fleet_environment_follows_the_contract() -> None:
+def test_fleet_environment_follows_the_reference() -> None:
     services = resolved("scale", "loadgen")["services"]
     fleet_settings = setting_names()
     for name in [*FLEET, *ONE_SHOT]:

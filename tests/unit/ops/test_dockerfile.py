@@ -99,9 +99,14 @@ def test_multi_stage_build_runs_as_an_unprivileged_user() -> None:
     # The compiler-free runtime gets the finished virtual environment, not pip's build inputs.
     assert not any(k == "COPY" and a.split()[0] in ("shared", "services") for k, a in runtime)
     build_runs = " ".join(a for k, a in all_stages["build"] if k == "RUN")
-    assert re.search(r"pip install (\$offline )?\.(\s|;|$)", build_runs), (
-        "the build stage must `pip install .`"
+    assert re.search(r"pip install \$offline --no-deps \.(\s|;|$)", build_runs), (
+        "the project: `pip install .`"
     )
+    # Exactly the runtime set of the lock, no more: uv exports it, pip installs it as listed.
+    assert "uv export --frozen --no-dev --no-emit-project" in build_runs
+    assert "pip install $offline --no-deps -r /tmp/runtime.txt" in build_runs
+    assert "pip check" in build_runs
+    assert "/opt/uv" not in " ".join(a for k, a in all_stages["runtime"] if k == "COPY")
     # Offline when the wheelhouse holds wheels: no index at all.
     assert "--no-index --find-links=/wheelhouse" in build_runs
     assert ("COPY", "deploy/wheelhouse /wheelhouse") in all_stages["build"]

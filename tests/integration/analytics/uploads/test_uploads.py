@@ -44,7 +44,7 @@ async def _count(dsn: str) -> int:
         await conn.close()
 
 
-async def test_contract_headers_bom_quotes_and_mixed_timestamps(client: Client, database_url: str) -> None:
+async def test_reference_headers_bom_quotes_and_mixed_timestamps(client: Client, database_url: str) -> None:
     body = (
         "\ufeff"
         + HEADER

@@ -329,7 +329,7 @@ async def test_guard_context_manager_records() -> None:
     assert state(breaker) == "open"
 
 
-def test_snapshot_has_contract_shape_and_config() -> None:
+def test_snapshot_has_reference_shape_and_config() -> None:
     breaker = CircuitBreaker(f"t_{unique_suffix()}")
     snap = breaker.snapshot()
     for key in (
