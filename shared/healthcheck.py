@@ -9,6 +9,7 @@ start fast.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -41,14 +42,14 @@ def running_service(proc: Path = Path("/proc")) -> str | None:
     return None
 
 
-def health_port(argv: list[str]) -> int | None:
-    if argv:
-        return int(argv[0])
+def health_port(port: int | None) -> int | None:
+    if port is not None:
+        return port
     module = running_service()
     if module is None:
         return None
-    port: int = getattr(FleetSettings(), PORT_FIELDS[module])
-    return port
+    found: int = getattr(FleetSettings(), PORT_FIELDS[module])
+    return found
 
 
 def check(port: int, timeout_s: float = 3.0) -> bool:
@@ -62,12 +63,18 @@ def check(port: int, timeout_s: float = 3.0) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        port = health_port(args)
-    except ValueError:
-        print(f"usage: python -m shared.healthcheck [PORT] (not {args[0]!r})", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.healthcheck",
+        description="Exit 0 when the fleet service of this container answers /health with status ok.",
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=int,
+        help="the service's port (default: that of the fleet service running here)",
+    )
+    args = parser.parse_args(argv)
+    port = health_port(args.port)
     if port is None:
         print("no fleet service runs here", file=sys.stderr)
         return 1
