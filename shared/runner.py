@@ -130,6 +130,9 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=20,
+        # uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS);
+        # which proxies are trusted is the gateway's TRUSTED_PROXIES setting, unset = none.
+        proxy_headers=False,
         loop="uvloop",
         http="httptools",
     )

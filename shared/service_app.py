@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -19,7 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.admin import AdminFirstMiddleware
 from shared.errors import install_error_handlers
+from shared.event_vocabulary import get_event_limits
 from shared.request_context import request_id_var
 from shared.resources import start_resource_guard
 from shared.settings import FleetSettings
@@ -29,6 +32,15 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 READINESS_TIMEOUT_S = 2.0
+
+log = logging.getLogger(__name__)
+
+# What `/ready` says about a failed check: a code and a fixed sentence. Exception text can hold
+# addresses, user names or bootstrap servers, so it goes to the log only.
+READINESS_MESSAGES = {
+    "timeout": f"the dependency did not answer within {READINESS_TIMEOUT_S:g}s",
+    "unavailable": "the dependency is unavailable; the service log has the cause",
+}
 
 
 class RequestIdMiddleware:
@@ -74,13 +86,16 @@ def readiness_checks(app: FastAPI) -> dict[str, ReadinessCheck]:
     return checks
 
 
-async def _run_check(check: ReadinessCheck) -> str:
+async def _run_check(name: str, check: ReadinessCheck) -> str:
+    """ "ok", "timeout" or "unavailable"; the cause of a failure is logged, never answered."""
     try:
         await asyncio.wait_for(check(), timeout=READINESS_TIMEOUT_S)
     except TimeoutError:
-        return f"timeout after {READINESS_TIMEOUT_S:g}s"
+        log.warning("readiness check %s timed out after %gs", name, READINESS_TIMEOUT_S)
+        return "timeout"
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"[:300] or "error"
+        log.warning("readiness check %s failed: %s: %s", name, type(exc).__name__, exc)
+        return "unavailable"
     return "ok"
 
 
@@ -108,6 +123,9 @@ def create_service_app(
         finally:
             await guard.stop()
 
+    # The event vocabulary's settings (time window, event size) are read now, so a wrong value
+    # stops start-up with its name instead of failing the first event.
+    get_event_limits()
     app = FastAPI(
         title=title or f"Sentinel Fleet {service}",
         version=version,
@@ -118,6 +136,8 @@ def create_service_app(
     app.state.settings = settings
     readiness_checks(app)
     install_error_handlers(app)
+    # Added before RequestIdMiddleware, so it runs inside it and its refusals carry the id.
+    app.add_middleware(AdminFirstMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/health", tags=["ops"])
@@ -128,10 +148,18 @@ def create_service_app(
     async def ready() -> JSONResponse:
         checks = readiness_checks(app)
         names = list(checks)
-        results = await asyncio.gather(*(_run_check(checks[n]) for n in names))
+        results = await asyncio.gather(*(_run_check(n, checks[n]) for n in names))
         outcome: dict[str, Any] = dict(zip(names, results, strict=True))
         healthy = all(r == "ok" for r in results)
-        body = {"status": "ok" if healthy else "degraded", "service": service, "checks": outcome}
+        body: dict[str, Any] = {
+            "status": "ok" if healthy else "degraded",
+            "service": service,
+            "checks": outcome,
+        }
+        if not healthy:
+            body["errors"] = {
+                n: {"code": r, "message": READINESS_MESSAGES[r]} for n, r in outcome.items() if r != "ok"
+            }
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     # Each app gets its own registry for the HTTP metrics: the instrumentator silently records

@@ -98,6 +98,10 @@ class FleetSettings(BaseSettings):
     cache_host: str = Field("localhost", validation_alias="CACHE_HOST")
     cache_port: int = Field(6379, validation_alias="CACHE_PORT")
     cache_database: int = Field(0, ge=0, validation_alias="CACHE_DATABASE")
+    cache_username: str | None = Field(None, validation_alias="CACHE_USERNAME")
+    cache_password: SecretStr | None = Field(None, validation_alias="CACHE_PASSWORD")
+    cache_tls: bool = Field(False, validation_alias="CACHE_TLS")
+    cache_tls_ca_file: Path | None = Field(None, validation_alias="CACHE_TLS_CA_FILE")
     cache_key_prefix: str = Field("sentinel", validation_alias="CACHE_KEY_PREFIX")
     cache_l1_size: int = Field(1024, ge=1, validation_alias="CACHE_L1_SIZE")
     cache_l3_path: Path | None = Field(
@@ -139,6 +143,9 @@ class FleetSettings(BaseSettings):
         "api_keys",
         "otel_exporter_otlp_endpoint",
         "cache_l3_path",
+        "cache_username",
+        "cache_password",
+        "cache_tls_ca_file",
         mode="before",
     )
     @classmethod

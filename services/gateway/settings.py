@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from services.gateway.admission import request_cost
 from services.gateway.event_processor.settings import EventProcessorSettings
 from shared.settings import CONFIG_DIR
 
@@ -17,7 +19,25 @@ class GatewaySettings(EventProcessorSettings):
 
     # Ingestion (POST /api/v1/events).
     max_events_per_request: int = Field(10_000, ge=1, validation_alias="MAX_EVENTS_PER_REQUEST")
-    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias="MAX_REQUEST_BYTES")
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        validation_alias="MAX_REQUEST_BYTES",
+        description="largest body of POST /api/v1/events; it may cost up to 40x this in memory",
+    )
+    ingest_memory_budget_mb: int = Field(
+        256,
+        ge=16,
+        validation_alias="INGEST_MEMORY_BUDGET_MB",
+        description="memory all ingest requests together may hold; requests wait for room (MiB)",
+    )
+    ingest_admission_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        validation_alias="INGEST_ADMISSION_TIMEOUT",
+        description="longest an ingest request waits for memory budget before a 503 (s)",
+    )
     ingest_rate_limit: str | None = Field(
         None,
         validation_alias="INGEST_RATE_LIMIT",
@@ -27,6 +47,11 @@ class GatewaySettings(EventProcessorSettings):
         None,
         validation_alias="INGEST_EVENTS_RATE_LIMIT",
         description="events per API key (or client address), e.g. '50000/minute'; unset = none",
+    )
+    trusted_proxies: str | None = Field(
+        None,
+        validation_alias="TRUSTED_PROXIES",
+        description="comma list of addresses or CIDRs whose X-Forwarded-For is believed; unset = none",
     )
     rate_limit_storage_uri: str = Field(
         "memory://",
@@ -46,6 +71,33 @@ class GatewaySettings(EventProcessorSettings):
     proxy_max_keepalive: int = Field(100, ge=0, validation_alias="PROXY_MAX_KEEPALIVE")
     proxy_stale_entries: int = Field(1024, ge=0, validation_alias="PROXY_STALE_ENTRIES")
     proxy_stale_max_bytes: int = Field(64 * 1024 * 1024, ge=0, validation_alias="PROXY_STALE_MAX_BYTES")
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _addresses_or_networks(cls, value: str | None) -> str | None:
+        for entry in (value or "").split(","):
+            if entry.strip():
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"TRUSTED_PROXIES: {entry.strip()!r} is not an address or CIDR"
+                    ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_request_fits_the_budget(self) -> GatewaySettings:
+        cost = request_cost(self.max_request_bytes)
+        if cost > self.ingest_memory_budget_mb * 1024 * 1024:
+            raise ValueError(
+                f"INGEST_MEMORY_BUDGET_MB={self.ingest_memory_budget_mb} cannot hold one request of "
+                f"MAX_REQUEST_BYTES={self.max_request_bytes} (it may cost {cost // 2**20} MiB)"
+            )
+        return self
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [entry.strip() for entry in (self.trusted_proxies or "").split(",") if entry.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from services.gateway.event_processor.settings import EventProcessorSettings
 from services.gateway.event_processor.sink import EventSink
 from shared.breaker import CircuitBreaker
 from shared.db import create_pool, ping
+from shared.event_vocabulary import get_event_limits
 from shared.kafka import create_consumer, create_producer, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class ProcessorService:
                     sink=self.sink,
                     dlq_topic=self.settings.access_events_dlq_topic,
                     tuning=self.tuning,
-                    max_message_bytes=self.settings.processor_max_message_bytes,
+                    max_message_bytes=get_event_limits().max_event_bytes,
                     retry_backoff_max_s=self.settings.processor_retry_backoff_max_s,
                 )
                 if self._stopping:

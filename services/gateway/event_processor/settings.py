@@ -40,12 +40,6 @@ class EventProcessorSettings(FleetSettings):
         validation_alias="EVENT_PROCESSOR_FETCH_MAX_WAIT_MS",
         description="longest the broker may hold a fetch for data; bounds the idle-to-first-event latency",
     )
-    processor_max_message_bytes: int = Field(
-        64 * 1024,
-        ge=256,
-        validation_alias="EVENT_PROCESSOR_MAX_MESSAGE_BYTES",
-        description="a larger message is dead-lettered as oversized",
-    )
     processor_retry_backoff_max_s: float = Field(
         10.0,
         gt=0,
