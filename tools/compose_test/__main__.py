@@ -413,6 +413,20 @@ def exercise(
             timeout_s=60,
         )
 
+    with timings.step("Redis tier with its password; the optimizer reads tuning with ADMIN_TOKEN") as notes:
+        tiers = http.get(f"{gateway}/api/v1/cache/report").json()["tiers"]
+        if not tiers["l2"]["available"] or not tiers["l2"]["entries"]:
+            raise StepFailed(f"the Redis tier is not in use: {tiers['l2']}")
+        notes.append(f"l2 entries={tiers['l2']['entries']}")
+
+        def tuning_read() -> dict[str, str] | None:
+            services = http.get(f"{gateway}/api/v1/optimizer/status").json()["services"]
+            sources = {name: str(entry["source"]) for name, entry in services.items()}
+            return sources if sources and all(s == "GET /admin/tuning" for s in sources.values()) else None
+
+        sources = wait_for("optimizer read every service's tuning", tuning_read, timeout_s=60)
+        notes.append(", ".join(sorted(sources)))
+
     with timings.step("replica caught up (replicator metrics, read inside the compose network)") as notes:
         fetch = (
             "import urllib.request;"
