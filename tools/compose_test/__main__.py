@@ -5,7 +5,7 @@ the public server images, the fleet's image offline from the wheelhouse); `docke
 (the real Compose v2 binary) against podman's Docker-compatible socket; then the user's path
 through the published gateway port only: every service healthy, a batch of events ingested and
 counted by the summary, `GET /breaker`, a CSV upload, the replica caught up, Prometheus with
-every fleet target and both exporters up, analytics stopped (the breaker opens, stale answers
+every fleet target, both exporters and Alertmanager up, analytics stopped (the breaker opens, stale answers
 are served), `down` and `up` again with the data still there. Whatever happens, every
 container, network and volume of the run's project is removed and the podman service stopped.
 
@@ -45,8 +45,8 @@ COMPOSE = Path(sys.executable).parent / "docker-compose"
 FLEET_SERVICES = ("gateway", "analytics", "optimizer", "replicator")
 # What the run starts: the default profile's fleet and servers, and from `observability` what can
 # be built here (Grafana and Jaeger cannot; nothing the path checks needs them).
-SERVICES = (*FLEET_SERVICES, "prometheus", "postgres-exporter", "redis-exporter")
-PROMETHEUS_JOBS = {*FLEET_SERVICES, "postgres", "redis"}
+SERVICES = (*FLEET_SERVICES, "prometheus", "alertmanager", "postgres-exporter", "redis-exporter")
+PROMETHEUS_JOBS = {*FLEET_SERVICES, "postgres", "redis", "alertmanager"}
 EVENTS = 200
 CSV_ROWS = 150
 
@@ -443,7 +443,7 @@ def exercise(
         lag, backlog = wait_for("replica caught up", caught_up, timeout_s=90, interval_s=2)
         notes.append(f"replication_lag_seconds={lag:.1f}, replication_backlog_seconds={backlog:.0f}")
 
-    with timings.step("Prometheus: every fleet target and both exporters up") as notes:
+    with timings.step("Prometheus: every fleet target, both exporters and Alertmanager up") as notes:
 
         def targets_up() -> dict[str, str] | None:
             data = http.get(f"http://127.0.0.1:{prometheus_port}/api/v1/targets").json()["data"]
@@ -452,6 +452,12 @@ def exercise(
 
         health = wait_for("targets up", targets_up, timeout_s=90, interval_s=2)
         notes.append(", ".join(f"{job}={state}" for job, state in sorted(health.items())))
+        # Alerts have somewhere to go.
+        managers = http.get(f"http://127.0.0.1:{prometheus_port}/api/v1/alertmanagers").json()["data"]
+        urls = [m["url"] for m in managers["activeAlertmanagers"]]
+        if not any(":9093/" in url for url in urls):
+            raise StepFailed(f"Prometheus sends alerts nowhere: {managers}")
+        notes.append(f"alerts to {', '.join(urls)}")
 
     with timings.step("stop analytics: the gateway's breaker opens and serves stale answers") as notes:
         http.get(summary_url)  # the answer the gateway keeps

@@ -240,6 +240,9 @@ def test_the_build_stage_produces_a_complete_package(tmp_path: Path) -> None:
         assert f"shared/_bundled/config/{config.name}" in names, config.name
     for static in (REPO_ROOT / "services/gateway/static").iterdir():
         assert f"services/gateway/static/{static.name}" in names, static.name
+    # The load generator ships; the laptop and test helpers never do.
+    assert "tools/load_test.py" in names
+    assert not [n for n in names if n.startswith(("tools/dev/", "tools/compose_test/"))]
     for target in ("primary", "replica"):
         shipped = {n for n in names if n.startswith(f"shared/migrations/{target}/") and n.endswith(".sql")}
         in_repo = {
