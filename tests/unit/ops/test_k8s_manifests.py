@@ -362,7 +362,11 @@ def test_uploads_spool_to_a_volume_sized_for_the_upload_limit() -> None:
     (container,) = spec["containers"]
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == spool)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-    size = _bytes(volume["emptyDir"]["sizeLimit"])
+    # A volume with a real size: a full spool fails a write (507 to that upload) instead of an
+    # emptyDir's sizeLimit evicting the pod with every upload in it.
+    assert "emptyDir" not in volume
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    size = _bytes(claim["resources"]["requests"]["storage"])
     # Concurrent uploads at the limit fit, and the spool is not the small /tmp.
     assert size >= 3 * limit
     tmp = next(v for v in spec["volumes"] if v["name"] == "tmp")
