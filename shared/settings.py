@@ -13,7 +13,17 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+# The files the fleet reads at run time (route table, breaker and monitoring config). A wheel
+# carries them inside this package (pyproject.toml: force-include), so an installed fleet finds
+# them wherever it runs from; a checkout (and its editable install) reads them where they are
+# kept, at the top of the repository. Either way the path depends on the package, never on the
+# working directory.
+_BUNDLED = PACKAGE_DIR / "_bundled"
+DATA_ROOT = _BUNDLED if _BUNDLED.is_dir() else REPO_ROOT
+CONFIG_DIR = DATA_ROOT / "config"
 
 DEFAULT_PORTS = {
     "gateway": 8080,
@@ -114,11 +124,9 @@ class FleetSettings(BaseSettings):
     )
 
     circuit_breaker_config: Path = Field(
-        REPO_ROOT / "config" / "circuit-breakers.yaml", validation_alias="CIRCUIT_BREAKER_CONFIG"
+        CONFIG_DIR / "circuit-breakers.yaml", validation_alias="CIRCUIT_BREAKER_CONFIG"
     )
-    monitoring_config: Path = Field(
-        REPO_ROOT / "config" / "monitoring.yaml", validation_alias="MONITORING_CONFIG"
-    )
+    monitoring_config: Path = Field(CONFIG_DIR / "monitoring.yaml", validation_alias="MONITORING_CONFIG")
 
     replication_interval: float = Field(1.0, gt=0, validation_alias="REPLICATION_INTERVAL")
     replication_batch_size: int = Field(50_000, ge=1, validation_alias="REPLICATION_BATCH_SIZE")

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from services.gateway.admission import request_cost
 from services.gateway.event_processor.settings import EventProcessorSettings
-from shared.settings import REPO_ROOT
+from shared.settings import CONFIG_DIR
 
 
 class GatewaySettings(EventProcessorSettings):
@@ -60,9 +60,7 @@ class GatewaySettings(EventProcessorSettings):
     )
 
     # Proxy.
-    routes_config: Path = Field(
-        REPO_ROOT / "config" / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG"
-    )
+    routes_config: Path = Field(CONFIG_DIR / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG")
     proxy_timeout_s: float = Field(10.0, gt=0, validation_alias="PROXY_TIMEOUT")
     proxy_http_transport: Literal["aiohttp", "httpcore"] = Field(
         "aiohttp",
