@@ -94,10 +94,36 @@ def parse_timestamp(value: object) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _document_lenient_input(schema: dict[str, Any]) -> None:
+    """The JSON schema of what is accepted, not only of the canonical form: ids may be numbers,
+    the timestamp epoch milliseconds, and `null` stands for a field's default (the validators
+    below). Enum values and true/false words are also accepted in any case; JSON Schema cannot
+    say "case-insensitive", so the documented values are the canonical spellings."""
+    props = schema.get("properties", {})
+    for name in ("event_id", "person_id", "door_id", "badge_id", "facility_id"):
+        if name in props:
+            props[name] = {"anyOf": [props.pop(name), {"type": "integer"}]}
+    if "timestamp" in props:
+        props["timestamp"] = {
+            "anyOf": [
+                {"type": "string", "description": "ISO 8601; a naive time is UTC"},
+                {"type": "number", "minimum": _MIN_EPOCH_MS, "maximum": _MAX_EPOCH_MS},
+            ]
+        }
+    for name in ("door_held_open_time", "entry_without_badge", "device_status"):
+        if name in props:
+            props[name] = {"anyOf": [props.pop(name), {"type": "null"}]}
+
+
 class AccessEvent(BaseModel):
     """One badge swipe (or door incident). Unknown fields are kept in `extra`."""
 
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, frozen=False)
+    model_config = ConfigDict(
+        extra="allow",
+        str_strip_whitespace=True,
+        frozen=False,
+        json_schema_extra=_document_lenient_input,
+    )
 
     event_id: str = Field(min_length=1, max_length=200)
     timestamp: datetime

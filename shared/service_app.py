@@ -1,7 +1,10 @@
 """The FastAPI app factory every service uses: health, readiness, metrics, errors, request ids.
 
 A service supplies its name, its lifespan (which opens its pools and clients and registers
-readiness checks) and its routers; the factory adds the endpoints of CONTRACT section 2.
+readiness checks) and its routers; the factory adds the endpoints every service has (`/health`,
+`/ready`, `/metrics`, `/openapi.json`, `/docs`, `/redoc`; see docs/) and the middlewares, from
+the outside in: request id, HTTP metrics, error envelope, tracing. That order is what makes a
+crash anywhere below still answer with the envelope, carry `X-Request-ID` and be counted.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import install_error_handlers
+from shared.errors import ErrorEnvelopeMiddleware, install_error_handlers
+from shared.openapi import fleet_openapi, install_offline_docs
 from shared.request_context import request_id_var
 from shared.resources import start_resource_guard
 from shared.settings import FleetSettings
@@ -63,6 +68,18 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    service: str
+    version: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "degraded"]
+    service: str
+    checks: dict[str, str] = Field(description='per dependency: "ok" or the error')
 
 
 def readiness_checks(app: FastAPI) -> dict[str, ReadinessCheck]:
@@ -113,27 +130,20 @@ def create_service_app(
         version=version,
         description=description,
         lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service_name = service
     app.state.settings = settings
     readiness_checks(app)
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    _add_common_routes(app, service, version)
+    install_offline_docs(app)
+    app.openapi = lambda: fleet_openapi(app)  # type: ignore[method-assign]
 
-    @app.get("/health", tags=["ops"])
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "service": service, "version": version}
-
-    @app.get("/ready", tags=["ops"], responses={503: {"description": "a dependency does not answer"}})
-    async def ready() -> JSONResponse:
-        checks = readiness_checks(app)
-        names = list(checks)
-        results = await asyncio.gather(*(_run_check(checks[n]) for n in names))
-        outcome: dict[str, Any] = dict(zip(names, results, strict=True))
-        healthy = all(r == "ok" for r in results)
-        body = {"status": "ok" if healthy else "degraded", "service": service, "checks": outcome}
-        return JSONResponse(body, status_code=200 if healthy else 503)
-
+    # Middlewares run in the reverse order of addition: the last added is the outermost.
+    instrument_app(app)
+    app.add_middleware(ErrorEnvelopeMiddleware)
     # Each app gets its own registry for the HTTP metrics: the instrumentator silently records
     # nothing for a second app registering the same names in one process (tests build many).
     # /metrics serves that registry plus the process-wide one (breakers, caches, processor...).
@@ -144,11 +154,37 @@ def create_service_app(
         registry=http_registry,
     ).instrument(app, metric_namespace="", metric_subsystem="")
     app.state.http_metrics_registry = http_registry
+    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         body = generate_latest(REGISTRY) + generate_latest(http_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    instrument_app(app)
     return app
+
+
+def _add_common_routes(app: FastAPI, service: str, version: str) -> None:
+    @app.get("/health", tags=["ops"], response_model=Health)
+    async def health() -> Health:
+        """Liveness: answers without touching any dependency."""
+        return Health(status="ok", service=service, version=version)
+
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "a dependency does not answer"}},
+    )
+    async def ready() -> JSONResponse:
+        """Readiness: every dependency is checked (within a timeout each)."""
+        checks = readiness_checks(app)
+        names = list(checks)
+        results = await asyncio.gather(*(_run_check(checks[n]) for n in names))
+        healthy = all(r == "ok" for r in results)
+        body = Readiness(
+            status="ok" if healthy else "degraded",
+            service=service,
+            checks=dict(zip(names, results, strict=True)),
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -33,7 +33,8 @@ class VitalReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: Literal["LCP", "CLS", "INP", "FCP", "TTFB"]
-    value: float = Field(ge=0)
+    # Times are in milliseconds (CLS is a small unitless score): an hour bounds every real one.
+    value: float = Field(ge=0, le=3_600_000)
     page: str = Field("", max_length=512)
 
     @field_validator("value")

@@ -10,11 +10,12 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from services.gateway.publisher import EventPublisher
 from services.gateway.rate_limit import IngestLimiter, Quota
 from services.gateway.settings import GatewaySettings
+from shared.api_key import PresentedApiKey
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
 from shared.errors import ApiError, validation_details
 from shared.events import AccessEvent
@@ -31,6 +32,17 @@ def get_gateway_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
+
+# Declared for the OpenAPI document only: the body is read and validated item by item below, so
+# that one bad event is reported with its index instead of failing the whole parse.
+EVENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": TypeAdapter(AccessEvent | list[AccessEvent]).json_schema()}
+        },
+    }
+}
 
 Publisher = Annotated[EventPublisher, Depends(get_publisher)]
 Settings = Annotated[GatewaySettings, Depends(get_gateway_settings)]
@@ -123,6 +135,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 @router.post(
     "/events",
     status_code=202,
+    openapi_extra=EVENTS_BODY,
     responses={
         401: {"description": "API keys are configured and X-API-Key is missing or wrong"},
         413: {"description": "too many events or too large a body"},
@@ -131,7 +144,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         503: {"description": "Kafka unavailable; retry after Retry-After seconds"},
     },
 )
-async def post_events(request: Request, publisher: Publisher, settings: Settings) -> JSONResponse:
+async def post_events(
+    request: Request, publisher: Publisher, settings: Settings, _key: PresentedApiKey
+) -> JSONResponse:
     """Accept one access event or a JSON array of them; 202 only once Kafka acknowledged every one."""
     identity = client_identity(request, settings)
     limiter: IngestLimiter = request.app.state.ingest_limiter

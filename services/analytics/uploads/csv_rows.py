@@ -101,11 +101,14 @@ def read_header(path: str) -> Header:
         fh.seek(start)
         feed = _LineFeed(fh, start)
         reader = csv.reader(iter(feed))
-        for names in reader:
-            if any(n.strip() for n in names):
-                break
-        else:
-            raise HeaderError("the file is empty: expected a header line and rows")
+        try:
+            for names in reader:
+                if any(n.strip() for n in names):
+                    break
+            else:
+                raise HeaderError("the file is empty: expected a header line and rows")
+        except csv.Error as exc:
+            raise HeaderError(f"the header line is not valid CSV: {exc}", {"line": reader.line_num}) from None
         fields = [ALIASES.get(_normal(n)) for n in names]
         seen: dict[str, str] = {}
         for name, f in zip(names, fields, strict=True):

@@ -16,9 +16,33 @@ from services.analytics.tuning import AnalyticsTuning
 from services.analytics.uploads.async_file_processor import AsyncFileProcessor
 from services.analytics.uploads.csv_rows import HeaderError
 from services.analytics.uploads.uploads import store_upload
+from shared.api_key import PresentedApiKey
 from shared.errors import ApiError
 
 router = APIRouter(prefix="/api/v1", tags=["uploads"])
+
+# Declared for the OpenAPI document only: the multipart body is streamed to disk by hand below,
+# so that a large file never sits in memory.
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the CSV file: a header line, then one access event per row",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 CSV_TYPES = {
     "text/csv",
@@ -136,13 +160,14 @@ def _processor(request: Request) -> AsyncFileProcessor:
 @router.post(
     "/uploads",
     status_code=201,
+    openapi_extra=UPLOAD_BODY,
     responses={
         413: {"description": "file too large"},
         415: {"description": "not a CSV"},
         422: {"description": "empty file or missing required columns"},
     },
 )
-async def upload_csv(request: Request) -> JSONResponse:
+async def upload_csv(request: Request, _key: PresentedApiKey) -> JSONResponse:
     """Store the access events of a CSV file. Each bad row is reported with the file line on which it
     starts (header = line 1) and the reason; good rows are stored; re-uploads store nothing twice."""
     settings = request.app.state.settings

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from services.gateway import __version__, breaker_routes
 from services.gateway.event_processor import tuning as processor_tuning
-from services.gateway.event_processor.service import ProcessorService, running_processor
+from services.gateway.event_processor.deps import Processor
+from services.gateway.event_processor.service import ProcessorStatus, running_processor
 from services.gateway.settings import GatewaySettings, get_settings
 from shared.breaker import get_breaker_registry
 from shared.service_app import create_service_app, readiness_checks
@@ -36,9 +36,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(breaker_routes.router)
     app.include_router(processor_tuning.router)
 
-    @app.get("/status", tags=["processor"])
-    async def status(request: Request) -> dict[str, Any]:
-        processor: ProcessorService = request.app.state.processor
+    @app.get("/status", tags=["status"], response_model=ProcessorStatus)
+    async def status(processor: Processor) -> ProcessorStatus:
+        """The consumer, the live tuning, and counts since start (stored, duplicates, dead letters)."""
         return processor.status()
 
     return app
