@@ -5,32 +5,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from services.gateway.publisher import EventPublisher
-from services.gateway.rate_limit import IngestLimiter, Quota
+from services.gateway.deps import KafkaBreaker, Limiter, Publisher, Settings
+from services.gateway.rate_limit import Quota
 from services.gateway.settings import GatewaySettings
 from shared.api_key import PresentedApiKey
-from shared.breaker import CircuitBreaker, CircuitBreakerOpen
+from shared.breaker import CircuitBreakerOpen
 from shared.errors import ApiError, validation_details
 from shared.events import AccessEvent
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
-
-
-def get_publisher(request: Request) -> EventPublisher:
-    publisher: EventPublisher = request.app.state.publisher
-    return publisher
-
-
-def get_gateway_settings(request: Request) -> GatewaySettings:
-    settings: GatewaySettings = request.app.state.settings
-    return settings
 
 
 # Declared for the OpenAPI document only: the body is read and validated item by item below, so
@@ -44,8 +34,9 @@ EVENTS_BODY = {
     }
 }
 
-Publisher = Annotated[EventPublisher, Depends(get_publisher)]
-Settings = Annotated[GatewaySettings, Depends(get_gateway_settings)]
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events acknowledged by Kafka")
 
 
 def parse_items(payload: Any, max_items: int) -> list[AccessEvent]:
@@ -136,6 +127,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     "/events",
     status_code=202,
     openapi_extra=EVENTS_BODY,
+    response_model=EventsAccepted,
     responses={
         401: {"description": "API keys are configured and X-API-Key is missing or wrong"},
         413: {"description": "too many events or too large a body"},
@@ -145,11 +137,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     },
 )
 async def post_events(
-    request: Request, publisher: Publisher, settings: Settings, _key: PresentedApiKey
+    request: Request,
+    publisher: Publisher,
+    settings: Settings,
+    limiter: Limiter,
+    breaker: KafkaBreaker,
+    _key: PresentedApiKey,
 ) -> JSONResponse:
     """Accept one access event or a JSON array of them; 202 only once Kafka acknowledged every one."""
     identity = client_identity(request, settings)
-    limiter: IngestLimiter = request.app.state.ingest_limiter
     quota: Quota | None = None
     if limiter.enabled:
         quota = await limiter.hit_request(identity)
@@ -161,7 +157,6 @@ async def post_events(
     events = parse_items(payload, settings.max_events_per_request)
     if limiter.enabled:
         quota = await limiter.hit_events(identity, len(events)) or quota
-    breaker: CircuitBreaker = request.app.state.kafka_breaker
     try:
         accepted = await breaker.call(publisher.publish, events)
     except CircuitBreakerOpen as exc:

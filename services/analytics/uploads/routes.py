@@ -12,10 +12,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from services.analytics.deps import Pool, Service, Settings, Tuning, Workers
+from services.analytics.responses import UploadReport
 from services.analytics.tuning import AnalyticsTuning
 from services.analytics.uploads.async_file_processor import AsyncFileProcessor
 from services.analytics.uploads.csv_rows import HeaderError
 from services.analytics.uploads.uploads import store_upload
+from services.analytics.worker_pool import WorkerPool
 from shared.api_key import PresentedApiKey
 from shared.errors import ApiError
 
@@ -150,10 +153,9 @@ async def _receive_file(request: Request, path: str, max_bytes: int) -> _FilePar
     return part
 
 
-def _processor(request: Request) -> AsyncFileProcessor:
-    tuning: AnalyticsTuning = request.app.state.tuning
+def _processor(tuning: AnalyticsTuning, workers: WorkerPool) -> AsyncFileProcessor:
     return AsyncFileProcessor(
-        request.app.state.workers, chunk_size=lambda: tuning.chunk_size, max_memory_mb=tuning.max_memory_mb
+        workers, chunk_size=lambda: tuning.chunk_size, max_memory_mb=tuning.max_memory_mb
     )
 
 
@@ -161,16 +163,24 @@ def _processor(request: Request) -> AsyncFileProcessor:
     "/uploads",
     status_code=201,
     openapi_extra=UPLOAD_BODY,
+    response_model=UploadReport,
     responses={
         413: {"description": "file too large"},
         415: {"description": "not a CSV"},
         422: {"description": "empty file or missing required columns"},
     },
 )
-async def upload_csv(request: Request, _key: PresentedApiKey) -> JSONResponse:
+async def upload_csv(
+    request: Request,
+    settings: Settings,
+    tuning: Tuning,
+    workers: Workers,
+    pool: Pool,
+    service: Service,
+    _key: PresentedApiKey,
+) -> JSONResponse:
     """Store the access events of a CSV file. Each bad row is reported with the file line on which it
     starts (header = line 1) and the reason; good rows are stored; re-uploads store nothing twice."""
-    settings = request.app.state.settings
     fd, path = tempfile.mkstemp(prefix="upload-", suffix=".csv")
     os.close(fd)
     try:
@@ -194,17 +204,16 @@ async def upload_csv(request: Request, _key: PresentedApiKey) -> JSONResponse:
             raise ApiError(
                 415, f"{part.filename!r} is binary, not a CSV file", details={"filename": part.filename}
             )
-        processor = _processor(request)
+        processor = _processor(tuning, workers)
         try:
             header = await processor.read_header(path)
         except HeaderError as exc:
             raise ApiError(422, str(exc), code="invalid_header", details=exc.details) from None
-        report = await store_upload(
-            path, header, processor, request.app.state.pool, request.app.state.analytics.db
-        )
+        report = await store_upload(path, header, processor, pool, service.db)
         if report.rows_inserted + report.rows_duplicate + report.rows_rejected == 0:
             raise ApiError(422, "the file has a header but no rows", code="empty_file")
-        return JSONResponse(report.as_dict(), status_code=201)
+        body = UploadReport.model_validate(report.as_dict()).model_dump(mode="json")
+        return JSONResponse(body, status_code=201)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -1,0 +1,44 @@
+"""Typed request dependencies of the gateway's routes: what `create_app` and its lifespan built."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.gateway.publisher import EventPublisher
+from services.gateway.rate_limit import IngestLimiter
+from services.gateway.settings import GatewaySettings
+from shared.breaker import BreakerRegistry, CircuitBreaker
+
+
+def get_publisher(request: Request) -> EventPublisher:
+    publisher: EventPublisher = request.app.state.publisher
+    return publisher
+
+
+def get_gateway_settings(request: Request) -> GatewaySettings:
+    settings: GatewaySettings = request.app.state.settings
+    return settings
+
+
+def get_breakers(request: Request) -> BreakerRegistry:
+    registry: BreakerRegistry = request.app.state.breakers
+    return registry
+
+
+def get_kafka_breaker(request: Request) -> CircuitBreaker:
+    breaker: CircuitBreaker = request.app.state.kafka_breaker
+    return breaker
+
+
+def get_ingest_limiter(request: Request) -> IngestLimiter:
+    limiter: IngestLimiter = request.app.state.ingest_limiter
+    return limiter
+
+
+Publisher = Annotated[EventPublisher, Depends(get_publisher)]
+Settings = Annotated[GatewaySettings, Depends(get_gateway_settings)]
+Breakers = Annotated[BreakerRegistry, Depends(get_breakers)]
+Limiter = Annotated[IngestLimiter, Depends(get_ingest_limiter)]
+KafkaBreaker = Annotated[CircuitBreaker, Depends(get_kafka_breaker)]
