@@ -51,9 +51,10 @@ AdminOnly = Annotated[None, Depends(require_admin)]
 
 class PartialUpdate(BaseModel):
     """Body of a `PUT /admin/tuning`: fields left out keep their current value; unknown fields
-    and an empty body are refused (422) rather than silently changing nothing."""
+    and an empty body are refused (422) rather than silently changing nothing. Strict: `"5"` or
+    `true` is not a number (a typo must not retune a running service)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:

@@ -44,7 +44,7 @@ class VitalReport(BaseModel):
 
     name: Literal["LCP", "CLS", "INP", "FCP", "TTFB"]
     # Times are in milliseconds (CLS is a small unitless score): an hour bounds every real one.
-    value: float = Field(ge=0, le=3_600_000)
+    value: float = Field(ge=0, le=3_600_000, strict=True)
     page: str = Field("", max_length=512)
 
     @field_validator("value")
@@ -58,14 +58,14 @@ class VitalReport(BaseModel):
 class FrameReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    frame_time_ms: float = Field(ge=0, le=60_000)
+    frame_time_ms: float = Field(ge=0, le=60_000, strict=True)
 
 
 class CallbackReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     callback: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    duration_s: float = Field(ge=0, le=3600)
+    duration_s: float = Field(ge=0, le=3600, strict=True)
 
 
 _VITALS = TypeAdapter(VitalReport | list[VitalReport])

@@ -56,14 +56,14 @@ def _view(service: ReplicatorService) -> ReplicatorTuningView:
 
 
 @router.get("/tuning", response_model=ReplicatorTuningView)
-async def get_tuning(service: Replicator, _: AdminOnly) -> ReplicatorTuningView:
+async def get_tuning(_: AdminOnly, service: Replicator) -> ReplicatorTuningView:
     """The replicator's live batch size and interval, their configured defaults and bounds."""
     return _view(service)
 
 
 @router.put("/tuning", response_model=ReplicatorTuningView)
 async def put_tuning(
-    service: Replicator, update: ReplicatorTuningUpdate, _: AdminOnly
+    _: AdminOnly, service: Replicator, update: ReplicatorTuningUpdate
 ) -> ReplicatorTuningView:
     """Change the batch size and/or interval; a waiting loop wakes and uses them at once."""
     before = {"batch_size": service.batch_size, "interval_seconds": service.interval_s}

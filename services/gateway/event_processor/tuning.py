@@ -57,14 +57,14 @@ def _view(processor: ProcessorService) -> ProcessorTuningView:
 
 
 @router.get("/tuning", response_model=ProcessorTuningView)
-async def get_tuning(processor: Processor, _: AdminOnly) -> ProcessorTuningView:
+async def get_tuning(_: AdminOnly, processor: Processor) -> ProcessorTuningView:
     """The event processor's live batch size and flush interval, with their bounds."""
     return _view(processor)
 
 
 @router.put("/tuning", response_model=ProcessorTuningView)
 async def put_tuning(
-    processor: Processor, update: ProcessorTuningUpdate, _: AdminOnly
+    _: AdminOnly, processor: Processor, update: ProcessorTuningUpdate
 ) -> ProcessorTuningView:
     """Change the batch size and/or flush interval; effective from the next poll."""
     tuning = processor.tuning
