@@ -153,7 +153,12 @@ def run_schemathesis(service: ServiceProcess, report: Path) -> tuple[subprocess.
     ]
     started = time.monotonic()
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False, env={**os.environ}
+        command,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+        cwd=report.parent,  # schemathesis keeps its replay cache in the working directory
     )
     return result, time.monotonic() - started
 

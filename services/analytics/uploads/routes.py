@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.analytics.deps import Pool, Service, Settings, Tuning, Workers
@@ -142,12 +143,20 @@ async def _receive_file(request: Request, path: str, max_bytes: int) -> _FilePar
     with open(path, "wb") as fh:  # noqa: ASYNC230 - opening a local temp file; writes go to a thread
         part = _FilePart(fh, max_bytes)
         parser = MultipartParser(params[b"boundary"], part.callbacks())  # type: ignore[arg-type]
-        async for data in request.stream():
-            parser.write(data)
-            if part.buffer:
-                pieces, part.buffer = part.buffer, []
-                await asyncio.to_thread(fh.writelines, pieces)
-        parser.finalize()
+        try:
+            async for data in request.stream():
+                parser.write(data)
+                if part.buffer:
+                    pieces, part.buffer = part.buffer, []
+                    await asyncio.to_thread(fh.writelines, pieces)
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise ApiError(
+                400,
+                f"the multipart/form-data body is malformed: {exc}",
+                code="malformed_multipart",
+                details={"offset": getattr(exc, "offset", None)},
+            ) from None
     if not part.found:
         raise ApiError(422, "no file in the upload: send the CSV in a multipart field named `file`")
     return part
