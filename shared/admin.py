@@ -13,14 +13,18 @@ to report the bounds.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.errors import ApiError
+from shared.errors import ApiError, error_response
 from shared.settings import FleetSettings
 
 _bearer = HTTPBearer(
@@ -30,20 +34,85 @@ _bearer = HTTPBearer(
 )
 
 
-def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    settings: FleetSettings = request.app.state.settings
+def check_admin(settings: FleetSettings, authorization: str | None) -> None:
+    """Raise the fleet's 403/401 unless `authorization` is `Bearer <ADMIN_TOKEN>`."""
     if settings.admin_token is None:
         raise ApiError(403, "the admin API is disabled: ADMIN_TOKEN is not set", code="admin_disabled")
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(
             401, "missing bearer token", code="unauthorized", headers={"WWW-Authenticate": "Bearer"}
         )
     expected = settings.admin_token.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+    if not hmac.compare_digest(token.strip().encode(), expected):
         raise ApiError(403, "invalid admin token", code="forbidden")
+
+
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    # `credentials` only documents the scheme in OpenAPI; the header is checked as sent.
+    del credentials
+    check_admin(request.app.state.settings, request.headers.get("authorization"))
+
+
+def _needs_admin(dependant: Dependant) -> bool:
+    return any(d.call is require_admin or _needs_admin(d) for d in dependant.dependencies)
+
+
+class AdminFirstMiddleware:
+    """Check the admin token before an admin route reads its body.
+
+    FastAPI reads and decodes a route's JSON body before it runs the route's dependencies, so a
+    caller without a token sending bad JSON would learn 422 (and make the service parse up to a
+    whole body) instead of 401. This pure ASGI middleware knows the write routes that depend on
+    `require_admin` (found once, from the app's route table) and answers 401/403 for them
+    first. Reads carry no body and pass straight through.
+    """
+
+    _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._guarded: list[tuple[frozenset[str], re.Pattern[str]]] | None = None
+        self._routes_seen = -1
+
+    def _admin_routes(self, application: Any) -> list[tuple[frozenset[str], re.Pattern[str]]]:
+        routes = application.router.routes
+        if self._guarded is None or self._routes_seen != len(routes):
+            guarded = []
+            for context in iter_route_contexts(routes):
+                dependant = getattr(context, "dependant", None)
+                if isinstance(dependant, Dependant) and _needs_admin(dependant):
+                    guarded.append((frozenset(context.methods or ()), context.path_regex))
+            self._guarded, self._routes_seen = guarded, len(routes)
+        return self._guarded
+
+    def _is_admin_route(self, scope: Scope) -> bool:
+        application = scope.get("app")
+        if application is None:
+            return False
+        path, method = scope["path"], scope["method"]
+        return any(
+            method in methods and regex.match(path) for methods, regex in self._admin_routes(application)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in self._BODYLESS and self._is_admin_route(scope):
+            settings: FleetSettings = scope["app"].state.settings
+            authorization = next(
+                (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None
+            )
+            try:
+                check_admin(settings, authorization)
+            except ApiError as exc:
+                response = error_response(
+                    exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 AdminOnly = Annotated[None, Depends(require_admin)]

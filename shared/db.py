@@ -37,7 +37,7 @@ async def create_pool(
         timeout=connect_timeout,
         max_inactive_connection_lifetime=300,
     )
-    assert pool is not None
+    assert pool is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
     return pool
 
 

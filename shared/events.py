@@ -1,19 +1,36 @@
-"""The access event: the one source of truth for the wire format (CONTRACT section 4).
+"""The access event: the one source of truth for the wire format (docs/reference.md, "Access events").
 
-Producers (REST ingestion, the load generator), the event processor and CSV uploads all parse
-and serialise through :class:`AccessEvent`, so a rule changes in exactly one place.
+Producers (REST ingestion, the load generator) and the event processor parse and serialise
+through :class:`AccessEvent`; its rules (limits, words, characters, time window) come from
+:mod:`shared.event_vocabulary`, which the upload validators use too.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from shared.event_vocabulary import (
+    ACCESS_RESULTS,
+    BADGE_STATUSES,
+    DEFAULT_DEVICE_STATUS,
+    FALSE_WORDS,
+    FORBIDDEN_TEXT,
+    MAX_LENGTH,
+    TRUE_WORDS,
+    AccessResult,
+    BadgeStatus,
+    extra_problem,
+    max_event_bytes,
+    parse_timestamp,
+    text_problem,
+    timestamp_problem,
+)
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -28,30 +45,16 @@ __all__ = [
     "parse_timestamp",
 ]
 
-# Events whose timestamps are more than this far from "now" are almost certainly unit mix-ups
-# (seconds sent as milliseconds, microseconds as milliseconds) and are rejected.
-_MIN_EPOCH_MS = 0
-_MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
-
 UPLOAD_NAMESPACE = uuid.UUID("6f1c1d7e-3c0a-5b8e-9a57-2d3b8f0e4c11")
 
-
-class AccessResult(StrEnum):
-    GRANTED = "Granted"
-    DENIED = "Denied"
-    TIMEOUT = "Timeout"
-    ERROR = "Error"
-
-
-class BadgeStatus(StrEnum):
-    VALID = "Valid"
-    INVALID = "Invalid"
-    EXPIRED = "Expired"
-    SUSPENDED = "Suspended"
-
-
-_RESULTS = {m.value.lower(): m for m in AccessResult}
-_BADGE_STATUSES = {m.value.lower(): m for m in BadgeStatus}
+_TEXT_FIELDS = (
+    "event_id",
+    "person_id",
+    "door_id",
+    "badge_id",
+    "device_status",
+    "facility_id",
+)  # as in _storable
 
 
 class EventParseError(ValueError):
@@ -61,37 +64,6 @@ class EventParseError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-def parse_timestamp(value: object) -> datetime:
-    """ISO 8601 string or epoch milliseconds (int, float or digit string); naive means UTC."""
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, bool):
-        raise ValueError("timestamp must be an ISO 8601 string or epoch milliseconds, not a boolean")
-    elif isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("timestamp must be a finite number of epoch milliseconds")
-        if not _MIN_EPOCH_MS <= value <= _MAX_EPOCH_MS:
-            raise ValueError("epoch milliseconds out of range")
-        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text:
-            raise ValueError("timestamp is empty")
-        if text.lstrip("-").isdigit():
-            return parse_timestamp(int(text))
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"timestamp {value!r} is neither ISO 8601 nor epoch milliseconds") from None
-    else:
-        raise ValueError("timestamp must be an ISO 8601 string or epoch milliseconds")
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def _document_lenient_input(schema: dict[str, Any]) -> None:
@@ -107,7 +79,7 @@ def _document_lenient_input(schema: dict[str, Any]) -> None:
         props["timestamp"] = {
             "anyOf": [
                 {"type": "string", "description": "ISO 8601; a naive time is UTC"},
-                {"type": "number", "minimum": _MIN_EPOCH_MS, "maximum": _MAX_EPOCH_MS},
+                {"type": "number", "description": "epoch milliseconds"},
             ]
         }
     for name in ("door_held_open_time", "entry_without_badge", "device_status"):
@@ -125,17 +97,17 @@ class AccessEvent(BaseModel):
         json_schema_extra=_document_lenient_input,
     )
 
-    event_id: str = Field(min_length=1, max_length=200)
+    event_id: str = Field(min_length=1, max_length=MAX_LENGTH["event_id"])
     timestamp: datetime
-    person_id: str = Field(min_length=1, max_length=200)
-    door_id: str = Field(min_length=1, max_length=200)
-    badge_id: str | None = Field(default=None, max_length=200)
+    person_id: str = Field(min_length=1, max_length=MAX_LENGTH["person_id"])
+    door_id: str = Field(min_length=1, max_length=MAX_LENGTH["door_id"])
+    badge_id: str | None = Field(default=None, max_length=MAX_LENGTH["badge_id"])
     access_result: AccessResult
     badge_status: BadgeStatus | None = None
     door_held_open_time: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     entry_without_badge: bool = False
-    device_status: str = Field(default="normal", max_length=100)
-    facility_id: str | None = Field(default=None, max_length=200)
+    device_status: str = Field(default=DEFAULT_DEVICE_STATUS, max_length=MAX_LENGTH["device_status"])
+    facility_id: str | None = Field(default=None, max_length=MAX_LENGTH["facility_id"])
 
     @model_validator(mode="before")
     @classmethod
@@ -165,11 +137,35 @@ class AccessEvent(BaseModel):
     def _parse_timestamp(cls, value: object) -> datetime:
         return parse_timestamp(value)
 
+    @model_validator(mode="after")
+    def _storable(self) -> AccessEvent:
+        """The vocabulary's checks that make an event storable, in one validator (each validator
+        call costs; this is the processor's hot path)."""
+        if problem := timestamp_problem(self.timestamp):
+            raise PydanticCustomError("timestamp_out_of_window", problem)
+        # One search over all text fields (the common case finds nothing); the field is looked
+        # for only when there is something to report.
+        texts = (
+            self.event_id,
+            self.person_id,
+            self.door_id,
+            self.badge_id or "",
+            self.device_status,
+            self.facility_id or "",
+        )
+        if FORBIDDEN_TEXT.search("".join(texts)):
+            for name, value in zip(_TEXT_FIELDS, texts, strict=True):
+                if problem := text_problem(value):
+                    raise PydanticCustomError("unstorable_text", f"{name} {problem}")
+        if self.__pydantic_extra__ and (problem := extra_problem(self.__pydantic_extra__)):
+            raise PydanticCustomError("unstorable_extra", problem)
+        return self
+
     @field_validator("access_result", mode="before")
     @classmethod
     def _result_any_case(cls, value: object) -> object:
         if isinstance(value, str):
-            member = _RESULTS.get(value.strip().lower())
+            member = ACCESS_RESULTS.get(value.strip().lower())
             if member is None:
                 raise ValueError(f"access_result must be one of {', '.join(m.value for m in AccessResult)}")
             return member
@@ -181,7 +177,7 @@ class AccessEvent(BaseModel):
         if isinstance(value, str):
             if not value.strip():
                 return None
-            member = _BADGE_STATUSES.get(value.strip().lower())
+            member = BADGE_STATUSES.get(value.strip().lower())
             if member is None:
                 raise ValueError(f"badge_status must be one of {', '.join(m.value for m in BadgeStatus)}")
             return member
@@ -192,15 +188,15 @@ class AccessEvent(BaseModel):
     def _bool_words(cls, value: object) -> object:
         if isinstance(value, str):
             word = value.strip().lower()
-            if word in {"", "0", "false", "no", "n", "f"}:
+            if word in FALSE_WORDS:
                 return False
-            if word in {"1", "true", "yes", "y", "t"}:
+            if word in TRUE_WORDS:
                 return True
         return value
 
     @property
     def extra(self) -> dict[str, Any]:
-        """Fields the contract does not name, kept verbatim."""
+        """Fields the event format does not name, kept verbatim."""
         return dict(self.__pydantic_extra__ or {})
 
     def extra_json(self) -> str | None:
@@ -210,7 +206,7 @@ class AccessEvent(BaseModel):
         return orjson.dumps(extra, default=str).decode()
 
     def to_wire(self) -> bytes:
-        """The JSON message as it travels on Kafka: contract field names, ISO UTC timestamp."""
+        """The JSON message as it travels on Kafka: the format's field names, ISO UTC timestamp."""
         return orjson.dumps(self.model_dump(mode="json"))
 
 
@@ -223,8 +219,18 @@ def derive_event_id(row: dict[str, Any]) -> str:
     return str(uuid.uuid5(UPLOAD_NAMESPACE, canonical.decode()))
 
 
-def parse_event_bytes(raw: bytes, *, max_bytes: int = 64 * 1024) -> AccessEvent:
-    """Parse one Kafka message; raises EventParseError with a short reason for the DLQ."""
+# Pydantic error types that are a dead-letter reason of their own.
+_OWN_REASONS = frozenset({"timestamp_out_of_window", "unstorable_text", "unstorable_extra"})
+
+
+def parse_event_bytes(raw: bytes, *, max_bytes: int | None = None) -> AccessEvent:
+    """Parse one Kafka message; raises EventParseError with a short reason for the DLQ.
+
+    Any failure, whatever raised it, becomes an EventParseError: one message can never stop
+    the partition it is in."""
+    max_bytes = max_event_bytes() if max_bytes is None else max_bytes
+    if not raw:
+        raise EventParseError("empty", "the message has no value (a tombstone or an empty message)")
     if len(raw) > max_bytes:
         raise EventParseError("oversized", f"message of {len(raw)} bytes exceeds {max_bytes}")
     try:
@@ -238,8 +244,14 @@ def parse_event_bytes(raw: bytes, *, max_bytes: int = 64 * 1024) -> AccessEvent:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or "event"
-        kind = "missing_field" if first.get("type") == "missing" else "invalid_field"
+        kind = str(first.get("type"))
+        if kind not in _OWN_REASONS:
+            kind = "missing_field" if kind == "missing" else "invalid_field"
+            if field == "timestamp" and kind == "invalid_field":
+                kind = "invalid_timestamp"
         raise EventParseError(kind, f"{field}: {first.get('msg')}") from None
+    except Exception as exc:
+        raise EventParseError("invalid_event", f"{type(exc).__name__}: {exc}") from None
 
 
 EVENT_COLUMNS = (

@@ -1,4 +1,8 @@
-"""JSON logging: one line per record with time, level, service, message, trace and request ids."""
+"""Logging: JSON lines (time, level, service, message, trace and request ids) or readable console lines.
+
+JSON is what log shippers read and stays the default whenever output is not a terminal;
+`LOG_FORMAT=console` (or `auto` on a terminal) prints `time level logger: message` instead.
+"""
 
 from __future__ import annotations
 
@@ -41,10 +45,30 @@ class FleetJsonFormatter(JsonFormatter):
         log_data["message"] = log_data.pop("message", record.getMessage())
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger (uvicorn's included) to stdout as JSON lines."""
+class ConsoleFormatter(logging.Formatter):
+    """One readable line per record, for a person at a terminal; the request id when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = current_request_id()
+        return f"{line} [request {request_id}]" if request_id else line
+
+
+def wants_console(log_format: str, stream: Any = None) -> bool:
+    """`console`, or `auto` when the stream is a terminal."""
+    if log_format == "auto":
+        stream = stream if stream is not None else sys.stdout
+        return bool(getattr(stream, "isatty", lambda: False)())
+    return log_format == "console"
+
+
+def configure_logging(service: str, level: str = "INFO", log_format: str = "auto") -> None:
+    """Route every logger (uvicorn's included) to stdout, as JSON lines or console lines."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(FleetJsonFormatter(service))
+    handler.setFormatter(ConsoleFormatter() if wants_console(log_format) else FleetJsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

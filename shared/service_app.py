@@ -2,15 +2,17 @@
 
 A service supplies its name, its lifespan (which opens its pools and clients and registers
 readiness checks) and its routers; the factory adds the endpoints every service has (`/health`,
-`/ready`, `/metrics`, `/openapi.json`, `/docs`, `/redoc`; see docs/) and the middlewares, from
-the outside in: request id, HTTP metrics, error envelope, tracing. That order is what makes a
-crash anywhere below still answer with the envelope, carry `X-Request-ID` and be counted.
+`/ready`, `/metrics`, `/openapi.json`, `/docs`, `/redoc`; docs/reference.md) and the
+middlewares, from the outside in: request id, HTTP metrics, error envelope, admin-token check,
+tracing. That order is what makes a crash anywhere below still answer with the envelope, carry
+`X-Request-ID` and be counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -23,7 +25,9 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.admin import AdminFirstMiddleware
 from shared.errors import ErrorEnvelopeMiddleware, install_error_handlers
+from shared.event_vocabulary import get_event_limits
 from shared.openapi import fleet_openapi, install_offline_docs
 from shared.request_context import request_id_var
 from shared.resources import start_resource_guard
@@ -34,6 +38,15 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 READINESS_TIMEOUT_S = 2.0
+
+log = logging.getLogger(__name__)
+
+# What `/ready` says about a failed check: a code and a fixed sentence. Exception text can hold
+# addresses, user names or bootstrap servers, so it goes to the log only.
+READINESS_MESSAGES = {
+    "timeout": f"the dependency did not answer within {READINESS_TIMEOUT_S:g}s",
+    "unavailable": "the dependency is unavailable; the service log has the cause",
+}
 
 
 class RequestIdMiddleware:
@@ -76,10 +89,18 @@ class Health(BaseModel):
     version: str
 
 
+class ReadinessError(BaseModel):
+    code: Literal["timeout", "unavailable"]
+    message: str
+
+
 class Readiness(BaseModel):
     status: Literal["ok", "degraded"]
     service: str
-    checks: dict[str, str] = Field(description='per dependency: "ok" or the error')
+    checks: dict[str, Literal["ok", "timeout", "unavailable"]] = Field(
+        description='per dependency: "ok", "timeout" or "unavailable" (the cause is logged)'
+    )
+    errors: dict[str, ReadinessError] | None = Field(None, description="only when degraded")
 
 
 def readiness_checks(app: FastAPI) -> dict[str, ReadinessCheck]:
@@ -91,13 +112,16 @@ def readiness_checks(app: FastAPI) -> dict[str, ReadinessCheck]:
     return checks
 
 
-async def _run_check(check: ReadinessCheck) -> str:
+async def _run_check(name: str, check: ReadinessCheck) -> str:
+    """ "ok", "timeout" or "unavailable"; the cause of a failure is logged, never answered."""
     try:
         await asyncio.wait_for(check(), timeout=READINESS_TIMEOUT_S)
     except TimeoutError:
-        return f"timeout after {READINESS_TIMEOUT_S:g}s"
+        log.warning("readiness check %s timed out after %gs", name, READINESS_TIMEOUT_S)
+        return "timeout"
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"[:300] or "error"
+        log.warning("readiness check %s failed: %s: %s", name, type(exc).__name__, exc)
+        return "unavailable"
     return "ok"
 
 
@@ -125,6 +149,9 @@ def create_service_app(
         finally:
             await guard.stop()
 
+    # The event vocabulary's settings (time window, event size) are read now, so a wrong value
+    # stops start-up with its name instead of failing the first event.
+    get_event_limits()
     app = FastAPI(
         title=title or f"Sentinel Fleet {service}",
         version=version,
@@ -143,6 +170,7 @@ def create_service_app(
 
     # Middlewares run in the reverse order of addition: the last added is the outermost.
     instrument_app(app)
+    app.add_middleware(AdminFirstMiddleware)
     app.add_middleware(ErrorEnvelopeMiddleware)
     # Each app gets its own registry for the HTTP metrics: the instrumentator silently records
     # nothing for a second app registering the same names in one process (tests build many).
@@ -180,11 +208,19 @@ def _add_common_routes(app: FastAPI, service: str, version: str) -> None:
         """Readiness: every dependency is checked (within a timeout each)."""
         checks = readiness_checks(app)
         names = list(checks)
-        results = await asyncio.gather(*(_run_check(checks[n]) for n in names))
+        results = await asyncio.gather(*(_run_check(n, checks[n]) for n in names))
+        outcome = dict(zip(names, results, strict=True))
         healthy = all(r == "ok" for r in results)
-        body = Readiness(
-            status="ok" if healthy else "degraded",
-            service=service,
-            checks=dict(zip(names, results, strict=True)),
+        body = Readiness.model_validate(
+            {
+                "status": "ok" if healthy else "degraded",
+                "service": service,
+                "checks": outcome,
+                "errors": None
+                if healthy
+                else {
+                    n: {"code": r, "message": READINESS_MESSAGES[r]} for n, r in outcome.items() if r != "ok"
+                },
+            }
         )
-        return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if healthy else 503)

@@ -1,4 +1,4 @@
-"""Fleet-wide settings: every variable of the contract, read from the environment and `.env`.
+"""Fleet-wide settings, read from the environment and `.env` (docs/reference.md, "Settings").
 
 Each service subclasses :class:`FleetSettings` to add its own knobs; all of them share the
 names below so one `.env` configures the whole fleet.
@@ -39,8 +39,16 @@ def _optional_fields(cls: type[BaseSettings]) -> frozenset[str]:
     return frozenset(name for name, f in cls.model_fields.items() if admits_none(f.annotation))
 
 
+class MissingSetting(RuntimeError):
+    """A setting this process cannot run without is unset; `setting` is its variable name."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 class FleetSettings(BaseSettings):
-    """Settings every service understands (CONTRACT section 3)."""
+    """Settings every service understands (docs/reference.md, "Settings", "Every service")."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -50,7 +58,15 @@ class FleetSettings(BaseSettings):
     )
 
     host: str = Field("127.0.0.1", validation_alias="HOST")
-    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", validation_alias="LOG_LEVEL", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        validation_alias="LOG_FORMAT",
+        description="json (one object per line), console (readable), "
+        "or auto: console on a terminal, else json",
+    )
 
     gateway_port: int = Field(DEFAULT_PORTS["gateway"], validation_alias="GATEWAY_PORT")
     analytics_port: int = Field(DEFAULT_PORTS["analytics"], validation_alias="ANALYTICS_PORT")
@@ -87,6 +103,10 @@ class FleetSettings(BaseSettings):
     cache_host: str = Field("localhost", validation_alias="CACHE_HOST")
     cache_port: int = Field(6379, validation_alias="CACHE_PORT")
     cache_database: int = Field(0, ge=0, validation_alias="CACHE_DATABASE")
+    cache_username: str | None = Field(None, validation_alias="CACHE_USERNAME")
+    cache_password: SecretStr | None = Field(None, validation_alias="CACHE_PASSWORD")
+    cache_tls: bool = Field(False, validation_alias="CACHE_TLS")
+    cache_tls_ca_file: Path | None = Field(None, validation_alias="CACHE_TLS_CA_FILE")
     cache_key_prefix: str = Field("sentinel", validation_alias="CACHE_KEY_PREFIX")
     cache_l1_size: int = Field(1024, ge=1, validation_alias="CACHE_L1_SIZE")
     cache_l3_path: Path | None = Field(
@@ -136,6 +156,11 @@ class FleetSettings(BaseSettings):
             return None
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     @property
     def api_key_set(self) -> frozenset[str]:
         if not self.api_keys:
@@ -144,21 +169,25 @@ class FleetSettings(BaseSettings):
 
     def require_database_url(self) -> str:
         if not self.database_url:
-            raise RuntimeError(
+            raise MissingSetting(
+                "DATABASE_URL",
                 "DATABASE_URL is not set. `make run` starts an embedded PostgreSQL and sets it; "
-                "when starting a service by hand, point DATABASE_URL at a PostgreSQL server."
+                "when starting a service by hand, point DATABASE_URL at a PostgreSQL server.",
             )
         return self.database_url
 
     def require_timescale_url(self) -> str:
         if not self.timescale_url:
-            raise RuntimeError("TIMESCALE_URL is not set (the replication target database).")
+            raise MissingSetting(
+                "TIMESCALE_URL", "TIMESCALE_URL is not set (the replication target database)."
+            )
         return self.timescale_url
 
     def require_kafka(self) -> str:
         if not self.kafka_bootstrap_servers:
-            raise RuntimeError(
-                "KAFKA_BOOTSTRAP_SERVERS is not set. `make run` starts an embedded broker and sets it."
+            raise MissingSetting(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "KAFKA_BOOTSTRAP_SERVERS is not set. `make run` starts an embedded broker and sets it.",
             )
         return self.kafka_bootstrap_servers
 

@@ -110,7 +110,7 @@ class EventGenerator:
         result = self._rng.choices(_RESULTS, weights=_RESULT_WEIGHTS, k=1)[0]
         event_id = f"load-{self._run}-{n}"
         if self.shape == "original":
-            # The original load generator: no badge fields, naive ISO timestamp (UTC by contract).
+            # The original load generator: no badge fields, naive ISO timestamp (read as UTC).
             message: dict[str, Any] = {
                 "event_id": event_id,
                 "timestamp": now.replace(tzinfo=None).isoformat(timespec="microseconds"),
@@ -351,11 +351,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape",
         choices=("fleet", "original"),
         default="fleet",
-        help="fleet: every contract field; original: the original system's 5-field message",
+        help="fleet: every field of the event format; original: the original system's 5-field message",
     )
-    parser.add_argument("--people", type=_bounded(int, 1, 10_000_000, "--people"), default=500)
-    parser.add_argument("--doors", type=_bounded(int, 1, 1_000_000, "--doors"), default=60)
-    parser.add_argument("--facilities", type=_bounded(int, 1, 10_000, "--facilities"), default=3)
+    parser.add_argument(
+        "--people",
+        type=_bounded(int, 1, 10_000_000, "--people"),
+        default=500,
+        help="distinct person ids in the generated events (default: 500)",
+    )
+    parser.add_argument(
+        "--doors",
+        type=_bounded(int, 1, 1_000_000, "--doors"),
+        default=60,
+        help="distinct door ids (default: 60)",
+    )
+    parser.add_argument(
+        "--facilities",
+        type=_bounded(int, 1, 10_000, "--facilities"),
+        default=3,
+        help="distinct facility ids (default: 3)",
+    )
     parser.add_argument("--seed", type=int, help="make the people, doors and outcomes reproducible")
     parser.add_argument("--api-key", help="sent as X-API-Key (needed when the gateway sets API_KEYS)")
     parser.add_argument(

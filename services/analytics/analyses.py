@@ -8,18 +8,20 @@ instead of queueing requests on a dead server.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from services.analytics import anomalies, patterns
-from services.analytics.anomalies import AnomalyParameters
+from services.analytics.anomalies import AnomalyParameters, AnomalyWindow, WindowTooLarge
 from services.analytics.filters import EventFilter
 from services.analytics.invalidation import filter_tags
 from services.analytics.summary import access_summary
 from services.analytics.worker_pool import WorkerPool
 from shared.breaker import CircuitBreaker
 from shared.cache import HierarchicalCacheManager, cache_with_lock
+from shared.errors import ApiError
 
 # Cache names (the keys of `cache_ttl_seconds` in the tuning API) and their default TTLs.
 CACHE_TTLS = {"patterns": 600.0, "summary": 60.0, "anomalies": 120.0}
@@ -36,11 +38,13 @@ class AnalyticsService:
         workers: WorkerPool,
         cache_manager: HierarchicalCacheManager,
         database_breaker: CircuitBreaker,
+        anomaly_window: AnomalyWindow | None = None,
     ) -> None:
         self.pool = pool
         self.workers = workers
         self.cache_manager = cache_manager
         self.db = database_breaker
+        self.anomaly_window = anomaly_window or AnomalyWindow()
 
     @cache_with_lock(ttl_seconds=CACHE_TTLS["patterns"], name="patterns", tags=_tags)
     async def get_unique_patterns_analysis(self, flt: EventFilter) -> dict[str, Any]:
@@ -53,12 +57,23 @@ class AnalyticsService:
 
     @cache_with_lock(ttl_seconds=CACHE_TTLS["anomalies"], name="anomalies", tags=_tags)
     async def get_anomalies(self, flt: EventFilter, params: AnomalyParameters) -> dict[str, Any]:
+        newest = None if flt.end is not None else await self.db.call(anomalies.newest_event, self.pool, flt)
+        flt = self.anomaly_filter(flt, newest)
         inputs = await self.db.call(anomalies.fetch_inputs, self.pool, flt, params)
         detected = await self.workers.run(
             anomalies.detect_in_frames, inputs["denials"], inputs["profile"], params
         )
         unusual_events = await self.db.call(anomalies.fetch_unusual_events, self.pool, flt, detected["cells"])
         return anomalies.assemble(inputs, detected, unusual_events, params, flt)
+
+    def anomaly_filter(self, flt: EventFilter, newest: datetime | None) -> EventFilter:
+        """The bounded window of the anomaly analysis for `flt` (422 when it spans too much)."""
+        try:
+            return anomalies.bounded_filter(flt, newest, self.anomaly_window)
+        except WindowTooLarge as exc:
+            raise ApiError(
+                422, str(exc), code="window_too_large", details={"max_days": self.anomaly_window.maximum.days}
+            ) from None
 
     def cached_functions(self) -> dict[str, Any]:
         """Cache name → bound method, for the warmer."""

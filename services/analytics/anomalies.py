@@ -11,11 +11,16 @@ Kinds found:
 
 Filtering (denials, per-person hour histograms, flagged rows) happens in SQL; the burst and
 hour-profile logic runs in pandas in a worker process on those already small sets.
+
+The analysis always runs over a bounded window (`AnomalyWindow`): without `start` it covers the
+`default` span up to `end` (or up to the newest stored event), and a request spanning more than
+`maximum` is refused with 422, so no request makes the service load every denial ever stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
@@ -33,6 +38,44 @@ class AnomalyParameters:
     unusual_hour_max_share: float = 0.02
     held_open_threshold_s: float = 30.0
     limit: int = 100  # findings listed per kind; `counts` always has the full numbers
+
+
+@dataclass(frozen=True)
+class AnomalyWindow:
+    default: timedelta = timedelta(days=31)
+    maximum: timedelta = timedelta(days=92)
+
+
+class WindowTooLarge(ValueError):
+    """The filter spans more than the analysis may cover (422)."""
+
+
+_NEWEST_SQL = "SELECT max(time) FROM access_events{where}"
+
+
+async def newest_event(pool: asyncpg.Pool, flt: EventFilter) -> datetime | None:
+    """The time of the newest event matching the filter's facility (and before its end)."""
+    where, args = flt.model_copy(update={"start": None}).where()
+    newest: datetime | None = await pool.fetchval(_NEWEST_SQL.format(where=where), *args)
+    return newest
+
+
+def bounded_filter(flt: EventFilter, newest: datetime | None, window: AnomalyWindow) -> EventFilter:
+    """`flt` with both ends set and at most `window.maximum` apart, or WindowTooLarge.
+
+    Without `end` the window ends just past the newest event (`newest`; now when there is
+    none); without `start` it begins `window.default` before its end.
+    """
+    end = flt.end
+    if end is None:
+        end = newest + timedelta(microseconds=1) if newest is not None else datetime.now(UTC)
+    start = flt.start if flt.start is not None else end - window.default
+    if end - start > window.maximum:
+        raise WindowTooLarge(
+            f"the anomaly analysis covers at most {window.maximum.days} days; "
+            f"the filter spans {(end - start).days} days: narrow start and end"
+        )
+    return flt.model_copy(update={"start": start, "end": end})
 
 
 _DENIALS_SQL = """
@@ -228,10 +271,10 @@ async def fetch_inputs(pool: asyncpg.Pool, flt: EventFilter, params: AnomalyPara
                 condition = condition.replace("${t}", f"${len(args) + 1}")
             full_where = f" WHERE {condition}" + _and(where)
             counts[kind] = int(
-                await conn.fetchval(f"SELECT count(*) FROM access_events{full_where}", *args, *extra)
+                await conn.fetchval(f"SELECT count(*) FROM access_events{full_where}", *args, *extra)  # noqa: S608  fixed SQL fragments; every value is a $n parameter
             )
             flagged[kind] = await conn.fetch(
-                f"SELECT {_FLAGGED_COLUMNS} FROM access_events{full_where} ORDER BY time, event_id "
+                f"SELECT {_FLAGGED_COLUMNS} FROM access_events{full_where} ORDER BY time, event_id "  # noqa: S608  fixed SQL fragments; every value is a $n parameter
                 f"LIMIT {int(params.limit)}",
                 *args,
                 *extra,

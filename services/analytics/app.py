@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from services.analytics import __version__, admin_routes, performance_routes, routes
 from services.analytics.analyses import CACHE_TTLS, AnalyticsService
+from services.analytics.anomalies import AnomalyWindow
 from services.analytics.invalidation import EventsListener
 from services.analytics.settings import AnalyticsSettings, get_settings
 from services.analytics.tuning import AnalyticsTuning
@@ -73,7 +75,13 @@ async def _open_resources(
     app.state.workers = workers
     cache = await _open_cache(app, dsn, settings, stack)
     breakers = get_breaker_registry(settings.circuit_breaker_config)
-    service = AnalyticsService(pool, workers, cache, breakers.get("database"))
+    window = AnomalyWindow(
+        default=timedelta(days=settings.anomalies_default_window_days),
+        maximum=timedelta(
+            days=max(settings.anomalies_max_window_days, settings.anomalies_default_window_days)
+        ),
+    )
+    service = AnalyticsService(pool, workers, cache, breakers.get("database"), window)
     app.state.analytics = service
     app.state.tuning = AnalyticsTuning(
         chunk_size=settings.analytics_chunk_size,

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Query
 from pydantic import BaseModel, model_validator
 
-from shared.events import parse_timestamp
+from shared.errors import ApiError
+from shared.event_vocabulary import MAX_LENGTH, parse_timestamp, text_problem
 
 
 class EventFilter(BaseModel):
@@ -37,24 +38,27 @@ class EventFilter(BaseModel):
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _parse_optional_time(value: str | None, name: str) -> datetime | None:
-    from shared.errors import ApiError
+def _invalid(name: str, problem: object) -> ApiError:
+    return ApiError(422, f"query parameter {name!r}: {problem}", details={"loc": f"query.{name}"})
 
+
+def _parse_optional_time(value: str | None, name: str) -> datetime | None:
+    """Any instant the vocabulary can parse (no event window: a query may reach past it)."""
     if value is None or value == "":
         return None
     try:
         return parse_timestamp(value)
-    except ValueError as exc:
-        raise ApiError(422, f"query parameter {name!r}: {exc}", details={"loc": f"query.{name}"}) from None
+    except ValueError as exc:  # parse_timestamp raises nothing else, overflow included
+        raise _invalid(name, exc) from None
 
 
 def event_filter(
     start: Annotated[str | None, Query(description="ISO 8601 or epoch ms; inclusive")] = None,
     end: Annotated[str | None, Query(description="ISO 8601 or epoch ms; exclusive")] = None,
-    facility_id: Annotated[str | None, Query(max_length=200)] = None,
+    facility_id: Annotated[str | None, Query(max_length=MAX_LENGTH["facility_id"])] = None,
 ) -> EventFilter:
-    from shared.errors import ApiError
-
+    if facility_id and (problem := text_problem(facility_id)):
+        raise _invalid("facility_id", problem)
     try:
         return EventFilter(
             start=_parse_optional_time(start, "start"),

@@ -1,9 +1,9 @@
 """New events invalidate the analyses they can change: PostgreSQL tells, analytics listens.
 
-The primary database's trigger (migration 0003) sends one notification per stored batch on
+The primary database's trigger (migrations 0003 and 0005) sends one notification per stored batch on
 `access_events_written`, with the facilities in it. This listener turns that into cache tags:
 `facility:<f>` for each facility plus `facility:*` (analyses without a facility filter);
-when the list is absent (very many facilities) the whole `events` tag. Whoever wrote the
+when the list is absent (very many, or too long for a notification) the whole `events` tag. Whoever wrote the
 events (processor, uploads, a manual INSERT) needs no knowledge of the cache, and every
 analytics process hears it independently.
 

@@ -31,6 +31,7 @@ from shared.performance import export_history_csv, export_history_json, get_perf
 from shared.performance.alerts import AlertDispatcher
 from shared.performance.config import load_monitoring_config
 from shared.performance.realtime import RealTimePerformanceTracker, set_realtime_tracker
+from shared.request_body import read_body_limited
 from shared.settings import FleetSettings
 
 MAX_BODY_BYTES = 256 * 1024
@@ -75,9 +76,7 @@ _UI = TypeAdapter(FrameReport | CallbackReport | list[FrameReport | CallbackRepo
 async def _parse(request: Request, adapter: TypeAdapter[Any]) -> list[Any]:
     """Beacons arrive as JSON whatever their content type (`navigator.sendBeacon` sends text/plain
     for strings), so the body is decoded here rather than by FastAPI's content-type check."""
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    body = await read_body_limited(request, MAX_BODY_BYTES)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -56,7 +56,10 @@ async def detected_anomalies(
     held_open_threshold_s: Annotated[float, Query(ge=0, le=86400)] = 30.0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> AnomalyReport:
-    """Denial bursts, unusual hours, invalid badges granted, doors held open, entries without badge."""
+    """Denial bursts, unusual hours, invalid badges granted, doors held open, entries without badge.
+
+    Over at most ANOMALIES_MAX_WINDOW_DAYS (422 beyond); without `start`, the
+    ANOMALIES_DEFAULT_WINDOW_DAYS up to `end` or the newest event."""
     params = AnomalyParameters(
         burst_min_denials=burst_min_denials,
         burst_window_s=burst_window_s,
@@ -65,6 +68,9 @@ async def detected_anomalies(
         held_open_threshold_s=held_open_threshold_s,
         limit=limit,
     )
+    if flt.start is not None and flt.end is not None:
+        # Refused before the cache: a request that can never be answered is not a computation.
+        service.anomaly_filter(flt, None)
     result = await service.get_anomalies(flt, params)
     _cache_headers(response)
     return AnomalyReport.model_validate(result)

@@ -36,7 +36,7 @@ async def access_summary(pool: asyncpg.Pool, flt: EventFilter, top: int = 10) ->
         by_hour_rows = await conn.fetch(_BY_HOUR_SQL.format(where=where), *params)
         top_sql = _TOP_DOORS_SQL.format(where=where).replace("$__limit", f"${len(params) + 1}")
         top_rows = await conn.fetch(top_sql, *params, top)
-    assert totals is not None
+    assert totals is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
     total = int(totals["total"])
     by_hour = {str(h): 0 for h in range(24)}
     for row in by_hour_rows:

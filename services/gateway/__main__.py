@@ -1,6 +1,45 @@
-from services.gateway.app import create_app
-from services.gateway.settings import get_settings
-from shared.runner import serve
+"""`python -m services.gateway`: the gateway (ingestion, proxy, breakers; hosts the event processor)."""
 
-settings = get_settings()
-serve("gateway", lambda: create_app(settings), settings, port=settings.gateway_port)
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from services.gateway.routes_table import RouteConfigError
+from services.gateway.settings import GatewaySettings, get_settings
+from shared.runner import run_service
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def _require(settings: GatewaySettings) -> None:
+    settings.require_kafka()
+    if settings.run_event_processor:
+        settings.require_database_url()
+
+
+def _create_app(settings: GatewaySettings) -> FastAPI:
+    from services.gateway.app import create_app  # the web stack loads only once the settings are good
+
+    return create_app(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service(
+        "gateway",
+        module="services.gateway",
+        description="The fleet's front door: event ingestion, the proxy with circuit breakers, and "
+        "the event processor unless GATEWAY_RUN_EVENT_PROCESSOR=false. Serves on HOST:GATEWAY_PORT.",
+        settings=get_settings,
+        app_factory=_create_app,
+        port=lambda s: s.gateway_port,
+        require=_require,
+        config_errors=(RouteConfigError,),
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

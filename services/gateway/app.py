@@ -6,8 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.gateway import __version__, breaker_routes, dashboard, ingest, proxy
+from services.gateway.admission import MemoryBudget
 from services.gateway.event_processor import tuning as processor_tuning
 from services.gateway.event_processor.service import running_processor
 from services.gateway.http_client import create_upstream_client
@@ -17,6 +19,7 @@ from services.gateway.routes_table import load_routes
 from services.gateway.settings import GatewaySettings, get_settings
 from services.gateway.stale_cache import StaleCache
 from shared.breaker import get_breaker_registry
+from shared.redis_options import redis_connection_options
 from shared.service_app import create_service_app, readiness_checks
 
 
@@ -26,7 +29,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     breakers = get_breaker_registry(settings.circuit_breaker_config)
     routes = load_routes(settings.routes_config, settings)
     limiter = IngestLimiter(
-        settings.ingest_rate_limit, settings.ingest_events_rate_limit, settings.rate_limit_storage_uri
+        settings.ingest_rate_limit,
+        settings.ingest_events_rate_limit,
+        settings.rate_limit_storage_uri,
+        redis_options=lambda tls: redis_connection_options(settings, tls=tls),
     )
 
     @contextlib.asynccontextmanager
@@ -70,9 +76,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Front door of the fleet: event ingestion, proxy and circuit breakers.",
     )
+    if settings.trusted_proxy_list:
+        # uvicorn's own handling, scoped to the proxies named: `request.client` becomes the
+        # rightmost X-Forwarded-For address that is not one of them.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     app.state.breakers = breakers
     app.state.kafka_breaker = breakers.get("kafka")
     app.state.ingest_limiter = limiter
+    app.state.ingest_budget = MemoryBudget(settings.ingest_memory_budget_mb * 1024 * 1024)
     app.state.routes = routes
     app.include_router(ingest.router)
     app.include_router(breaker_routes.router)

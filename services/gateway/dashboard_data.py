@@ -175,7 +175,7 @@ class DashboardSources:
 
     async def _service_latency(self, name: str, base_url: str | None) -> dict[str, Any]:
         if base_url is None:
-            assert self.http_registry is not None
+            assert self.http_registry is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
             samples = parse_metrics(generate_latest(self.http_registry).decode())
         else:
             samples = await self._get_metrics(base_url)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from services.gateway.admission import MemoryBudget
 from services.gateway.publisher import EventPublisher
 from services.gateway.rate_limit import IngestLimiter
 from services.gateway.settings import GatewaySettings
@@ -32,6 +33,11 @@ def get_kafka_breaker(request: Request) -> CircuitBreaker:
     return breaker
 
 
+def get_ingest_budget(request: Request) -> MemoryBudget:
+    budget: MemoryBudget = request.app.state.ingest_budget
+    return budget
+
+
 def get_ingest_limiter(request: Request) -> IngestLimiter:
     limiter: IngestLimiter = request.app.state.ingest_limiter
     return limiter
@@ -42,3 +48,4 @@ Settings = Annotated[GatewaySettings, Depends(get_gateway_settings)]
 Breakers = Annotated[BreakerRegistry, Depends(get_breakers)]
 Limiter = Annotated[IngestLimiter, Depends(get_ingest_limiter)]
 KafkaBreaker = Annotated[CircuitBreaker, Depends(get_kafka_breaker)]
+IngestBudget = Annotated[MemoryBudget, Depends(get_ingest_budget)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -20,15 +21,17 @@ from opentelemetry import propagate
 from prometheus_client import Counter
 from starlette.responses import Response, StreamingResponse
 
-from services.gateway.routes_table import ResolvedRoute
+from services.gateway.routes_table import ResolvedRoute, Route, UnsafePath, normalise_path
 from services.gateway.stale_cache import StaleCache
+from shared.api_keys import authenticate
 from shared.breaker import BreakerRegistry, CircuitBreakerOpen
-from shared.errors import error_response
+from shared.errors import ApiError, error_response
 from shared.request_context import current_request_id
 
 PROXY_REQUESTS = Counter(
     "gateway_proxy_requests_total",
-    "Proxied requests by route prefix and outcome (forwarded, stale, rejected, unavailable, timeout)",
+    "Proxied requests by route prefix and outcome "
+    "(forwarded, stale, rejected, unavailable, timeout, refused)",
     ["route", "outcome"],
 )
 
@@ -123,119 +126,144 @@ def _cacheable(request: Request, upstream: httpx.Response) -> bool:
     return "authorization" not in request.headers and "cookie" not in request.headers
 
 
+@dataclass
+class _Call:
+    """One proxied request on its way: where it goes and what it may fall back to."""
+
+    target: ResolvedRoute
+    url: str
+    cache_key: str | None
+
+    @property
+    def route(self) -> Route:
+        return self.target.route
+
+    @property
+    def service(self) -> str:
+        return self.route.upstream.removesuffix("_url")
+
+
 class Proxy:
+    """Forwards a request in named steps: authenticate, normalise the path, pass the breaker,
+    send, relay the answer. Each step either moves the call on or answers itself."""
+
     def __init__(self, client: httpx.AsyncClient, breakers: BreakerRegistry, stale: StaleCache) -> None:
         self.client = client
         self.breakers = breakers
         self.stale = stale
 
     async def forward(self, request: Request, target: ResolvedRoute) -> Response:
-        route = target.route
-        breaker = self.breakers.get(route.breaker)
-        is_get = request.method == "GET"
-        cache_key = self._cache_key(request) if is_get and route.stale_for > 0 else None
+        self._authenticate(request, target.route)
+        call = self._prepare(request, target)
+        breaker = self.breakers.get(call.route.breaker)
         try:
             permit = breaker.acquire()
         except CircuitBreakerOpen as exc:
             return self._unavailable(
-                route.prefix,
-                cache_key,
-                route.stale_for,
+                call,
                 503,
                 "rejected",
-                f"{route.upstream.removesuffix('_url')} is unavailable "
-                f"(circuit breaker {exc.name!r} is {exc.state})",
+                f"{call.service} is unavailable (circuit breaker {exc.name!r} is {exc.state})",
                 exc.retry_after,
                 {"breaker": exc.name, "state": exc.state},
             )
-        scope = request.scope
-        url = target.base_url + scope.get("raw_path", scope["path"].encode()).decode("latin-1")
-        if scope["query_string"]:
-            url += "?" + scope["query_string"].decode("latin-1")
-        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         try:
-            upstream_request = self.client.build_request(
-                request.method,
-                url,
-                headers=forward_headers(request),
-                content=request.stream() if has_body else None,
-                timeout=httpx.Timeout(route.timeout, connect=min(route.timeout, 3.0)),
-            )
-            upstream = await self.client.send(upstream_request, stream=True)
-        except httpx.ConnectTimeout as exc:
-            # Also what the aiohttp transport raises for a refused connection.
-            permit.record_exception(exc)
-            return self._unavailable(
-                route.prefix,
-                cache_key,
-                route.stale_for,
-                503,
-                "unavailable",
-                f"{route.upstream.removesuffix('_url')} is unreachable",
-                breaker.retry_after or 1.0,
-                None,
-            )
-        except httpx.TimeoutException as exc:
-            permit.record_exception(exc)
-            return self._unavailable(
-                route.prefix,
-                cache_key,
-                route.stale_for,
-                504,
-                "timeout",
-                f"{route.upstream.removesuffix('_url')} did not answer within {route.timeout:g}s",
-                1.0,
-                None,
-            )
+            upstream = await self._send(request, call)
         except httpx.TransportError as exc:
             permit.record_exception(exc)
-            return self._unavailable(
-                route.prefix,
-                cache_key,
-                route.stale_for,
-                503,
-                "unavailable",
-                f"{route.upstream.removesuffix('_url')} is unreachable: {type(exc).__name__}",
-                breaker.retry_after or 1.0,
-                None,
-            )
+            return self._transport_failure(call, exc, breaker.retry_after)
         except BaseException:
             permit.release()
             raise
         permit.record_result(upstream)
-        PROXY_REQUESTS.labels(route=route.prefix, outcome="forwarded").inc()
+        PROXY_REQUESTS.labels(route=call.route.prefix, outcome="forwarded").inc()
+        return await self._relay_answer(request, call, upstream)
+
+    # -- steps -------------------------------------------------------------------------------
+    @staticmethod
+    def _authenticate(request: Request, route: Route) -> None:
+        """Writes the route marks as keyed (uploads) need X-API-Key here already, so an
+        unauthenticated body is refused before it is streamed to the upstream."""
+        if request.method in route.require_api_key:
+            authenticate(request.app.state.settings, request.headers.get("x-api-key"))
+
+    def _prepare(self, request: Request, target: ResolvedRoute) -> _Call:
+        """Normalise the path, check it still belongs to the route, build the upstream URL."""
+        scope = request.scope
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        try:
+            path = normalise_path(raw_path.partition(b"?")[0])
+        except UnsafePath as exc:
+            PROXY_REQUESTS.labels(route=target.route.prefix, outcome="refused").inc()
+            raise ApiError(400, f"refused path: {exc}", code="unsafe_path") from None
+        if not target.route.matches(path.decoded):
+            PROXY_REQUESTS.labels(route=target.route.prefix, outcome="refused").inc()
+            raise ApiError(400, "refused path: it does not belong to this route", code="unsafe_path")
+        url = target.base_url + path.encoded
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        cache_key = None
+        if request.method == "GET" and target.route.stale_for > 0:
+            cache_key = self._cache_key(request, path.decoded)
+        return _Call(target, url, cache_key)
+
+    async def _send(self, request: Request, call: _Call) -> httpx.Response:
+        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+        upstream_request = self.client.build_request(
+            request.method,
+            call.url,
+            headers=forward_headers(request),
+            content=request.stream() if has_body else None,
+            timeout=httpx.Timeout(call.route.timeout, connect=min(call.route.timeout, 3.0)),
+        )
+        return await self.client.send(upstream_request, stream=True)
+
+    def _transport_failure(self, call: _Call, exc: httpx.TransportError, retry_after: float) -> Response:
+        if isinstance(exc, httpx.ConnectTimeout):
+            # Also what the aiohttp transport raises for a refused connection.
+            message, status, outcome = f"{call.service} is unreachable", 503, "unavailable"
+        elif isinstance(exc, httpx.TimeoutException):
+            return self._unavailable(
+                call,
+                504,
+                "timeout",
+                f"{call.service} did not answer within {call.route.timeout:g}s",
+                1.0,
+                None,
+            )
+        else:
+            message = f"{call.service} is unreachable: {type(exc).__name__}"
+            status, outcome = 503, "unavailable"
+        return self._unavailable(call, status, outcome, message, retry_after or 1.0, None)
+
+    async def _relay_answer(self, request: Request, call: _Call, upstream: httpx.Response) -> Response:
+        """Small answers of known length are read whole (and kept for stale answers); the rest
+        stream through."""
         length = upstream.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT_BYTES:
-            try:
-                body = b"".join([chunk async for chunk in upstream.aiter_raw()])
-            except httpx.HTTPError as exc:
-                return self._unavailable(
-                    route.prefix,
-                    cache_key,
-                    route.stale_for,
-                    502,
-                    "unavailable",
-                    f"the upstream answer broke off: {type(exc).__name__}",
-                    1.0,
-                    None,
-                )
-            finally:
-                await upstream.aclose()
-            headers = _answer_headers(upstream, keep_length=False)
-            if cache_key is not None and _cacheable(request, upstream):
-                self.stale.put(cache_key, upstream.status_code, headers, body)
-            response = Response(body, status_code=upstream.status_code)
-            response.raw_headers.extend(headers)
-            return response
-        streaming = StreamingResponse(_relay(upstream), status_code=upstream.status_code)
-        streaming.raw_headers = _answer_headers(upstream, keep_length=True)
-        return streaming
+        if length is None or not length.isdigit() or int(length) > BUFFER_LIMIT_BYTES:
+            streaming = StreamingResponse(_relay(upstream), status_code=upstream.status_code)
+            streaming.raw_headers = _answer_headers(upstream, keep_length=True)
+            return streaming
+        try:
+            body = b"".join([chunk async for chunk in upstream.aiter_raw()])
+        except httpx.HTTPError as exc:
+            return self._unavailable(
+                call, 502, "unavailable", f"the upstream answer broke off: {type(exc).__name__}", 1.0, None
+            )
+        finally:
+            await upstream.aclose()
+        headers = _answer_headers(upstream, keep_length=False)
+        if call.cache_key is not None and _cacheable(request, upstream):
+            self.stale.put(call.cache_key, upstream.status_code, headers, body)
+        response = Response(body, status_code=upstream.status_code)
+        response.raw_headers.extend(headers)
+        return response
 
     @staticmethod
-    def _cache_key(request: Request) -> str:
+    def _cache_key(request: Request, path: str) -> str:
         scope = request.scope
         return "{}?{}|{}|{}".format(
-            scope["path"],
+            path,
             scope["query_string"].decode("latin-1"),
             request.headers.get("accept", ""),
             request.headers.get("accept-encoding", ""),
@@ -243,17 +271,16 @@ class Proxy:
 
     def _unavailable(
         self,
-        prefix: str,
-        cache_key: str | None,
-        stale_for: float,
+        call: _Call,
         status: int,
         outcome: str,
         message: str,
         retry_after: float,
         details: dict[str, Any] | None,
     ) -> Response:
-        if cache_key is not None:
-            cached = self.stale.get(cache_key, stale_for)
+        prefix = call.route.prefix
+        if call.cache_key is not None:
+            cached = self.stale.get(call.cache_key, call.route.stale_for)
             if cached is not None:
                 PROXY_REQUESTS.labels(route=prefix, outcome="stale").inc()
                 response = Response(cached.body, status_code=cached.status_code)

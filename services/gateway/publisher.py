@@ -1,4 +1,15 @@
-"""Publishes access events to Kafka and reports success only once the broker acknowledged them."""
+"""Publishes access events to Kafka and says exactly which ones the broker acknowledged.
+
+Kafka without transactions (the embedded broker has none) cannot publish a batch all or
+nothing, so the answer is made true instead: when not every event is acknowledged, the error
+carries the indices that were and the ones whose fate is unknown. Storage is idempotent by
+`event_id`, so a client may always resend the whole request.
+
+Two kinds of failure, kept apart because the `kafka` breaker must count only the broker's:
+:class:`BrokerUnavailable` (no connection, no acknowledgement in time: a ConnectionError, which
+the breaker counts) and :class:`MessageRefused` (the broker or the client library refused a
+message for what it is, such as its size: the broker is fine, nothing is counted).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +17,46 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from shared.events import AccessEvent
+from shared.breaker import MESSAGE_CAUSED, CausedByInput
 from shared.kafka import create_producer, ensure_topics
 
 log = logging.getLogger(__name__)
 
 
-class BrokerUnavailable(ConnectionError):
-    """Kafka did not acknowledge in time; the caller answers 503 with Retry-After.
+@dataclass(frozen=True)
+class Message:
+    key: bytes
+    value: bytes
 
-    A ConnectionError, so the `kafka` circuit breaker counts it as a failure."""
+
+@dataclass
+class PublishOutcome:
+    """Indices (in request order) by what the broker said about them."""
+
+    acknowledged: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # certainly not published
+    unknown: list[int] = field(default_factory=list)  # sent, no answer in time: maybe published
+
+
+class PublishIncomplete(Exception):
+    """Not every event was acknowledged; `outcome` says which were."""
+
+    def __init__(self, message: str, outcome: PublishOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class BrokerUnavailable(PublishIncomplete, ConnectionError):
+    """Kafka could not be reached or did not acknowledge in time; counted by the `kafka` breaker."""
+
+
+class MessageRefused(PublishIncomplete, CausedByInput):
+    """A message was refused for what it is (e.g. too large); never counted by the breaker."""
 
 
 class EventPublisher:
@@ -35,7 +72,7 @@ class EventPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
-    async def _ensure_producer(self) -> AIOKafkaProducer:
+    async def _ensure_producer(self, count: int) -> AIOKafkaProducer:
         if self._producer is not None:
             return self._producer
         async with self._lock:
@@ -53,25 +90,59 @@ class EventPublisher:
                 except (KafkaError, TimeoutError, OSError) as exc:
                     with contextlib.suppress(Exception):
                         await producer.stop()
-                    raise BrokerUnavailable(f"Kafka at {self.bootstrap_servers} unavailable: {exc}") from exc
+                    # The details (servers, error) go to the log, never to the client.
+                    log.warning("Kafka at %s unavailable: %r", self.bootstrap_servers, exc)
+                    raise BrokerUnavailable(
+                        "the broker is unavailable", PublishOutcome(refused=list(range(count)))
+                    ) from exc
                 self._producer = producer
         return self._producer
 
-    async def publish(self, events: Sequence[AccessEvent]) -> int:
-        """Send every event (key = door_id, so a door's events stay ordered) and wait for acks=all."""
-        producer = await self._ensure_producer()
-        try:
-            futures = [
-                await producer.send(self.topic, event.to_wire(), key=event.door_id.encode())
-                for event in events
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.timeout_s)
-        except (KafkaError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"Kafka did not acknowledge: {exc or type(exc).__name__}") from exc
-        return len(futures)
+    async def publish(self, messages: Sequence[Message]) -> int:
+        """Send every message and wait for acks=all; returns how many, or raises PublishIncomplete.
+
+        Sending stops at the first message the producer refuses; the ones before it are still
+        awaited, so the outcome is exact for every index."""
+        producer = await self._ensure_producer(len(messages))
+        futures: list[asyncio.Future[object]] = []
+        send_error: BaseException | None = None
+        for message in messages:
+            try:
+                futures.append(await producer.send(self.topic, message.value, key=message.key))
+            except (KafkaError, TimeoutError) as exc:
+                send_error = exc
+                break
+        outcome = PublishOutcome()
+        errors: list[BaseException] = [send_error] if send_error else []
+        if futures:
+            done, _ = await asyncio.wait(futures, timeout=self.timeout_s)
+            for index, future in enumerate(futures):
+                if future not in done:
+                    outcome.unknown.append(index)
+                elif (failure := future.exception()) is not None:
+                    outcome.refused.append(index)
+                    errors.append(failure)
+                else:
+                    outcome.acknowledged.append(index)
+        outcome.refused.extend(range(len(futures), len(messages)))
+        outcome.refused.sort()
+        if len(outcome.acknowledged) == len(messages):
+            return len(messages)
+        causes = ", ".join(sorted({type(e).__name__ for e in errors})) or "no acknowledgement in time"
+        log.warning(
+            "publish incomplete: %d of %d acknowledged, %d refused, %d unknown (%s)",
+            len(outcome.acknowledged),
+            len(messages),
+            len(outcome.refused),
+            len(outcome.unknown),
+            "; ".join(repr(e) for e in errors[:3]) or causes,
+        )
+        if errors and not outcome.unknown and all(isinstance(e, MESSAGE_CAUSED) for e in errors):
+            raise MessageRefused(f"the broker refused {len(outcome.refused)} events ({causes})", outcome)
+        raise BrokerUnavailable(f"the broker did not acknowledge every event ({causes})", outcome)
 
     async def check_ready(self) -> None:
-        producer = await self._ensure_producer()
+        producer = await self._ensure_producer(0)
         await asyncio.wait_for(producer.partitions_for(self.topic), timeout=2)
 
     async def close(self) -> None:

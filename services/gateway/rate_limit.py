@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,11 @@ def _parse(spec: str | None, setting: str) -> list[RateLimitItem]:
 
 class IngestLimiter:
     def __init__(
-        self, request_limits: str | None, event_limits: str | None, storage_uri: str = "memory://"
+        self,
+        request_limits: str | None,
+        event_limits: str | None,
+        storage_uri: str = "memory://",
+        redis_options: Callable[[bool], dict[str, Any]] | None = None,
     ) -> None:
         self.request_limits = _parse(request_limits, "INGEST_RATE_LIMIT")
         self.event_limits = _parse(event_limits, "INGEST_EVENTS_RATE_LIMIT")
@@ -57,7 +62,11 @@ class IngestLimiter:
         if uri.startswith(("async+redis://", "async+rediss://")):
             # Redis through redis-py, which the fleet already depends on (limits defaults to
             # coredis), with a pool of our own so shutdown can close it.
-            self._pool = redis.asyncio.ConnectionPool.from_url(uri.removeprefix("async+"), socket_timeout=2)
+            # Password and TLS as for every Redis client of the fleet (CACHE_PASSWORD, CACHE_TLS...).
+            extra = redis_options(uri.startswith("async+rediss://")) if redis_options else {}
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                uri.removeprefix("async+"), socket_timeout=2, **extra
+            )
             options = {"implementation": "redispy", "connection_pool": self._pool}
         self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
 

@@ -1,8 +1,16 @@
-"""The proxy's route table (`config/routes.yaml`): path prefix → upstream, breaker, timeout."""
+"""The proxy's route table (`config/routes.yaml`): path prefix → upstream, breaker, timeout.
+
+A request path is normalised before it is matched (`normalise_path`), and the upstream gets
+the normalised form, so the prefix that was matched is the prefix the upstream sees.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, unquote_to_bytes
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,6 +33,10 @@ class Route(BaseModel):
     stale_for: Seconds = Field(
         0.0, ge=0, description="max age of a GET answer served while the upstream is down"
     )
+    require_api_key: frozenset[Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]] = Field(
+        frozenset(),
+        description="methods that need a valid X-API-Key at the gateway when API_KEYS is set",
+    )
 
     @field_validator("prefix")
     @classmethod
@@ -35,6 +47,51 @@ class Route(BaseModel):
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/") or self.prefix == "/"
+
+
+class UnsafePath(ValueError):
+    """A path the proxy refuses (400): it cannot be normalised without guessing."""
+
+
+@dataclass(frozen=True)
+class NormalisedPath:
+    decoded: str  # what the route table matches
+    encoded: str  # what the upstream receives: the canonical percent-encoding of `decoded`
+
+
+# Encoded `.`, `/`, `\` and NUL: a client has no reason to send them in a path, and decoders
+# disagree on them (yarl, under the aiohttp transport, turns `%2e%2e` into a `..` segment and
+# resolves it after the route was matched).
+_ENCODED_SEPARATORS = re.compile(rb"%(2e|2f|5c|00)", re.IGNORECASE)
+# RFC 3986 `pchar` minus `%` plus `/`: left as is by httpx's URL parser and by yarl's requoter,
+# so the bytes the proxy builds are the bytes the upstream receives.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def normalise_path(raw_path: bytes) -> NormalisedPath:
+    """The path as matched and as forwarded, or UnsafePath.
+
+    Refused: dot segments (`.`, `..`, which HTTP clients resolve after matching), encoded dots,
+    slashes, backslashes and NUL, backslashes, control characters, invalid percent-encoding and
+    paths that are not UTF-8. Everything else is re-encoded canonically.
+    """
+    if b"\\" in raw_path:
+        raise UnsafePath("a backslash in the path")
+    if _ENCODED_SEPARATORS.search(raw_path):
+        raise UnsafePath("an encoded dot, slash, backslash or NUL (%2e, %2f, %5c, %00) in the path")
+    if re.search(rb"%(?![0-9A-Fa-f]{2})", raw_path):
+        raise UnsafePath("a '%' that does not start a percent-encoded byte")
+    try:
+        decoded = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafePath("the path is not UTF-8 once percent-decoded") from None
+    if not decoded.startswith("/"):
+        raise UnsafePath("the path must start with '/'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        raise UnsafePath("a control character in the path")
+    if any(segment in {".", ".."} for segment in decoded.split("/")):
+        raise UnsafePath("a '.' or '..' segment in the path")
+    return NormalisedPath(decoded=decoded, encoded=quote(decoded, safe=_PATH_SAFE))
 
 
 class ResolvedRoute(BaseModel):

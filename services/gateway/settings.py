@@ -1,22 +1,43 @@
-"""Gateway settings: the fleet's, plus proxy, ingestion and processor knobs."""
+"""Gateway settings: the event processor's (the gateway hosts it), plus proxy and ingestion knobs."""
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from shared.settings import REPO_ROOT, FleetSettings
+from services.gateway.admission import request_cost
+from services.gateway.event_processor.settings import EventProcessorSettings
+from shared.settings import REPO_ROOT
 
 
-class GatewaySettings(FleetSettings):
+class GatewaySettings(EventProcessorSettings):
     run_event_processor: bool = Field(True, validation_alias="GATEWAY_RUN_EVENT_PROCESSOR")
 
     # Ingestion (POST /api/v1/events).
     max_events_per_request: int = Field(10_000, ge=1, validation_alias="MAX_EVENTS_PER_REQUEST")
-    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias="MAX_REQUEST_BYTES")
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        validation_alias="MAX_REQUEST_BYTES",
+        description="largest body of POST /api/v1/events; it may cost up to 40x this in memory",
+    )
+    ingest_memory_budget_mb: int = Field(
+        256,
+        ge=16,
+        validation_alias="INGEST_MEMORY_BUDGET_MB",
+        description="memory all ingest requests together may hold; requests wait for room (MiB)",
+    )
+    ingest_admission_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        validation_alias="INGEST_ADMISSION_TIMEOUT",
+        description="longest an ingest request waits for memory budget before a 503 (s)",
+    )
     ingest_rate_limit: str | None = Field(
         None,
         validation_alias="INGEST_RATE_LIMIT",
@@ -26,6 +47,11 @@ class GatewaySettings(FleetSettings):
         None,
         validation_alias="INGEST_EVENTS_RATE_LIMIT",
         description="events per API key (or client address), e.g. '50000/minute'; unset = none",
+    )
+    trusted_proxies: str | None = Field(
+        None,
+        validation_alias="TRUSTED_PROXIES",
+        description="comma list of addresses or CIDRs whose X-Forwarded-For is believed; unset = none",
     )
     rate_limit_storage_uri: str = Field(
         "memory://",
@@ -48,30 +74,32 @@ class GatewaySettings(FleetSettings):
     proxy_stale_entries: int = Field(1024, ge=0, validation_alias="PROXY_STALE_ENTRIES")
     proxy_stale_max_bytes: int = Field(64 * 1024 * 1024, ge=0, validation_alias="PROXY_STALE_MAX_BYTES")
 
-    # Event processor.
-    processor_group_id: str = Field("gateway-event-processor", validation_alias="EVENT_PROCESSOR_GROUP_ID")
-    processor_batch_size: int = Field(5_000, ge=1, le=100_000, validation_alias="EVENT_PROCESSOR_BATCH_SIZE")
-    processor_flush_interval_ms: int = Field(
-        50, ge=1, le=10_000, validation_alias="EVENT_PROCESSOR_FLUSH_INTERVAL_MS"
-    )
-    processor_fetch_max_wait_ms: int = Field(
-        50,
-        ge=0,
-        le=10_000,
-        validation_alias="EVENT_PROCESSOR_FETCH_MAX_WAIT_MS",
-        description="longest the broker may hold a fetch for data; bounds the idle-to-first-event latency",
-    )
-    processor_max_message_bytes: int = Field(
-        64 * 1024, ge=256, validation_alias="EVENT_PROCESSOR_MAX_MESSAGE_BYTES"
-    )
-    processor_retry_backoff_max_s: float = Field(
-        10.0, gt=0, validation_alias="EVENT_PROCESSOR_RETRY_BACKOFF_MAX"
-    )
-    processor_shutdown_timeout_s: float = Field(
-        15.0, gt=0, validation_alias="EVENT_PROCESSOR_SHUTDOWN_TIMEOUT"
-    )
-    kafka_session_timeout_ms: int = Field(10_000, ge=1000, validation_alias="KAFKA_SESSION_TIMEOUT_MS")
-    kafka_heartbeat_interval_ms: int = Field(1_000, ge=100, validation_alias="KAFKA_HEARTBEAT_INTERVAL_MS")
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _addresses_or_networks(cls, value: str | None) -> str | None:
+        for entry in (value or "").split(","):
+            if entry.strip():
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"TRUSTED_PROXIES: {entry.strip()!r} is not an address or CIDR"
+                    ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_request_fits_the_budget(self) -> GatewaySettings:
+        cost = request_cost(self.max_request_bytes)
+        if cost > self.ingest_memory_budget_mb * 1024 * 1024:
+            raise ValueError(
+                f"INGEST_MEMORY_BUDGET_MB={self.ingest_memory_budget_mb} cannot hold one request of "
+                f"MAX_REQUEST_BYTES={self.max_request_bytes} (it may cost {cost // 2**20} MiB)"
+            )
+        return self
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [entry.strip() for entry in (self.trusted_proxies or "").split(",") if entry.strip()]
 
 
 @lru_cache(maxsize=1)

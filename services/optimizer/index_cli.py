@@ -73,15 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
-    parser.add_argument("--schema", default="public")
+    parser.add_argument("--schema", default="public", help="schema of the tables (default: public)")
     commands = parser.add_subparsers(dest="command", required=True)
     analyze = commands.add_parser(
         "analyze", help="index usage, unused and duplicate indexes, recommendations"
     )
     analyze.add_argument("--json", action="store_true", help="machine-readable output")
     create = commands.add_parser("create", help="build an index CONCURRENTLY IF NOT EXISTS")
-    create.add_argument("table")
-    create.add_argument("columns", nargs="+", metavar="COLUMN")
+    create.add_argument("table", help="table to index (checked against the catalog)")
+    create.add_argument("columns", nargs="+", metavar="COLUMN", help="indexed columns, in order")
     create.add_argument("--dry-run", action="store_true", help="print the statement, run nothing")
     args = parser.parse_args(argv)
 

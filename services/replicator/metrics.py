@@ -1,4 +1,4 @@
-"""Replicator metrics (the first three names are fixed by CONTRACT section 6)."""
+"""Replicator metrics (the first three names are fixed in docs/reference.md, "Metrics")."""
 
 from prometheus_client import Counter, Gauge, Histogram
 

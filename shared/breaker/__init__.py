@@ -6,19 +6,23 @@ sliding windows, `classify` which outcomes count as failures, `metrics` the Prom
 """
 
 from shared.breaker.circuit import BreakerRegistry, CircuitBreaker, Permit, get_breaker_registry
+from shared.breaker.classify import MESSAGE_CAUSED, is_server_fault
 from shared.breaker.config import BreakerConfig, BreakerConfigError, Seconds
-from shared.breaker.errors import CircuitBreakerOpen, State
+from shared.breaker.errors import CausedByInput, CircuitBreakerOpen, State
 from shared.breaker.snapshot import BreakerSnapshot
 
 __all__ = [
+    "MESSAGE_CAUSED",
     "BreakerConfig",
     "BreakerConfigError",
     "BreakerRegistry",
     "BreakerSnapshot",
+    "CausedByInput",
     "CircuitBreaker",
     "CircuitBreakerOpen",
     "Permit",
     "Seconds",
     "State",
     "get_breaker_registry",
+    "is_server_fault",
 ]

@@ -1,9 +1,11 @@
 """What counts as a failure for a breaker: timeouts, connection errors and server errors (5xx).
 
-A client error (4xx, a constraint violation, a bad query) proves the dependency answered, so
-it counts as a success for the breaker even though the call raised; the exception still
-reaches the caller. Configured `ignore_exceptions` count as neither, `record_exceptions` always
-as failures.
+A breaker guards one dependency, so it counts only that dependency's faults, never the
+consequence of one client's input: a client error (4xx, a constraint violation, a bad query,
+a value the driver cannot encode, a Kafka message refused for its size) proves the dependency
+answered, so it counts as a success even though the call raised; the exception still reaches
+the caller. Configured `ignore_exceptions` count as neither, `record_exceptions` always as
+failures.
 """
 
 from __future__ import annotations
@@ -13,13 +15,35 @@ from typing import Literal
 import asyncpg
 import httpx
 import redis.exceptions
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from shared.breaker.config import BreakerConfig, resolve_exception
-from shared.breaker.errors import CircuitBreakerOpen
+from shared.breaker.errors import CausedByInput, CircuitBreakerOpen
 
 Verdict = Literal["success", "failure", "ignored"]
 
+# Errors a call raises because of what it was given, not because the dependency failed. Checked
+# first: asyncpg's DataError is an InterfaceError, which otherwise reads as a connection fault.
+MESSAGE_CAUSED: tuple[type[BaseException], ...] = (
+    CausedByInput,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    asyncpg.DataError,
+)
 TIMEOUTS: tuple[type[BaseException], ...] = (
     TimeoutError,
     httpx.TimeoutException,
@@ -60,6 +84,8 @@ class Classifier:
             return "ignored"
         if self._record and isinstance(exc, self._record):
             return "failure"
+        if isinstance(exc, MESSAGE_CAUSED):
+            return "success"
         if isinstance(exc, TIMEOUTS):
             return "failure" if config.record_timeouts else "success"
         if isinstance(exc, CONNECTION_ERRORS):
@@ -77,15 +103,25 @@ class Classifier:
             return "failure"
         code = status_code_of(exc)
         if code is not None:
-            return "failure" if code >= 500 and config.record_server_errors else "success"
+            return "failure" if is_server_fault(code) and config.record_server_errors else "success"
         return "failure" if config.record_other_exceptions else "success"
 
     def result(self, value: object) -> Verdict:
         """A returned HTTP response with a 5xx status is a failure even though nothing raised."""
         if (
             isinstance(value, httpx.Response)
-            and value.status_code >= 500
+            and is_server_fault(value.status_code)
             and self.config.record_server_errors
         ):
             return "failure"
         return "success"
+
+
+# 5xx answers that describe the request, not the server's health: 501 (the method or feature
+# is not implemented), 505 (the HTTP version), 511 (the client must authenticate to a network).
+_REQUEST_CAUSED_5XX = frozenset({501, 505, 511})
+
+
+def is_server_fault(status: int) -> bool:
+    """Whether an HTTP status says the upstream is failing (and so counts for its breaker)."""
+    return status >= 500 and status not in _REQUEST_CAUSED_5XX

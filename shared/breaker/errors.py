@@ -15,3 +15,9 @@ class CircuitBreakerOpen(Exception):
         self.retry_after = max(0.0, retry_after)
         self.state = state
         super().__init__(f"circuit breaker {name!r} is {state}; retry in {self.retry_after:.1f}s")
+
+
+class CausedByInput(Exception):
+    """Base for errors a call raises because of what it was given (a message too large...).
+
+    The dependency answered, so a breaker never counts them as its failures."""

@@ -1,4 +1,4 @@
-"""Breaker metrics (names fixed by CONTRACT section 6), shared by every breaker of a process."""
+"""Breaker metrics (names fixed in docs/reference.md, "Metrics"), shared by every breaker of a process."""
 
 from prometheus_client import Counter, Gauge
 

@@ -32,10 +32,12 @@ import orjson
 
 from shared.breaker import get_breaker_registry
 from shared.cache import metrics
+from shared.cache.bounded import BoundedCounts, BoundedMap
 from shared.cache.entry import CacheEntry
 from shared.cache.invalidation import InvalidationLog
 from shared.cache.tiers import DiskTier, MemoryTier, RedisTier, TierUnavailable
 from shared.cache.xfetch import should_refresh_early
+from shared.redis_options import cache_redis_url, redis_connection_options
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 Tier = MemoryTier | RedisTier | DiskTier
+# (cache name, positional arguments, keyword arguments) of a call, for the warmer.
+CallSpec = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
 @dataclass
@@ -84,6 +88,8 @@ class HierarchicalCacheManager:
         lock_wait_s: float = 120.0,
         poll_interval_s: float = 0.02,
         invalidation_skew_s: float = 0.0,
+        max_tracked_keys: int = 10_000,
+        max_invalidations: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.l1 = MemoryTier(l1_size, clock)
@@ -94,11 +100,13 @@ class HierarchicalCacheManager:
         self.lock_ttl_s = lock_ttl_s
         self.lock_wait_s = lock_wait_s
         self.poll_interval_s = poll_interval_s
-        self.invalidations = InvalidationLog(invalidation_skew_s)
+        self.invalidations = InvalidationLog(invalidation_skew_s, max_fields=max_invalidations)
         self.ttl_overrides: dict[str, float] = {}
         self.default_ttls: dict[str, float] = {}
-        self.usage: Counter[str] = Counter()
-        self.call_specs: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {}
+        # Requests per key and how each key was called, for the warmer: bounded, because
+        # every distinct query of a client is a new key.
+        self.usage = BoundedCounts(max_tracked_keys)
+        self.call_specs: BoundedMap[CallSpec] = BoundedMap(max_tracked_keys)
         self._clock = clock
         self._stats: dict[str, _CacheStats] = {}
         self._flights: dict[str, concurrent.futures.Future[CacheResult]] = {}
@@ -192,13 +200,13 @@ class HierarchicalCacheManager:
         *,
         ttl_s: float,
         tags: tuple[str, ...] = (),
-        call_spec: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None,
+        call_spec: CallSpec | None = None,
     ) -> CacheResult:
         """The value of `key`: from the first tier that has it fresh, else computed once."""
         stats = self._cache_stats(name)
-        self.usage[key] += 1
-        if call_spec is not None and key not in self.call_specs:
-            self.call_specs[key] = call_spec
+        self.usage.add(key)
+        if call_spec is not None:
+            self.call_specs.setdefault(key, call_spec)
         now = self._clock()
         stale: CacheEntry | None = None
         upper: list[Tier] = []
@@ -318,7 +326,7 @@ class HierarchicalCacheManager:
                     if token is None or stale is None or not stale.fresh(self._clock()):
                         entry = await self.l2.get(key)
                         if self._newer(entry, stale, key):
-                            assert entry is not None
+                            assert entry is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
                             if token is not None:
                                 await self.l2.release_lock(key, token)
                             return await self._found_in_l2(name, key, entry)
@@ -337,7 +345,7 @@ class HierarchicalCacheManager:
 
     async def _found_in_l2(self, name: str, key: str, entry: CacheEntry) -> CacheResult:
         """Another process computed it while we waited: count an L2 hit, promote to L1 (and L3)."""
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         self.l2.stats.hits += 1
         self._cache_stats(name).hits["l2"] += 1
         metrics.CACHE_HITS.labels(cache=name, tier="l2").inc()
@@ -347,7 +355,7 @@ class HierarchicalCacheManager:
         return CacheResult(entry.value, "shared", "l2", self._clock() - (entry.started_at + entry.delta))
 
     async def _keep_lock(self, key: str, token: str) -> None:
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         while True:
             await asyncio.sleep(self.lock_ttl_s / 3)
             with contextlib.suppress(TierUnavailable):
@@ -443,16 +451,18 @@ class HierarchicalCacheManager:
                     log.warning("invalidation %s not shared: Redis unavailable", f)
 
     async def _load_invalidations(self) -> None:
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         try:
-            self.invalidations.record_many((await self.l2.load_invalidations()).items())
+            fields, floor = await self.l2.load_invalidations()
+            self.invalidations.raise_floor(floor)
+            self.invalidations.record_many(fields.items())
         except TierUnavailable as exc:
             log.warning("could not load shared invalidations: %s", exc)
 
     async def _follow_invalidations(self) -> None:
         """Apply other processes' invalidations as they are published; after a reconnect,
         reload the hash, which holds every invalidation missed meanwhile."""
-        assert self.l2 is not None
+        assert self.l2 is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         delay = 0.5
         while not self._closing:
             try:
@@ -517,7 +527,7 @@ class HierarchicalCacheManager:
             "type": type(self).__name__,
             "tiers": tiers,
             "caches": caches,
-            "invalidations": self.invalidations.snapshot(),
+            "invalidations": self.invalidations.summary(),
         }
 
 
@@ -547,13 +557,18 @@ class IntelligentMultiLevelCache(HierarchicalCacheManager):
 def build_cache_manager(settings: Any) -> HierarchicalCacheManager:
     """The manager `settings.cache_type` asks for (FleetSettings or a subclass)."""
     breaker = get_breaker_registry(settings.circuit_breaker_config).get("redis")
-    url = f"redis://{settings.cache_host}:{settings.cache_port}/{settings.cache_database}"
+    url = cache_redis_url(settings)
     l3_path: Path | None = settings.cache_l3_path
     l3 = DiskTier(Path(l3_path), max_ttl_s=settings.cache_l3_ttl) if l3_path else None
     common = {"l1_size": settings.cache_l1_size}
     if settings.cache_type == "memory":
         return MemoryCacheManager(l3=l3, **common)
-    l2 = RedisTier(url, key_prefix=settings.cache_key_prefix, breaker=breaker)
+    l2 = RedisTier(
+        url,
+        key_prefix=settings.cache_key_prefix,
+        breaker=breaker,
+        connection_options=redis_connection_options(settings),
+    )
     if settings.cache_type == "redis":
         return RedisCacheManager(l2=l2, **common)
     return IntelligentMultiLevelCache(l2=l2, l3=l3, **common)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the cache (CONTRACT section 6)."""
+"""Prometheus metrics of the cache (names fixed in docs/reference.md, "Metrics")."""
 
 from __future__ import annotations
 

@@ -4,6 +4,11 @@ Every tier stores `CacheEntry` objects and keeps entries until their `stale_unti
 expired value is still there as the stale-if-error fallback; freshness is judged by the
 engine (`manager.py`), not by the tiers. A tier that cannot answer raises `TierUnavailable`
 and the engine goes on with the other tiers: a broken Redis or disk never fails a request.
+
+What the shared tiers read back is data, never code: entries are decoded by `entry.loads`
+(JSON and Arrow, no pickle), and the disk tier's `diskcache` runs on `SafeDisk`, which stores
+only bytes, text and numbers and refuses diskcache's pickled rows. Anything else found there
+is a miss and is deleted.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os.path
 import threading
 import time
 import uuid
@@ -27,13 +33,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
-from shared.cache.entry import CacheEntry, dumps, loads
+from shared.cache.entry import CacheEntry, EntryDecodeError, EntryEncodeError, dumps, loads
 from shared.cache.metrics import CACHE_TIER_ERRORS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["DiskTier", "MemoryTier", "RedisTier", "TierStats", "TierUnavailable"]
+__all__ = ["DiskTier", "MemoryTier", "RedisTier", "SafeDisk", "TierStats", "TierUnavailable"]
 
 
 class TierUnavailable(Exception):
@@ -130,11 +136,21 @@ _EXTEND = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
     "else return 0 end"
 )
-# Invalidation times only move forward, whoever writes last.
-_MAX_FIELD = (
-    "local cur = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or '0') "
-    "if tonumber(ARGV[2]) > cur then redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end return 1"
-)
+# Invalidation times only move forward, whoever writes last. The set keeps the ARGV[3] most
+# recent ones; what it drops raises the floor (KEYS[2]) to the latest time dropped, which
+# every reader applies to all entries: bounded, and never less invalidation than asked for.
+_RECORD_INVALIDATION = """
+local cur = tonumber(redis.call('zscore', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > cur then redis.call('zadd', KEYS[1], ARGV[2], ARGV[1]) end
+local excess = redis.call('zcard', KEYS[1]) - tonumber(ARGV[3])
+if excess > 0 then
+  local dropped = redis.call('zrange', KEYS[1], excess - 1, excess - 1, 'WITHSCORES')
+  local floor = tonumber(redis.call('get', KEYS[2]) or '0')
+  if tonumber(dropped[2]) > floor then redis.call('set', KEYS[2], dropped[2]) end
+  redis.call('zremrangebyrank', KEYS[1], 0, excess - 1)
+end
+return 1
+"""
 
 
 class RedisTier:
@@ -148,11 +164,23 @@ class RedisTier:
 
     name = "l2"
 
-    def __init__(self, url: str, *, key_prefix: str, breaker: CircuitBreaker, timeout_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str,
+        breaker: CircuitBreaker,
+        timeout_s: float = 0.5,
+        connection_options: dict[str, Any] | None = None,
+        max_invalidations: int = 10_000,
+    ) -> None:
         self.url = url
         self.prefix = key_prefix
         self.breaker = breaker
         self.timeout_s = timeout_s
+        # Password and TLS (`shared.redis_options.redis_connection_options`).
+        self.connection_options = dict(connection_options or {})
+        self.max_invalidations = max_invalidations
         self.stats = TierStats()
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
             weakref.WeakKeyDictionary()
@@ -167,7 +195,11 @@ class RedisTier:
 
     @property
     def invalidations_key(self) -> str:
-        return f"{self.prefix}:invalidations"
+        return f"{self.prefix}:invalidations:z"
+
+    @property
+    def invalidations_floor_key(self) -> str:
+        return f"{self.prefix}:invalidations:floor"
 
     @property
     def channel(self) -> str:
@@ -192,6 +224,7 @@ class RedisTier:
                 socket_connect_timeout=self.timeout_s,
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
+                **self.connection_options,
             )
             self._clients[loop] = client
         return client
@@ -214,13 +247,19 @@ class RedisTier:
             return None
         try:
             return loads(raw)
-        except Exception:  # an entry from an incompatible version: a miss, and gone
+        except EntryDecodeError as exc:  # another format (an old pickle, or planted): a miss, and gone
+            log.warning("refused a redis cache entry %s: %s", key, exc)
             await self.delete(key)
             return None
 
     async def set(self, key: str, entry: CacheEntry) -> None:
         ttl_ms = max(1, int((entry.stale_until - time.time()) * 1000))
-        await self._call("set", self.entry_key(key), dumps(entry), px=ttl_ms)
+        try:
+            data = dumps(entry)
+        except EntryEncodeError as exc:
+            log.debug("not shared through redis: %s", exc)
+            return
+        await self._call("set", self.entry_key(key), data, px=ttl_ms)
 
     async def delete(self, key: str) -> None:
         await self._call("delete", self.entry_key(key))
@@ -250,12 +289,25 @@ class RedisTier:
 
     # -- invalidations and usage ---------------------------------------------------------------
     async def record_invalidation(self, field: str, at: float, message: bytes) -> None:
-        await self._call("eval", _MAX_FIELD, 1, self.invalidations_key, field, repr(at))
+        await self._call(
+            "eval",
+            _RECORD_INVALIDATION,
+            2,
+            self.invalidations_key,
+            self.invalidations_floor_key,
+            field,
+            repr(at),
+            self.max_invalidations,
+        )
         await self._call("publish", self.channel, message)
 
-    async def load_invalidations(self) -> dict[str, float]:
-        raw: dict[bytes, bytes] = await self._call("hgetall", self.invalidations_key)
-        return {k.decode(): float(v) for k, v in raw.items()}
+    async def load_invalidations(self) -> tuple[dict[str, float], float]:
+        """The latest time of each remembered invalidation, and the floor (see InvalidationLog)."""
+        raw: list[tuple[bytes, float]] = await self._call(
+            "zrange", self.invalidations_key, 0, -1, withscores=True
+        )
+        floor = await self._call("get", self.invalidations_floor_key)
+        return {k.decode(): float(v) for k, v in raw}, float(floor or 0.0)
 
     async def ping(self) -> None:
         await self._call("ping")
@@ -270,6 +322,42 @@ class RedisTier:
         self._clients.clear()
 
 
+class RefusedValue(ValueError):
+    """A diskcache row in a form SafeDisk does not read (pickle, or a file outside the cache)."""
+
+
+class SafeDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's serialiser without pickle.
+
+    `diskcache.Disk` pickles every key and value that is not bytes, str, int or float, and
+    unpickles whatever a row says is pickled: anyone able to write the cache directory would
+    run code in every process reading it. Here keys must be strings, values bytes, text or
+    numbers, and pickled rows and files outside the cache directory are refused.
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if not isinstance(key, str):
+            raise TypeError(f"disk cache keys are strings, not {type(key).__name__}")
+        return super().put(key)  # type: ignore[no-any-return]
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise RefusedValue("a pickled disk cache key")
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not read and not isinstance(value, bytes | str | int | float):
+            raise TypeError(f"disk cache values are bytes, text or numbers, not {type(value).__name__}")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise RefusedValue("a pickled disk cache value")
+        if filename is not None and (os.path.isabs(filename) or ".." in filename.split("/")):
+            raise RefusedValue("a disk cache file outside the cache directory")
+        return super().fetch(mode, filename, value, read)
+
+
 class DiskTier:
     """L3: a disk cache on `diskcache` (SQLite index plus files), shared by the processes of
     one host and surviving restarts. Its calls are blocking, so they run in threads."""
@@ -282,7 +370,11 @@ class DiskTier:
         self.stats = TierStats()
         directory.mkdir(parents=True, exist_ok=True)
         self.cache = diskcache.Cache(
-            str(directory), size_limit=size_limit_bytes, eviction_policy="least-recently-used", timeout=2
+            str(directory),
+            size_limit=size_limit_bytes,
+            eviction_policy="least-recently-used",
+            timeout=2,
+            disk=SafeDisk,
         )
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -293,21 +385,36 @@ class DiskTier:
             CACHE_TIER_ERRORS.labels(tier=self.name).inc()
             raise TierUnavailable(f"disk cache: {type(exc).__name__}: {exc}") from None
 
+    def get_raw(self, key: str) -> Any:
+        """The stored bytes or number, or None when absent or refused (the row is then deleted)."""
+        try:
+            return self.cache.get(key)
+        except RefusedValue as exc:
+            log.warning("refused a disk cache row %s: %s", key, exc)
+            self.cache.delete(key)
+            return None
+
     async def get(self, key: str) -> CacheEntry | None:
-        raw = await self._run(self.cache.get, key)
+        raw = await self._run(self.get_raw, key)
         if raw is None:
             return None
         try:
             return loads(raw)
-        except Exception:
+        except EntryDecodeError as exc:
+            log.warning("refused a disk cache entry %s: %s", key, exc)
             await self.delete(key)
             return None
 
     def _set(self, key: str, entry: CacheEntry) -> None:
         expire = min(self.max_ttl_s, max(0.001, entry.stale_until - time.time()))
+        try:
+            data = dumps(entry)
+        except EntryEncodeError as exc:
+            log.debug("not stored on disk: %s", exc)
+            return
         before = len(self.cache)
         existed = key in self.cache
-        self.cache.set(key, dumps(entry), expire=expire)
+        self.cache.set(key, data, expire=expire)
         culled = before + (0 if existed else 1) - len(self.cache)
         if culled > 0:  # diskcache culled least-recently-used entries to stay under its size limit
             self.stats.evictions += culled
@@ -326,9 +433,6 @@ class DiskTier:
     async def entries(self) -> int:
         await self._run(self._expire)
         return int(await self._run(len, self.cache))
-
-    def get_raw(self, key: str) -> Any:
-        return self.cache.get(key)
 
     def close(self) -> None:
         self.cache.close()

@@ -5,6 +5,9 @@ arguments). The warmer flushes those counts to the shared tier (Redis sorted set
 tier when there is no Redis) every few seconds; at start-up it reads the top keys and calls
 their functions again through the cache, so the first users after a restart or a deploy hit
 a warm cache. Keys another process warmed already are cache hits, not computations.
+
+Calls are recorded as JSON and their arguments validated against the functions' type hints
+when read back (`call_specs.py`): the shared store is data, never code.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from shared.cache.call_specs import decode_call_spec, encode_call_spec
 from shared.cache.manager import HierarchicalCacheManager
 from shared.cache.tiers import TierUnavailable
 from shared.resources import get_resource_guard
@@ -24,6 +27,17 @@ log = logging.getLogger(__name__)
 
 __all__ = ["IntelligentCacheWarmer"]
 
+# The shared usage record keeps the ARGV[1] most requested keys and their calls.
+_TRIM_USAGE = """
+local excess = redis.call('zcard', KEYS[1]) - tonumber(ARGV[1])
+if excess <= 0 then return 0 end
+local dropped = redis.call('zrange', KEYS[1], 0, excess - 1)
+redis.call('zremrangebyrank', KEYS[1], 0, excess - 1)
+for i = 1, #dropped, 500 do
+  redis.call('hdel', KEYS[2], unpack(dropped, i, math.min(i + 499, #dropped)))
+end
+return excess
+"""
 _USAGE_PREFIX = "usage:"
 _CALL_PREFIX = "call:"
 
@@ -56,13 +70,15 @@ class IntelligentCacheWarmer:
     # -- recording ---------------------------------------------------------------------------
     async def flush(self) -> int:
         """Move the usage counted since the last flush to the shared store."""
-        usage = dict(self.manager.usage)
-        self.manager.usage.clear()
-        specs = {
-            k: s for k, s in self.manager.call_specs.items() if k not in self._flushed_specs and k in usage
-        }
+        usage = self.manager.usage.drain()
         if not usage:
             return 0
+        specs: dict[str, bytes] = {}
+        for key, call in self.manager.call_specs.items():
+            if key in usage and key not in self._flushed_specs:
+                encoded = encode_call_spec(call)
+                if encoded is not None:
+                    specs[key] = encoded
         try:
             if self.manager.l2 is not None:
                 client = self.manager.l2.client()
@@ -70,7 +86,14 @@ class IntelligentCacheWarmer:
                     for key, n in usage.items():
                         pipe.zincrby(self.manager.l2.usage_key, n, key)
                     for key, spec in specs.items():
-                        pipe.hset(self.manager.l2.calls_key, key, pickle.dumps(spec))
+                        pipe.hset(self.manager.l2.calls_key, key, spec)
+                    pipe.eval(
+                        _TRIM_USAGE,
+                        2,
+                        self.manager.l2.usage_key,
+                        self.manager.l2.calls_key,
+                        self.manager.usage.max_keys,
+                    )
                     await self.manager.l2.breaker.call(pipe.execute)
             elif self.manager.l3 is not None:
                 cache = self.manager.l3.cache
@@ -79,16 +102,18 @@ class IntelligentCacheWarmer:
                     for key, n in usage.items():
                         cache.incr(_USAGE_PREFIX + key, n, default=0)
                     for key, spec in specs.items():
-                        cache.set(_CALL_PREFIX + key, pickle.dumps(spec))
+                        cache.set(_CALL_PREFIX + key, spec)
 
                 await asyncio.to_thread(write)
             else:
                 return 0
         except Exception as exc:  # usage is best effort: put the counts back for the next flush
-            self.manager.usage.update(usage)
+            self.manager.usage.restore(usage.items())
             log.debug("usage flush failed: %s", exc)
             return 0
         self._flushed_specs.update(specs)
+        if len(self._flushed_specs) > self.manager.call_specs.max_keys:
+            self._flushed_specs.clear()  # bounded too; re-recording a spec costs one write
         return len(usage)
 
     async def top_calls(self) -> list[tuple[str, tuple[str, tuple[Any, ...], dict[str, Any]]]]:
@@ -104,26 +129,33 @@ class IntelligentCacheWarmer:
             except TierUnavailable:
                 return []
             for key, raw in zip(keys, raw_specs, strict=True):
-                if raw is not None:
-                    out.append((key.decode(), pickle.loads(raw)))
+                spec = decode_call_spec(raw, self.functions) if raw is not None else None
+                if spec is not None:
+                    out.append((key.decode(), spec))
         elif self.manager.l3 is not None:
-            cache = self.manager.l3.cache
+            l3 = self.manager.l3
 
             def read() -> list[tuple[str, Any]]:
-                counts = [
-                    (k[len(_USAGE_PREFIX) :], cache.get(k))
-                    for k in cache.iterkeys()
-                    if isinstance(k, str) and k.startswith(_USAGE_PREFIX)
-                ]
-                counts.sort(key=lambda kv: -(kv[1] or 0))
+                counts: list[tuple[str, int]] = []
+                for k in l3.cache.iterkeys():
+                    if isinstance(k, str) and k.startswith(_USAGE_PREFIX):
+                        n = l3.get_raw(k)
+                        if isinstance(n, int):
+                            counts.append((k[len(_USAGE_PREFIX) :], n))
+                counts.sort(key=lambda kv: -kv[1])
                 found = []
                 for key, _ in counts[: self.top_n]:
-                    raw = cache.get(_CALL_PREFIX + key)
-                    if raw is not None:
-                        found.append((key, pickle.loads(raw)))
+                    raw = l3.get_raw(_CALL_PREFIX + key)
+                    spec = decode_call_spec(raw, self.functions) if isinstance(raw, bytes | str) else None
+                    if spec is not None:
+                        found.append((key, spec))
                 return found
 
-            out = await asyncio.to_thread(read)
+            try:
+                out = await asyncio.to_thread(read)
+            except Exception as exc:  # a broken disk tier: nothing to warm, never a failed start
+                log.warning("could not read the warming record from disk: %s", exc)
+                return []
         return out
 
     # -- warming -----------------------------------------------------------------------------

@@ -17,6 +17,6 @@ __all__ = ["should_refresh_early"]
 def should_refresh_early(
     now: float, delta: float, expires_at: float, beta: float = 1.0, rand: float | None = None
 ) -> bool:
-    r = random.random() if rand is None else rand
+    r = random.random() if rand is None else rand  # noqa: S311  XFetch's early-expiry draw, not a secret
     r = min(max(r, 1e-12), 1.0)  # ln(0) is -inf: clamp so an unlucky draw is just "very early"
     return now - delta * beta * math.log(r) >= expires_at

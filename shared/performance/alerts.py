@@ -132,7 +132,7 @@ class SlackChannel:
     name = "slack"
 
     def __init__(self, config: SlackConfig, client: httpx.AsyncClient | None = None) -> None:
-        assert config.webhook_url is not None
+        assert config.webhook_url is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         self._url = config.webhook_url.get_secret_value()
         self._timeout = config.timeout_seconds
         self._client = client
@@ -186,7 +186,7 @@ class EmailChannel:
 
     def _send_blocking(self, msg: EmailMessage) -> None:
         cfg = self._config
-        assert cfg.smtp_host
+        assert cfg.smtp_host  # noqa: S101  type narrowing for mypy; the code above guarantees it
         context = ssl.create_default_context()
         smtp: smtplib.SMTP
         if cfg.ssl:

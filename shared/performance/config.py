@@ -120,13 +120,13 @@ class ThresholdRule(_Strict):
     @property
     def limit(self) -> float:
         value = self.max if self.max is not None else self.min
-        assert value is not None
+        assert value is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         return value
 
     def breached(self, value: float) -> bool:
         if self.max is not None:
             return value > self.max
-        assert self.min is not None
+        assert self.min is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         return value < self.min
 
 

@@ -243,7 +243,7 @@ class PerformanceMonitor:
     @property
     def history_size(self) -> int:
         maxlen = self._history.maxlen
-        assert maxlen is not None
+        assert maxlen is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         return maxlen
 
     def set_history_size(self, size: int) -> None:

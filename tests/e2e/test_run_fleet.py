@@ -1,4 +1,4 @@
-"""`make run` (tools.run_fleet): the whole fleet comes up, serves, and stops without leftovers."""
+"""`make run` (tools.dev.run_fleet): the whole fleet comes up, serves, and stops without leftovers."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class FleetRun:
     def start(self) -> FleetRun:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tools.run_fleet", "--data-dir", str(self.data_dir)],
+                [sys.executable, "-m", "tools.dev.run_fleet", "--data-dir", str(self.data_dir)],
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdout=log,

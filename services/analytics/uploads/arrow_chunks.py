@@ -23,19 +23,27 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from services.analytics.uploads.copy_binary import EventColumns, encode_copy_binary
-from services.analytics.uploads.csv_rows import MAX_ID, Chunk, Header, validate
+from services.analytics.uploads.csv_rows import Chunk, Header, forbidden_mask, validate, window_mask
 from services.analytics.uploads.event_ids import IdField, derive_event_ids
 from services.analytics.uploads.record_scan import scan_records
+from shared.event_vocabulary import (
+    DEFAULT_DEVICE_STATUS,
+    FALSE_WORDS,
+    MAX_LENGTH,
+    TRUE_WORDS,
+    AccessResult,
+    BadgeStatus,
+)
 
 __all__ = ["parse_span"]
 
 # str.strip() removes exactly the characters for which str.isspace() is true; Arrow's
 # utf8_trim_whitespace uses a different table, so the set is spelled out.
 _PY_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
-_RESULTS = ["Granted", "Denied", "Timeout", "Error"]
-_STATUSES = ["Valid", "Invalid", "Expired", "Suspended"]
-_TRUE = ["1", "true", "yes", "y", "t"]
-_FALSE = ["", "0", "false", "no", "n", "f"]
+_RESULTS = [m.value for m in AccessResult]
+_STATUSES = [m.value for m in BadgeStatus]
+_TRUE = sorted(TRUE_WORDS)
+_FALSE = sorted(FALSE_WORDS)
 
 
 @dataclass
@@ -108,10 +116,16 @@ def _fast_columns(
 
     stamps = pd.to_datetime(_objects(text["timestamp"]), utc=True, format="ISO8601", errors="coerce")
     ok = stamps.notna().to_numpy().copy()
+    ok &= ~window_mask(stamps)
     for f in ("person_id", "door_id"):
-        length = pc.utf8_length(text[f]).to_numpy(zero_copy_only=False)
-        ok &= (length > 0) & (length <= MAX_ID)
-    ok &= pc.utf8_length(col("badge_id")).to_numpy(zero_copy_only=False) <= MAX_ID
+        ok &= pc.utf8_length(text[f]).to_numpy(zero_copy_only=False) > 0
+    for f, limit in MAX_LENGTH.items():
+        if f in text:
+            ok &= pc.utf8_length(text[f]).to_numpy(zero_copy_only=False) <= limit
+    for values in [*raw.values(), *(v for _, v in extras)]:
+        # Rare, so checked on the raw bytes first: a NUL anywhere sends the row to the slow path.
+        if pc.any(pc.match_substring(values, "\x00")).as_py():
+            ok &= ~forbidden_mask(_objects(values))
     result = _pick(text["access_result"], _RESULTS)
     ok &= result.is_valid().to_numpy(zero_copy_only=False)
     status_text = col("badge_status")
@@ -136,7 +150,7 @@ def _fast_columns(
     fields = [IdField(f, v) for f, v in raw.items()] + [IdField(k, v, omit_empty=True) for k, v in extras]
     ids = derive_event_ids(fields, n)
     if "event_id" in text:
-        given = pc.utf8_slice_codeunits(text["event_id"], 0, MAX_ID)
+        given = text["event_id"]
         ids = pc.if_else(pc.equal(given, ""), ids, given)
 
     extra_json: pa.Array
@@ -166,7 +180,7 @@ def _fast_columns(
         badge_status=status,
         door_held_open_time=held,
         entry_without_badge=entry,
-        device_status=pc.if_else(pc.equal(device, ""), "normal", device),
+        device_status=pc.if_else(pc.equal(device, ""), DEFAULT_DEVICE_STATUS, device),
         facility_id=pc.if_else(pc.equal(facility, ""), null, facility),
         extra=extra_json,
     )

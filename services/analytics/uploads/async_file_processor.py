@@ -133,7 +133,7 @@ class AsyncFileProcessor:
                     )
                 yield chunk
                 del chunk
-            assert plan is not None
+            assert plan is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
             if plan.anomaly:
                 self.sequential_from_line = plan.next_line
                 async for chunk in self._sequential(

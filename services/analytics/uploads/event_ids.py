@@ -39,7 +39,7 @@ _DIGIT_AT = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
 
 @dataclass(frozen=True)
 class IdField:
-    key: str  # the key in the row dict (contract field name, or an extra column's header)
+    key: str  # the key in the row dict (event field name, or an extra column's header)
     values: pa.StringArray  # the raw text of each row, as the CSV reader gave it
     omit_empty: bool = False  # extra columns are left out of the row when empty
 

@@ -1,11 +1,21 @@
-"""`POST /api/v1/uploads`: a multipart CSV streamed to a temporary file, then stored in chunks."""
+"""`POST /api/v1/uploads`: a multipart CSV streamed to a spool file, then stored in chunks.
+
+The spool is `UPLOAD_SPOOL_DIR` (the system temp dir when unset) and a file may hold at most
+`UPLOAD_MAX_BYTES`: the limit is checked on every piece as it arrives, so a larger upload is
+refused with 413 after at most the limit was written. When the spool's file system is full
+the answer is 507 Insufficient Storage (with `Retry-After`): the server, not the client's
+file, is at fault, so 413 would send the client to split a file that is within the limit.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,8 +30,10 @@ from services.analytics.uploads.async_file_processor import AsyncFileProcessor
 from services.analytics.uploads.csv_rows import HeaderError
 from services.analytics.uploads.uploads import store_upload
 from services.analytics.worker_pool import WorkerPool
-from shared.api_key import PresentedApiKey
+from shared.api_keys import ApiKey
 from shared.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["uploads"])
 
@@ -162,6 +174,35 @@ async def _receive_file(request: Request, path: str, max_bytes: int) -> _FilePar
     return part
 
 
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _spool_error(exc: OSError) -> ApiError:
+    """The answer for a spool that failed under an upload; the path stays in the log."""
+    log.error("upload spool failed: %s", exc)
+    if exc.errno in _SPACE_ERRNOS:
+        return ApiError(
+            507,
+            "the server has no room to spool this upload now; retry later",
+            code="spool_full",
+            headers={"Retry-After": "60"},
+        )
+    return ApiError(
+        503,
+        "the upload spool is unavailable; retry later",
+        code="spool_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _spool_file(directory: Path | None) -> str:
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="upload-", suffix=".csv", dir=directory)
+    os.close(fd)
+    return path
+
+
 def _processor(tuning: AnalyticsTuning, workers: WorkerPool) -> AsyncFileProcessor:
     return AsyncFileProcessor(
         workers, chunk_size=lambda: tuning.chunk_size, max_memory_mb=tuning.max_memory_mb
@@ -174,9 +215,12 @@ def _processor(tuning: AnalyticsTuning, workers: WorkerPool) -> AsyncFileProcess
     openapi_extra=UPLOAD_BODY,
     response_model=UploadReport,
     responses={
-        413: {"description": "file too large"},
+        401: {"description": "API keys are configured and X-API-Key is missing"},
+        403: {"description": "API keys are configured and X-API-Key is not one of them"},
+        413: {"description": "file larger than UPLOAD_MAX_BYTES"},
         415: {"description": "not a CSV"},
         422: {"description": "empty file or missing required columns"},
+        507: {"description": "the upload spool (UPLOAD_SPOOL_DIR) is full; retry later"},
     },
 )
 async def upload_csv(
@@ -186,14 +230,19 @@ async def upload_csv(
     workers: Workers,
     pool: Pool,
     service: Service,
-    _key: PresentedApiKey,
+    _: ApiKey,
 ) -> JSONResponse:
     """Store the access events of a CSV file. Each bad row is reported with the file line on which it
     starts (header = line 1) and the reason; good rows are stored; re-uploads store nothing twice."""
-    fd, path = tempfile.mkstemp(prefix="upload-", suffix=".csv")
-    os.close(fd)
     try:
-        part = await _receive_file(request, path, settings.upload_max_bytes)
+        path = await asyncio.to_thread(_spool_file, settings.upload_spool_dir)
+    except OSError as exc:
+        raise _spool_error(exc) from None
+    try:
+        try:
+            part = await _receive_file(request, path, settings.upload_max_bytes)
+        except OSError as exc:
+            raise _spool_error(exc) from None
         name = (part.filename or "").lower()
         if (
             part.content_type not in CSV_TYPES

@@ -1,4 +1,8 @@
-"""The event processor as its own service (to scale out): `python -m services.gateway.event_processor`."""
+"""The event processor as its own service (to scale out): `python -m services.gateway.event_processor`.
+
+Its boundary: this folder and `shared`, nothing else of the gateway. The gateway imports
+`service.running_processor` to host the same processor in its own process.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,37 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from services.gateway import __version__, breaker_routes
+from services.gateway.event_processor import __version__
 from services.gateway.event_processor import tuning as processor_tuning
+from services.gateway.event_processor.breakers import DATABASE, breaker_router, processor_breakers
 from services.gateway.event_processor.deps import Processor
 from services.gateway.event_processor.service import ProcessorStatus, running_processor
-from services.gateway.settings import GatewaySettings, get_settings
+from services.gateway.event_processor.settings import EventProcessorSettings, get_settings
 from shared.breaker import get_breaker_registry
 from shared.service_app import create_service_app, readiness_checks
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(settings: EventProcessorSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    breakers = get_breaker_registry(settings.circuit_breaker_config)
+    # Read the breaker file now, so a wrong value stops start-up with a message naming file and key.
+    breakers = processor_breakers(get_breaker_registry(settings.circuit_breaker_config))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_processor(
-            settings, breakers.get("database"), readiness_checks(app), consumer_check="kafka"
+            settings, breakers[DATABASE], readiness_checks(app), consumer_check="kafka"
         ) as processor:
             app.state.processor = processor
             yield
 
     app = create_service_app(
-        service="event_processor", version=__version__, settings=settings, lifespan=lifespan
+        service="event_processor",
+        version=__version__,
+        settings=settings,
+        lifespan=lifespan,
+        description="Consumes access events from Kafka and stores each exactly once in PostgreSQL.",
     )
-
-    app.state.breakers = breakers
-    app.include_router(breaker_routes.router)
+    app.include_router(breaker_router(breakers))
     app.include_router(processor_tuning.router)
 
     @app.get("/status", tags=["status"], response_model=ProcessorStatus)

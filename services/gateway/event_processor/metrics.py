@@ -1,4 +1,4 @@
-"""Event processor metrics (the first three names are fixed by CONTRACT section 6)."""
+"""Event processor metrics (the first three names are fixed in docs/reference.md, "Metrics")."""
 
 from prometheus_client import Counter, Gauge, Histogram
 

@@ -18,30 +18,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from services.gateway.event_processor import metrics
-from services.gateway.event_processor.sink import EventSink, StoreOutcome
-from shared.breaker import CircuitBreakerOpen
+from services.gateway.event_processor.sink import EventSink, StoreOutcome, is_database_down
+from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
 from shared.events import AccessEvent, EventParseError, parse_event_bytes
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord  # of bytes key and value; aiokafka ships no type hints
-
-# What "the database is unavailable" looks like; anything else is a bug or bad data.
-DATABASE_DOWN: tuple[type[BaseException], ...] = (
-    CircuitBreakerOpen,
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
 
 
 @dataclass
@@ -66,10 +53,18 @@ class ProcessorStats:
     started_at: float = field(default_factory=time.time)
 
 
-def dlq_reason(exc: EventParseError) -> str:
-    if exc.reason == "invalid_field" and exc.message.startswith("timestamp"):
-        return "invalid_timestamp"
-    return exc.reason
+def parse_record(value: bytes, max_bytes: int) -> AccessEvent | tuple[str, str]:
+    """The event in one message, or (reason, message) for the dead-letter topic.
+
+    Nothing a message holds may escape from here: an exception would make the supervisor
+    re-read the same batch for ever."""
+    try:
+        return parse_event_bytes(value, max_bytes=max_bytes)
+    except EventParseError as exc:
+        return exc.reason, exc.message
+    except Exception as exc:
+        log.exception("unexpected error parsing a message; dead-lettering it")
+        return "invalid_event", f"{type(exc).__name__}: {exc}"
 
 
 class EventProcessor:
@@ -81,7 +76,7 @@ class EventProcessor:
         sink: EventSink,
         dlq_topic: str,
         tuning: ProcessorTuning,
-        max_message_bytes: int = 64 * 1024,
+        max_message_bytes: int,
         retry_backoff_max_s: float = 10.0,
     ) -> None:
         self.consumer = consumer
@@ -139,14 +134,12 @@ class EventProcessor:
         sources: list[Record] = []
         dead: list[tuple[Record, str, str]] = []
         for record in records:
-            if not record.value:
-                dead.append((record, "empty", "the message has no value (a tombstone or an empty message)"))
-                continue
-            try:
-                events.append(parse_event_bytes(record.value, max_bytes=self.max_message_bytes))
+            parsed = parse_record(record.value or b"", self.max_message_bytes)
+            if isinstance(parsed, AccessEvent):
+                events.append(parsed)
                 sources.append(record)
-            except EventParseError as exc:
-                dead.append((record, dlq_reason(exc), exc.message))
+            else:
+                dead.append((record, *parsed))
         outcome = await self._store_until_done(events)
         if outcome is None:
             return 0
@@ -176,7 +169,9 @@ class EventProcessor:
             started = time.perf_counter()
             try:
                 outcome = await self.sink.store(events)
-            except DATABASE_DOWN as exc:
+            except Exception as exc:
+                if not is_database_down(exc):
+                    raise  # the sink hands back events it cannot store; this is a bug
                 self.stats.store_retries += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 metrics.STORE_RETRIES.inc()
@@ -235,27 +230,51 @@ class EventProcessor:
 
     async def _dead_letter(self, dead: list[tuple[Record, str, str]]) -> None:
         # Like Kafka Connect's DLQ: the value is the original bytes untouched, the context
-        # travels in headers. Every send is acknowledged before the offsets are committed.
-        futures = []
-        for record, reason, message in dead:
-            headers = [
-                ("dlq.reason", reason.encode()),
-                ("dlq.error", message.encode()[:1000]),
-                ("dlq.source.topic", record.topic.encode()),
-                ("dlq.source.partition", str(record.partition).encode()),
-                ("dlq.source.offset", str(record.offset).encode()),
-            ]
-            futures.append(
-                await self.dlq_producer.send(
-                    self.dlq_topic, record.value or b"", key=record.key, headers=headers
-                )
+        # travels in headers, after the message's own (`traceparent` included, so the trace
+        # that produced it leads to its dead letter). Every send is acknowledged before the
+        # offsets are committed.
+        letters = [(record, _dlq_headers(record, reason, message)) for record, reason, message in dead]
+        outcomes = await asyncio.gather(
+            *(self._send(record, headers) for record, headers in letters), return_exceptions=True
+        )
+        # A message too large to be dead-lettered with its headers (it was just under the
+        # broker's limit) must not hold the partition: its first bytes go instead, marked.
+        retry = [
+            (record, [*headers, ("dlq.truncated", str(len(record.value or b"")).encode())])
+            for (record, headers), outcome in zip(letters, outcomes, strict=True)
+            if isinstance(outcome, MESSAGE_CAUSED)
+        ]
+        failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, MESSAGE_CAUSED)]
+        if retry and not failed:
+            outcomes = await asyncio.gather(
+                *(self._send(record, headers, truncate=True) for record, headers in retry),
+                return_exceptions=True,
             )
-        try:
-            await asyncio.gather(*futures)
-        except KafkaError:
-            log.exception("dead-letter topic unavailable; the batch will be redelivered")
-            raise
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            log.error("dead-letter topic unavailable (%r); the batch will be redelivered", failed[0])
+            raise failed[0]
         for _, reason, _ in dead:
             metrics.EVENTS_FAILED.labels(reason=reason).inc()
         metrics.DEAD_LETTERED.inc(len(dead))
         self.stats.dead_lettered += len(dead)
+
+    async def _send(
+        self, record: Record, headers: list[tuple[str, bytes]], *, truncate: bool = False
+    ) -> object:
+        value = record.value or b""
+        if truncate:
+            value = value[: self.max_message_bytes]
+        future = await self.dlq_producer.send(self.dlq_topic, value, key=record.key, headers=headers)
+        return await future
+
+
+def _dlq_headers(record: Record, reason: str, message: str) -> list[tuple[str, bytes]]:
+    return [
+        *(record.headers or ()),
+        ("dlq.reason", reason.encode()),
+        ("dlq.error", message.encode("utf-8", "replace")[:1000]),
+        ("dlq.source.topic", record.topic.encode()),
+        ("dlq.source.partition", str(record.partition).encode()),
+        ("dlq.source.offset", str(record.offset).encode()),
+    ]

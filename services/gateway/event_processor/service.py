@@ -12,10 +12,11 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
 from services.gateway.event_processor.processor import EventProcessor, ProcessorTuning
+from services.gateway.event_processor.settings import EventProcessorSettings
 from services.gateway.event_processor.sink import EventSink
-from services.gateway.settings import GatewaySettings
 from shared.breaker import CircuitBreaker
 from shared.db import create_pool, ping
+from shared.event_vocabulary import get_event_limits
 from shared.kafka import create_consumer, create_producer, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class ProcessorStatus(BaseModel):
 
 class ProcessorService:
     def __init__(
-        self, settings: GatewaySettings, pool: asyncpg.Pool, database_breaker: CircuitBreaker
+        self, settings: EventProcessorSettings, pool: asyncpg.Pool, database_breaker: CircuitBreaker
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -104,7 +105,7 @@ class ProcessorService:
                     sink=self.sink,
                     dlq_topic=self.settings.access_events_dlq_topic,
                     tuning=self.tuning,
-                    max_message_bytes=self.settings.processor_max_message_bytes,
+                    max_message_bytes=get_event_limits().max_event_bytes,
                     retry_backoff_max_s=self.settings.processor_retry_backoff_max_s,
                 )
                 if self._stopping:
@@ -160,7 +161,7 @@ class ProcessorService:
 
 @contextlib.asynccontextmanager
 async def running_processor(
-    settings: GatewaySettings,
+    settings: EventProcessorSettings,
     database_breaker: CircuitBreaker,
     checks: dict[str, Callable[[], Awaitable[object]]],
     *,

@@ -1,8 +1,10 @@
 """The processor's sink: one database round-trip per batch through the `database` breaker.
 
-A batch that PostgreSQL refuses for its content (a NUL byte in a text field, a value out of
-range) would block the partition forever if retried as a whole, so it is stored event by
-event and the rows the database refuses are handed back for the dead-letter topic.
+Only an unavailable database (`DATABASE_DOWN`) may hold a batch. A batch that fails for any
+other reason (PostgreSQL refusing a value, a value the driver cannot encode) would block the
+partition forever if retried as a whole, so it is stored event by event and the events that
+fail on their own are handed back for the dead-letter topic. The vocabulary's rules make this
+rare; this is the net under them.
 """
 
 from __future__ import annotations
@@ -12,20 +14,36 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from shared.breaker import CircuitBreaker
+from shared.breaker import CircuitBreaker, CircuitBreakerOpen
 from shared.event_store import store_events
 from shared.events import AccessEvent
 
 log = logging.getLogger(__name__)
 
-# SQLSTATE classes that blame the data, not the server: 22 data exception, 23 integrity
-# constraint violation, 54 program limit exceeded (e.g. a row too large).
-_CONTENT_ERROR_CLASSES = ("22", "23", "54")
+# What "the database is unavailable" looks like. asyncpg's DataError (a value the driver cannot
+# encode) is an InterfaceError too, but it blames the data: see `is_database_down`.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    CircuitBreakerOpen,
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+# SQLSTATE classes that mean the server cannot serve: 08 connection exception, 53 insufficient
+# resources, 57 operator intervention, 58 system error, XX internal error.
+_SERVER_ERROR_CLASSES = ("08", "53", "57", "58", "XX")
 
 
-def is_content_error(exc: BaseException) -> bool:
+def is_database_down(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.DataError):
+        return False
+    if isinstance(exc, DATABASE_DOWN):
+        return True
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    return isinstance(exc, asyncpg.PostgresError) and sqlstate.startswith(_CONTENT_ERROR_CLASSES)
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate.startswith(_SERVER_ERROR_CLASSES)
 
 
 @dataclass
@@ -46,8 +64,8 @@ class EventSink:
             return StoreOutcome(0, [])
         try:
             inserted = await self.breaker.call(store_events, self.pool, events)
-        except asyncpg.PostgresError as exc:
-            if not is_content_error(exc):
+        except Exception as exc:
+            if is_database_down(exc):
                 raise
             log.warning(
                 "database refused a batch of %d events (%s); storing them one by one", len(events), exc
@@ -61,8 +79,8 @@ class EventSink:
             try:
                 outcome.inserted += await self.breaker.call(store_events, self.pool, [event])
                 outcome.stored.append(event)
-            except asyncpg.PostgresError as exc:
-                if not is_content_error(exc):
+            except Exception as exc:
+                if is_database_down(exc):
                     raise
                 outcome.refused.append((event, f"{type(exc).__name__}: {exc}"))
         return outcome

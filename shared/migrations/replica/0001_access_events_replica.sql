@@ -1,5 +1,5 @@
--- The replica of access_events in the replication target. Primary key (time, event_id) as the
--- contract fixes (a hypertable's unique keys must include its time column).
+-- The replica of access_events in the replication target. Primary key (time, event_id), as
+-- docs/reference.md ("Access events") fixes it: a hypertable's unique keys include its time column.
 CREATE TABLE IF NOT EXISTS access_events_replica (
     time                TIMESTAMPTZ NOT NULL,
     event_id            TEXT        NOT NULL,

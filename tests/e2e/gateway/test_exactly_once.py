@@ -83,7 +83,7 @@ def test_sigkilled_processors_store_every_event_exactly_once(
     assert all(s["consuming"] for s in statuses), statuses
     assert sum(s["stored"] for s in statuses) > 0
 
-    # CONTRACT section 6 metrics, as Prometheus reads them.
+    # The metrics named in docs/reference.md, as Prometheus reads them.
     metrics = httpx.get(processors[-1].url + "/metrics", timeout=5).text
     for name in (
         "event_processor_events_processed_total",

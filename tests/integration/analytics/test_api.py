@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,10 @@ async def test_a_failed_recomputation_serves_the_last_value_marked_stale(client:
 async def test_tuning_needs_the_admin_token_and_applies_live(client: Client) -> None:
     assert (await client.get("/admin/tuning")).status_code == 401
     assert (await client.get("/admin/tuning", headers={"Authorization": "Bearer wrong"})).status_code == 403
+    # The token is checked before the body is parsed: bad JSON without it is 401, not 422.
+    bad_json = {"content": b"{oops", "headers": {"content-type": "application/json"}}
+    assert (await client.put("/admin/tuning", **bad_json)).status_code == 401  # type: ignore[arg-type]
+    assert (await client.post("/api/v1/cache/invalidate", **bad_json)).status_code == 401  # type: ignore[arg-type]
     current = (await client.get("/admin/tuning", headers=AUTH)).json()
     assert current["max_workers"] == 1
     assert current["cache_ttl_seconds"]["patterns"] == 600
@@ -191,6 +196,34 @@ async def test_bad_filters_are_clear_422s(client: Client) -> None:
     ).status_code == 422
 
 
+HOSTILE_FILTERS: list[dict[str, str]] = [
+    {"start": "9999-12-31T23:59:59-05:00"},  # overflows when converted to UTC
+    {"end": "0000-01-01T00:00:00Z"},
+    {"start": "1" * 40},
+    {"start": "-" + "9" * 30},
+    {"end": "2025-01-01T00:00:00+99:00"},
+    {"start": "NaN"},
+    {"start": "2025-01-01\x00"},
+    {"start": "x" * 5000},
+    {"facility_id": "f\x00"},
+    {"facility_id": "f" * 201},
+    {"start": "2025-02-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/analytics/summary", "/api/v1/analytics/patterns"])
+async def test_hostile_filters_are_422_with_the_envelope_never_500(client: Client, path: str) -> None:
+    for params in HOSTILE_FILTERS:
+        answer = await client.get(path, params=params)
+        assert answer.status_code == 422, (params, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "validation_error"
+        assert error["message"]
+    # The extremes of the representable range are valid bounds of a query.
+    for params in ({"end": "9999-12-31T23:59:59.999999+00:00"}, {"start": "0001-01-01T00:00:00Z"}):
+        assert (await client.get(path, params=params)).status_code == 200, params
+
+
 async def test_anomalies_endpoint_lists_the_planted_findings(client: Client) -> None:
     body = (await client.get("/api/v1/analytics/anomalies")).json()
     assert body["counts"] == {
@@ -201,3 +234,21 @@ async def test_anomalies_endpoint_lists_the_planted_findings(client: Client) -> 
         "entry_without_badge": 1,
     }
     assert all(a["evidence"] for a in body["anomalies"])
+
+
+async def test_the_anomaly_analysis_is_bounded_by_a_date_window(client: Client) -> None:
+    too_long = await client.get(
+        "/api/v1/analytics/anomalies", params={"start": "2024-01-01T00:00:00Z", "end": "2025-06-01T00:00:00Z"}
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["error"]["code"] == "window_too_large"
+    assert too_long.json()["error"]["details"] == {"max_days": 92}
+    # Only a start, long before the newest event: the same refusal.
+    open_ended = await client.get("/api/v1/analytics/anomalies", params={"start": "2020-01-01T00:00:00Z"})
+    assert open_ended.status_code == 422
+    # No dates: the default window, ending just past the newest event.
+    body = (await client.get("/api/v1/analytics/anomalies")).json()
+    start = datetime.fromisoformat(body["filters"]["start"])
+    end = datetime.fromisoformat(body["filters"]["end"])
+    assert end - start == timedelta(days=31)
+    assert datetime(2025, 3, 1, tzinfo=UTC) < end < datetime(2025, 4, 30, tzinfo=UTC)

@@ -29,7 +29,13 @@ class LocalServer:
 
     async def start(self) -> LocalServer:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", access_log=False
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            proxy_headers=False,  # as the fleet's runner: forwarded headers are the app's business
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())

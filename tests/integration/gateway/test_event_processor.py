@@ -17,8 +17,10 @@ from services.gateway.event_processor.service import ProcessorService
 from services.gateway.settings import GatewaySettings
 from shared.breaker import BreakerRegistry
 from shared.db import create_pool
+from shared.event_vocabulary import get_event_limits
 from shared.kafka import create_consumer, create_producer, ensure_topics
 from tests.factories import event_dict
+from tests.hostile import EITHER, STORED, hostile_messages
 from tests.integration.gateway.conftest import CuttableLink
 
 pytestmark = pytest.mark.integration
@@ -32,7 +34,6 @@ def processor_settings(database_url: str, bootstrap: str, topic: str, **extra: A
         ACCESS_EVENTS_DLQ_TOPIC=topic + ".dlq",
         ACCESS_EVENTS_PARTITIONS=2,
         EVENT_PROCESSOR_GROUP_ID=topic + "-processor",
-        EVENT_PROCESSOR_MAX_MESSAGE_BYTES=2048,
         EVENT_PROCESSOR_RETRY_BACKOFF_MAX=0.5,
         KAFKA_SESSION_TIMEOUT_MS=2000,
         KAFKA_HEARTBEAT_INTERVAL_MS=300,
@@ -102,8 +103,8 @@ async def test_malformed_messages_of_every_kind_are_dead_lettered_and_valid_ones
         "missing_field": orjson.dumps({k: v for k, v in event_dict().items() if k != "person_id"}),
         "invalid_timestamp": orjson.dumps(event_dict(timestamp="the day after tomorrow")),
         "invalid_field": orjson.dumps(event_dict(access_result="Maybe")),
-        "oversized": orjson.dumps(event_dict(notes="x" * 4096)),
-        "rejected_by_database": orjson.dumps(event_dict(person_id="nul\u0000byte")),
+        "oversized": orjson.dumps(event_dict(notes="x" * 70_000)),
+        "unstorable_text": orjson.dumps(event_dict(person_id="nul\u0000byte")),
         "empty": None,
     }
     producer = await producer_for(kafka_bootstrap, topic_name)
@@ -145,6 +146,135 @@ async def test_malformed_messages_of_every_kind_are_dead_lettered_and_valid_ones
         assert record.value == (malformed[key] or b"")  # the original bytes, untouched
     assert running.status().dead_lettered == len(malformed)
     assert running.status().stored == len(good)
+
+
+async def read_dead_letters(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
+    consumer = create_consumer(
+        bootstrap, topic, group_id=topic + "-check", session_timeout_ms=2000, heartbeat_interval_ms=300
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(records) < expected:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_hostile_corpus_every_message_is_stored_or_dead_lettered_and_the_partition_moves_on(
+    running: ProcessorService, database_url: str, kafka_bootstrap: str, topic_name: str
+) -> None:
+    """One partition, hostile messages between valid ones: nothing stalls, nothing is lost."""
+    from shared.events import EventParseError, parse_event_bytes
+
+    corpus = hostile_messages()
+    verdicts: dict[str, str] = {}
+    for message in corpus:
+        try:
+            parse_event_bytes(message.value or b"")
+            verdicts[message.name] = STORED
+        except EventParseError as exc:
+            verdicts[message.name] = exc.reason
+        if message.expect != EITHER:
+            assert verdicts[message.name] == message.expect, message.name
+    traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    good: list[dict[str, Any]] = []
+    producer = await producer_for(kafka_bootstrap, topic_name)
+    try:
+        for i, message in enumerate(corpus):
+            event = event_dict()
+            good.append(event)
+            await producer.send(topic_name, orjson.dumps(event), key=b"g", partition=0)
+            await producer.send(
+                topic_name,
+                message.value,
+                key=f"h{i}".encode(),
+                partition=0,
+                headers=[("traceparent", traceparent), ("corpus.name", message.name.encode())],
+            )
+        tail = [event_dict() for _ in range(3)]
+        good.extend(tail)
+        for event in tail:
+            await producer.send(topic_name, orjson.dumps(event), key=b"g", partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    should_store = [m for m in corpus if verdicts[m.name] == STORED]
+    should_die = [m for m in corpus if verdicts[m.name] != STORED]
+    assert await wait_rows(database_url, len(good) + len(should_store), timeout_s=60) == len(good) + len(
+        should_store
+    )
+    dead = await read_dead_letters(kafka_bootstrap, topic_name + ".dlq", len(should_die))
+    by_key = {record.key.decode(): record for record in dead}
+    assert len(dead) == len(by_key) == len(should_die)
+    for i, message in enumerate(corpus):
+        record = by_key.get(f"h{i}")
+        if verdicts[message.name] == STORED:
+            assert record is None, message.name
+            continue
+        assert record is not None, message.name
+        headers = dict(record.headers)
+        assert headers["dlq.reason"].decode() == verdicts[message.name], message.name
+        assert headers["traceparent"] == traceparent  # the original headers travel along
+        assert headers["corpus.name"].decode() == message.name
+        if "dlq.truncated" in headers:  # too large to dead-letter whole: its first bytes, marked
+            assert int(headers["dlq.truncated"]) == len(message.value or b"")
+            assert record.value == (message.value or b"")[: get_event_limits().max_event_bytes]
+        else:
+            assert record.value == (message.value or b"")
+    near_limit = next(i for i, m in enumerate(corpus) if m.name == "near_kafka_limit")
+    assert "dlq.truncated" in dict(by_key[f"h{near_limit}"].headers)
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM access_events")}
+        bounds = await conn.fetchrow("SELECT min(time) AS lo, max(time) AS hi FROM access_events")
+    finally:
+        await conn.close()
+    assert {e["event_id"] for e in good} <= stored
+    assert {m.event_id for m in should_store if m.event_id} <= stored
+    assert bounds is not None
+    assert bounds["lo"].year >= 1970
+    assert bounds["hi"].year < 2100
+    status = running.status()
+    assert status["dead_lettered"] == len(should_die)
+    assert status["stored"] == len(good) + len(should_store)
+
+
+async def test_a_batch_with_a_hundred_long_facility_ids_is_stored_in_one_statement(
+    database_url: str, kafka_bootstrap: str, topic_name: str
+) -> None:
+    """NOTIFY's 8000-byte limit never fails the write: one statement, one bounded signal."""
+    events = [event_dict(facility_id=f"facility-{i:03d}-" + "x" * 180) for i in range(100)]
+    producer = await producer_for(kafka_bootstrap, topic_name)
+    try:
+        for event in events:
+            await producer.send(topic_name, orjson.dumps(event), key=b"d", partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    listener = await asyncpg.connect(database_url)
+    heard: list[str] = []
+    await listener.add_listener("access_events_written", lambda *args: heard.append(args[3]))
+    settings = processor_settings(database_url, kafka_bootstrap, topic_name)
+    pool = await create_pool(database_url, min_size=0, max_size=2)
+    service = ProcessorService(settings, pool, BreakerRegistry.from_dict({}).get("database"))
+    service.start()
+    try:
+        assert await wait_rows(database_url, 100) == 100
+        await eventually(lambda: sum(orjson.loads(p)["rows"] for p in heard) >= 100, 5)
+    finally:
+        await service.stop()
+        await pool.close()
+        await listener.close()
+    payloads = [orjson.loads(p) for p in heard]
+    # Stored as one batch (not event by event after a refused statement), signalled once.
+    assert [p["rows"] for p in payloads] == [100]
+    assert payloads[0]["facilities"] is None
+    assert service.status()["dead_lettered"] == 0
 
 
 async def test_database_outage_pauses_commits_nothing_and_resumes(

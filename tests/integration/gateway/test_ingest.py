@@ -102,7 +102,7 @@ async def test_limits_api_keys_and_rate_limits(tmp_path: Path, kafka_bootstrap: 
         assert missing.status_code == 401
         assert missing.json()["error"]["code"] == "missing_api_key"
         wrong = await client.post("/api/v1/events", json=event_dict(), headers={"x-api-key": "gamma"})
-        assert wrong.status_code == 401
+        assert wrong.status_code == 403
         assert wrong.json()["error"]["code"] == "invalid_api_key"
 
         alpha = {"x-api-key": "alpha"}
@@ -125,6 +125,124 @@ async def test_limits_api_keys_and_rate_limits(tmp_path: Path, kafka_bootstrap: 
         ).status_code == 202
 
 
+async def test_the_hostile_corpus_gets_4xx_or_202_from_a_real_gateway_never_5xx(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    from tests.hostile import STORED, hostile_messages
+
+    app = create_app(settings_for(tmp_path, kafka_bootstrap, topic_name))
+    async with serving(app) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+        for message in hostile_messages():
+            answer = await client.post(
+                "/api/v1/events", content=message.value or b"", headers={"content-type": "application/json"}
+            )
+            assert answer.status_code in (202, 400, 413, 422), (message.name, answer.text[:300])
+            if answer.status_code != 202:
+                assert answer.json()["error"]["code"], message.name
+            elif message.name != "json_array":  # an array of events is what REST accepts
+                assert message.expect in (STORED, "either"), message.name
+        assert (await client.get("/breaker")).json()["kafka"]["state"] == "closed"
+
+
+async def test_without_api_keys_the_rate_limit_counts_the_client_address_not_a_header(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    settings = settings_for(tmp_path, kafka_bootstrap, topic_name, INGEST_RATE_LIMIT="2/minute")
+    async with serving(create_app(settings)) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+        for key in ("a", "b"):
+            answer = await client.post("/api/v1/events", json=event_dict(), headers={"x-api-key": key})
+            assert answer.status_code == 202, answer.text
+        # A new X-API-Key or a forged X-Forwarded-For buys no new budget: no proxy is trusted.
+        for headers in ({"x-api-key": "c"}, {"x-forwarded-for": "10.9.9.9"}):
+            answer = await client.post("/api/v1/events", json=event_dict(), headers=headers)
+            assert answer.status_code == 429, headers
+
+
+async def test_trusted_proxies_make_the_forwarded_client_the_identity(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        kafka_bootstrap,
+        topic_name,
+        INGEST_RATE_LIMIT="2/minute",
+        TRUSTED_PROXIES="10.0.0.0/8, 127.0.0.1",
+    )
+    async with serving(create_app(settings)) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+
+        async def post(forwarded: str) -> int:
+            answer = await client.post(
+                "/api/v1/events", json=event_dict(), headers={"x-forwarded-for": forwarded}
+            )
+            return answer.status_code
+
+        assert await post("203.0.113.7") == 202
+        assert await post("203.0.113.7, 10.1.2.3") == 202  # through a second trusted proxy
+        assert await post("203.0.113.7") == 429
+        # Prepending a forged address changes nothing: the rightmost untrusted one counts.
+        assert await post("198.51.100.1, 203.0.113.7") == 429
+        assert await post("198.51.100.1") == 202
+    with pytest.raises(ValueError, match="not an address or CIDR"):
+        settings_for(tmp_path, kafka_bootstrap, topic_name, TRUSTED_PROXIES="10.0.0.0/8, proxy.local")
+
+
+async def test_no_client_input_opens_the_kafka_breaker_and_oversized_events_are_refused_at_the_door(
+    tmp_path: Path, kafka_bootstrap: str, topic_name: str
+) -> None:
+    app = create_app(settings_for(tmp_path, kafka_bootstrap, topic_name))
+    async with serving(app) as gw, httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+        huge = [event_dict(), event_dict(blob="x" * 1_100_000)]  # passes the 16 MiB body limit
+        between = [event_dict(), event_dict(blob="x" * 100_000)]  # over 64 KiB, under Kafka's 1 MiB
+        hostile = [
+            event_dict(timestamp="9999-12-31T23:59:59-05:00"),
+            event_dict(timestamp="0001-01-01T00:00:00Z"),
+            event_dict(person_id="nul\u0000"),
+        ]
+        for _ in range(5):
+            for batch, index in ((huge, 1), (between, 1)):
+                answer = await client.post("/api/v1/events", json=batch)
+                assert answer.status_code == 413, answer.text
+                assert answer.json()["error"]["code"] == "event_too_large"
+                assert [d["index"] for d in answer.json()["error"]["details"]] == [index]
+            answer = await client.post("/api/v1/events", json=hostile)
+            assert answer.status_code == 422, answer.text
+            assert [d["index"] for d in answer.json()["error"]["details"]] == [0, 1, 2]
+        breaker = (await client.get("/breaker")).json()["kafka"]
+        assert breaker["state"] == "closed"
+        assert breaker["open"] == 0
+        ok = await client.post("/api/v1/events", json=event_dict())
+        assert ok.status_code == 202, ok.text
+    # Nothing of the refused requests was published: only the last event is on the topic.
+    records = await consume_all(kafka_bootstrap, topic_name, 1, timeout_s=5)
+    assert len(records) == 1
+
+
+async def test_a_partial_publish_names_exactly_the_published_events_and_is_not_a_broker_fault(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    """The producer refuses message 3 (over Kafka's 1 MiB): 0-2 are published, and the error
+    says so; the breaker does not count it."""
+    from services.gateway.publisher import EventPublisher, Message, MessageRefused
+    from shared.breaker import BreakerRegistry
+
+    publisher = EventPublisher(kafka_bootstrap, topic_name, 1, timeout_s=5)
+    breaker = BreakerRegistry.from_dict({"breakers": {"kafka": {"failure_threshold": 1}}}).get("kafka")
+    good = [Message(b"d", orjson.dumps(event_dict())) for _ in range(3)]
+    batch = [*good, Message(b"d", b"x" * 1_200_000), *good]
+    try:
+        for _ in range(3):
+            with pytest.raises(MessageRefused) as info:
+                await breaker.call(publisher.publish, batch)
+            assert info.value.outcome.acknowledged == [0, 1, 2]
+            assert info.value.outcome.refused == [3, 4, 5, 6]
+            assert info.value.outcome.unknown == []
+        assert breaker.state == "closed"
+    finally:
+        await publisher.close()
+    records = await consume_all(kafka_bootstrap, topic_name, 9, timeout_s=5)
+    assert len(records) == 9  # three times the three acknowledged events, nothing else
+
+
 async def test_broker_unavailable_gives_503_then_the_kafka_breaker_answers_fast(
     tmp_path: Path, topic_name: str
 ) -> None:
@@ -135,6 +253,8 @@ async def test_broker_unavailable_gives_503_then_the_kafka_breaker_answers_fast(
             response = await client.post("/api/v1/events", json=event_dict())
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "broker_unavailable"
+            assert response.json()["error"]["details"]["published"] == []
+            assert dead_broker not in response.text  # no internal detail reaches the client
             assert int(response.headers["retry-after"]) >= 1
         assert (await client.get("/breaker")).json()["kafka"]["state"] == "open"
         started = time.perf_counter()

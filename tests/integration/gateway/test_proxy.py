@@ -243,7 +243,7 @@ async def test_upstream_timeout_is_504_and_counts(tmp_path: Path) -> None:
         assert (await client.get("/breaker/nope")).status_code == 404
 
 
-async def test_breaker_listing_has_contract_shape(tmp_path: Path) -> None:
+async def test_breaker_listing_has_reference_shape(tmp_path: Path) -> None:
     upstream = Upstream()
     async with proxied(tmp_path, upstream, client_timeout=5) as (_up, _gw, client):
         breakers = (await client.get("/breaker")).json()

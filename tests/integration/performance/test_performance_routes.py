@@ -157,3 +157,24 @@ async def test_poor_vitals_posted_over_http_raise_a_slack_alert(
     assert alerts["alerts"][0]["delivered"] == ["slack"]
     assert alerts["thresholds"][0]["failing"] is True
     assert alerts["channels"] == ["slack"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/performance/vitals", "/api/v1/performance/ui"])
+async def test_oversized_beacons_are_refused_while_they_stream(client: httpx.AsyncClient, path: str) -> None:
+    sent = 0
+    piece = b" " * 65536
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b"["
+        for _ in range(160):  # 10 MiB of whitespace offered; the limit is 256 KiB
+            sent += len(piece)
+            yield piece
+        yield b"]"
+
+    streamed = await client.post(path, content=endless())
+    assert streamed.status_code == 413
+    assert streamed.json()["error"]["details"] == {"max_bytes": 256 * 1024}
+    assert sent <= 256 * 1024 + len(piece)
+    declared = await client.post(path, content=b"[]", headers={"content-length": str(10 << 20)})
+    assert declared.status_code == 413

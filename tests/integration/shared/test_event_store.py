@@ -64,7 +64,7 @@ async def test_migrations_are_applied_once(database_url: str) -> None:
     assert names[0]["name"] == "0001_access_events.sql"
 
 
-async def test_replica_schema_has_the_contract_primary_key(replica_url: str) -> None:
+async def test_replica_schema_has_the_reference_primary_key(replica_url: str) -> None:
     conn = await asyncpg.connect(replica_url)
     try:
         cols = await conn.fetch(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
+import yarl
 
-from services.gateway.routes_table import RouteConfigError, load_routes, match
+from services.gateway.routes_table import RouteConfigError, UnsafePath, load_routes, match, normalise_path
 from services.gateway.settings import GatewaySettings
 from shared.settings import REPO_ROOT
 
@@ -74,3 +76,61 @@ def test_wrong_entries_name_file_and_key(tmp_path: Path, text: str, expected: st
         load_routes(path, SETTINGS)
     assert str(path) in str(info.value)
     assert expected in str(info.value)
+
+
+HOSTILE_PATHS = [
+    b"/api/v1/analytics/../../../admin/tuning",
+    b"/api/v1/analytics/./summary",
+    b"/api/v1/analytics/..",
+    b"/api/v1/analytics/%2e%2e/%2e%2e/admin/tuning",
+    b"/api/v1/analytics/%2E%2E/admin",
+    b"/api/v1/analytics/.%2e/admin",
+    b"/api/v1/analytics/%2e/summary",
+    b"/api/v1/analytics/a%2fb",
+    b"/api/v1/analytics/a%2F..%2F..%2Fadmin",
+    b"/api/v1/analytics/a%5c..%5cadmin",
+    b"/api/v1/analytics/a\\..\\admin",
+    b"/api/v1/analytics/a%00b",
+    b"/api/v1/analytics/a\x00b",
+    b"/api/v1/analytics/a%0ab",
+    b"/api/v1/analytics/%ff%fe",
+    b"/api/v1/analytics/50%",
+    b"/api/v1/analytics/%zz",
+    b"api/v1/analytics",
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE_PATHS)
+def test_paths_that_cannot_be_normalised_safely_are_refused(raw: bytes) -> None:
+    with pytest.raises(UnsafePath):
+        normalise_path(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded", "encoded"),
+    [
+        (b"/api/v1/analytics/summary", "/api/v1/analytics/summary", "/api/v1/analytics/summary"),
+        (b"/api/v1/analytics/caf%c3%a9", "/api/v1/analytics/café", "/api/v1/analytics/caf%C3%A9"),
+        (b"/api/v1/analytics/a%20b", "/api/v1/analytics/a b", "/api/v1/analytics/a%20b"),
+        (b"/api/v1/analytics/a%7Cb|c", "/api/v1/analytics/a|b|c", "/api/v1/analytics/a%7Cb%7Cc"),
+        (b"/api/v1/analytics/100%25", "/api/v1/analytics/100%", "/api/v1/analytics/100%25"),
+        (b"/api/v1/analytics/a;b=c@d:e", "/api/v1/analytics/a;b=c@d:e", "/api/v1/analytics/a;b=c@d:e"),
+        (b"/api/v1/analytics/...x/..y", "/api/v1/analytics/...x/..y", "/api/v1/analytics/...x/..y"),
+    ],
+)
+def test_other_paths_are_encoded_canonically(raw: bytes, decoded: str, encoded: str) -> None:
+    path = normalise_path(raw)
+    assert (path.decoded, path.encoded) == (decoded, encoded)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"/api/v1/analytics/x", b"/api/v1/analytics/caf%c3%a9", b"/a/%7B%22q%22%7D", b"/a/~!$&'()*+,;=:@-._"],
+)
+def test_neither_http_client_changes_the_canonical_path(raw: bytes) -> None:
+    """What the proxy builds is what goes on the wire with both transports: httpx's URL parser
+    (httpcore) and yarl's (aiohttp, which requotes and resolves dot segments)."""
+    encoded = normalise_path(raw).encoded
+    url = httpx.URL("http://upstream:8001" + encoded + "?q=1")
+    assert url.raw_path.decode().partition("?")[0] == encoded
+    assert yarl.URL(str(url)).raw_path == encoded

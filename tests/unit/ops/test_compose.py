@@ -123,7 +123,7 @@ def test_fleet_services_share_one_image_built_from_the_repository_root() -> None
     assert all("build" not in services[name] for name in others)
 
 
-def test_fleet_services_run_their_contract_command_and_port_with_an_http_healthcheck() -> None:
+def test_fleet_services_run_their_reference_command_and_port_with_an_http_healthcheck() -> None:
     services = resolved("scale")["services"]
     for name, (module, port) in FLEET.items():
         service = services[name]
@@ -140,7 +140,7 @@ def test_fleet_services_run_their_contract_command_and_port_with_an_http_healthc
             assert published == [(port, str(port))], name
 
 
-def test_fleet_environment_follows_the_contract() -> None:
+def test_fleet_environment_follows_the_reference() -> None:
     services = resolved("scale", "loadgen")["services"]
     fleet_settings = setting_names()
     for name in [*FLEET, *ONE_SHOT]:

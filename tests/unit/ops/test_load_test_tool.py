@@ -20,7 +20,7 @@ from tools.load_test import (
 )
 
 
-def test_fleet_events_carry_every_contract_field_and_are_live() -> None:
+def test_fleet_events_carry_every_reference_field_and_are_live() -> None:
     generator = EventGenerator(seed=3)
     before = datetime.now(UTC)
     events = [generator.event() for _ in range(500)]

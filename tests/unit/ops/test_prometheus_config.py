@@ -165,7 +165,7 @@ def test_a_backlog_alert_built_on_the_lag_gauge_would_fail_the_unit_tests(
     assert "ReplicationBacklog" in result.stdout + result.stderr
 
 
-def test_scrape_config_covers_every_service_on_its_contract_port() -> None:
+def test_scrape_config_covers_every_service_on_its_reference_port() -> None:
     config = yaml.safe_load(CONFIG.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     static = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -26,7 +27,7 @@ def build_app(ready: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def database() -> None:
             if not ready:
-                raise ConnectionRefusedError("connection refused")
+                raise ConnectionRefusedError("connect to 10.1.2.3:5432 as postgres:hunter2 refused")
 
         async def slow() -> None:
             await asyncio.sleep(0 if ready else 5)
@@ -72,8 +73,18 @@ async def test_ready_reports_each_dependency() -> None:
     assert bad.status_code == 503
     body = bad.json()
     assert body["status"] == "degraded"
-    assert body["checks"]["database"] == "ConnectionRefusedError: connection refused"
-    assert body["checks"]["slow"].startswith("timeout")
+    assert body["checks"] == {"database": "unavailable", "slow": "timeout"}
+    assert body["errors"]["database"]["code"] == "unavailable"
+    assert body["errors"]["slow"]["code"] == "timeout"
+
+
+async def test_ready_never_echoes_the_cause(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="shared.service_app"):
+        bad = await call(build_app(ready=False), "GET", "/ready")
+    for leak in ("10.1.2.3", "5432", "hunter2", "ConnectionRefusedError", "refused"):
+        assert leak not in bad.text
+    # ...the operator finds it in the log instead.
+    assert any("10.1.2.3:5432" in r.getMessage() for r in caplog.records)
 
 
 async def test_validation_errors_say_what_and_where() -> None:

@@ -7,7 +7,7 @@ from services.replicator.settings import ReplicatorSettings
 from shared.settings import FleetSettings
 
 
-def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_follow_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BROKERS", "CACHE_TYPE", "HOST"):
         monkeypatch.delenv(name, raising=False)
     settings = FleetSettings(_env_file=None)  # type: ignore[call-arg]

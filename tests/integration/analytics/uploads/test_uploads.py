@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from services.analytics.settings import AnalyticsSettings
@@ -44,7 +46,7 @@ async def _count(dsn: str) -> int:
         await conn.close()
 
 
-async def test_contract_headers_bom_quotes_and_mixed_timestamps(client: Client, database_url: str) -> None:
+async def test_reference_headers_bom_quotes_and_mixed_timestamps(client: Client, database_url: str) -> None:
     body = (
         "\ufeff"
         + HEADER
@@ -106,6 +108,33 @@ async def test_bad_rows_are_reported_with_the_line_where_they_start(
     assert "expected 5 fields, found 4" in reasons[7]
     assert "expected 5 fields, found 6" in reasons[9]
     assert await _count(database_url) == 2
+
+
+async def test_a_chunk_with_a_hundred_long_facility_ids_is_stored_and_announced(
+    client: Client, database_url: str
+) -> None:
+    """The invalidation signal would exceed NOTIFY's 8000 bytes: it is sent without the list,
+    never failing the write."""
+    body = "Timestamp,Person ID,Device name,Access result,facility_id\n" + "".join(
+        f"2025-01-01T12:00:{i % 60:02d}Z,p{i},d{i},Granted,{'facility-' + str(i).zfill(3) + 'x' * 180}\n"
+        for i in range(100)
+    )
+    listener = await asyncpg.connect(database_url)
+    heard: list[str] = []
+    await listener.add_listener("access_events_written", lambda *args: heard.append(args[3]))
+    try:
+        report = await _upload(client, body.encode())
+        assert report["status"] == 201, report
+        assert report["rows_inserted"] == 100
+        assert report["rows_rejected"] == 0
+        await asyncio.sleep(0.5)
+    finally:
+        await listener.close()
+    assert await _count(database_url) == 100
+    payloads = [orjson.loads(p) for p in heard]
+    assert sum(p["rows"] for p in payloads) == 100
+    assert any(p["facilities"] is None for p in payloads)
+    assert all(len(p.encode()) < 8000 for p in heard)
 
 
 async def test_every_kind_of_bad_file_gets_a_clear_answer(client: Client) -> None:
@@ -249,3 +278,84 @@ async def test_a_file_of_many_chunks_is_split_parsed_and_stored_in_parallel(
     assert again["rows_duplicate"] == good
     assert [e["line"] for e in again["errors"]] == bad_lines
     assert await _count(database_url) == good
+
+
+@pytest.fixture
+async def keyed_client(database_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    settings = AnalyticsSettings(
+        database_url=database_url,
+        cache_type="memory",
+        tracing_enabled=False,
+        analytics_max_workers=1,
+        upload_max_bytes=64 * 1024,
+        upload_spool_dir=tmp_path / "spool",
+        api_keys="k-one, k-two",
+    )
+    async for http in _client(settings):
+        yield http
+
+
+ONE_ROW = (HEADER + "2025-01-01T12:00:00Z,p1,b1,front,Granted\n").encode()
+
+
+async def test_uploads_need_an_api_key_when_keys_are_set(keyed_client: Client, database_url: str) -> None:
+    files = {"file": ("events.csv", ONE_ROW, "text/csv")}
+    missing = await keyed_client.post("/api/v1/uploads", files=files)
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "missing_api_key"
+    wrong = await keyed_client.post("/api/v1/uploads", files=files, headers={"X-API-Key": "k-three"})
+    assert wrong.status_code == 403
+    assert wrong.json()["error"]["code"] == "invalid_api_key"
+    near = await keyed_client.post("/api/v1/uploads", files=files, headers={"X-API-Key": "k-one "})
+    assert near.status_code == 403
+    assert await _count(database_url) == 0
+    good = await keyed_client.post("/api/v1/uploads", files=files, headers={"X-API-Key": "k-two"})
+    assert good.status_code == 201, good.text
+    assert await _count(database_url) == 1
+
+
+async def test_an_oversized_upload_is_refused_while_it_streams(keyed_client: Client, tmp_path: Path) -> None:
+    """No Content-Length (chunked): the limit is enforced on the bytes as they arrive, the rest of
+    the body is never read and the spool file is gone afterwards."""
+    boundary = "xyzzy"
+    sent = 0
+    chunk = b"2025-01-01T12:00:00Z,p1,b1,front,Granted\n" * 400  # 16.8 KB
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n'
+            "Content-Type: text/csv\r\n\r\n" + HEADER
+        ).encode()
+        yield head
+        for _ in range(600):  # 10 MB offered against a 64 KiB limit
+            sent += len(chunk)
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    answer = await keyed_client.post(
+        "/api/v1/uploads",
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}", "X-API-Key": "k-one"},
+    )
+    assert answer.status_code == 413
+    assert answer.json()["error"]["details"] == {"max_bytes": 64 * 1024}
+    assert sent < 200 * 1024
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_a_spool_that_cannot_be_created_is_a_clean_503(database_url: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool directory should be")
+    settings = AnalyticsSettings(
+        database_url=database_url,
+        cache_type="memory",
+        tracing_enabled=False,
+        analytics_max_workers=1,
+        upload_spool_dir=blocker / "spool",
+    )
+    async for http in _client(settings):
+        answer = await http.post("/api/v1/uploads", files={"file": ("e.csv", ONE_ROW, "text/csv")})
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "spool_unavailable"
+        assert str(tmp_path) not in answer.text

@@ -51,19 +51,19 @@ def _compare(keys: list[tuple[str, bool]], rows: int, odd: float, seed: int) -> 
     assert batch == expected
 
 
-CONTRACT = [("timestamp", False), ("person_id", False), ("door_id", False), ("access_result", False)]
+REQUIRED_FIELDS = [("timestamp", False), ("person_id", False), ("door_id", False), ("access_result", False)]
 
 
 @pytest.mark.parametrize("odd", [0.0, 0.05, 0.5])
-def test_contract_fields_only(odd: float) -> None:
-    _compare(CONTRACT, 3_000, odd, seed=int(odd * 100))
+def test_required_fields_only(odd: float) -> None:
+    _compare(REQUIRED_FIELDS, 3_000, odd, seed=int(odd * 100))
 
 
 def test_extra_columns_are_left_out_when_empty_and_sorted_by_code_point() -> None:
     keys = [
-        *CONTRACT,
+        *REQUIRED_FIELDS,
         ("badge_id", False),
-        ("Firmware", True),  # upper case sorts before the lower-case contract names
+        ("Firmware", True),  # upper case sorts before the lower-case field names
         ("zone", True),
         ("é-extra", True),  # after every ASCII key
         ('a"b\\c', True),  # a key that needs escaping itself

@@ -48,6 +48,12 @@ STAMPS = [
     "",
     "99999999999999999",
     "2025-02-30T00:00:00Z",
+    "9999-12-31T23:59:59-05:00",
+    "9999-12-31T23:59:59.999999+00:00",
+    "0001-01-01T00:00:00Z",
+    "2999-01-01T00:00:00Z",
+    "253402300799999",
+    "-1",
 ]
 TEXT = [
     "p1",
@@ -271,3 +277,64 @@ def test_planned_spans_cover_the_file_on_record_boundaries(tmp_path: Path) -> No
     assert all(s.records <= 100 for s in spans)
     tight = plan_spans(str(path), header.data_offset, header.data_line, 100, budget=20_000)
     assert max(s.records for s in tight.spans) < 100  # the memory budget, not the row count, sized them
+
+
+def test_values_the_database_cannot_hold_are_refused_with_their_line(tmp_path: Path) -> None:
+    rows = [
+        ["2025-01-01T00:00:00Z", "p1", "d1", "Granted", "ok"],  # line 2: stored
+        ["9999-12-31T23:59:59-05:00", "p1", "d1", "Granted", ""],
+        ["0001-01-01T00:00:00Z", "p1", "d1", "Granted", ""],
+        ["9999-12-31T23:59:59.999999+00:00", "p1", "d1", "Granted", ""],
+        ["2999-01-01T00:00:00Z", "p1", "d1", "Granted", ""],
+        ["253402300799999", "p1", "d1", "Granted", ""],
+        ["2025-01-01T00:00:00Z", "p\x00", "d1", "Granted", ""],
+        ["2025-01-01T00:00:00Z", "p1", "d1", "Granted", "n\x00te"],
+        ["2025-01-01T00:00:00Z", "p1", "d1", "Granted", "", "x" * 201],
+    ]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["timestamp", "person_id", "door_id", "access_result", "note"])
+    writer.writerows(row[:5] for row in rows[:-1])
+    writer.writerow(["2025-01-01T00:00:00Z", "p1", "d1", "Granted", ""])
+    path = tmp_path / "hostile.csv"
+    path.write_text(buf.getvalue())
+    frame, errors = _sequential(str(path))
+    assert frame is not None
+    assert list(frame["line"]) == [2, 10]
+    reasons = {e["line"]: e["reason"] for e in errors}
+    assert set(reasons) == {3, 4, 5, 6, 7, 8, 9}
+    for line in (4, 5, 6, 7):
+        assert "outside the accepted window" in reasons[line] or "not a recognised" in reasons[line]
+    assert "outside the accepted window" in reasons[4]
+    assert "NUL" in reasons[8]
+    assert "'note'" in reasons[9]
+    assert "NUL" in reasons[9]
+    assert _assert_same(path) is True  # the NUL rows make the parallel path defer to the csv module
+
+
+def test_a_huge_header_line_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from services.analytics.uploads.csv_rows import MAX_HEADER_BYTES, HeaderError
+
+    path = tmp_path / "wide.csv"
+    with open(path, "wb") as fh:
+        fh.write(b"Timestamp,Person ID,Device name,Access result")
+        for _ in range(20):
+            fh.write(b",c" * (1 << 19))  # 20 MiB of header
+        fh.write(b"\n2025-01-01T00:00:00Z,p,d,Granted\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderError, match="header is longer than"):
+            read_header(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_HEADER_BYTES + (1 << 20)
+    # An unterminated quote runs into the same bound instead of reading the file to its end.
+    path.write_bytes(b'Timestamp,"Person ID\n' + b"x" * (MAX_HEADER_BYTES + 10))
+    with pytest.raises(HeaderError):
+        read_header(str(path))
+    # A normal header after blank lines is still found.
+    path.write_bytes(b"\n\nTimestamp,Person ID,Device name,Access result\n2025-01-01T00:00:00Z,p,d,Granted\n")
+    assert read_header(str(path)).data_line == 4

@@ -273,6 +273,32 @@ async def test_classification_4xx_success_5xx_timeout_failure_ignored() -> None:
     assert strict.classifier.exception(TimeoutError()) == "success"
 
 
+async def test_errors_caused_by_the_input_never_count_even_when_strict() -> None:
+    """What one client sent (a message too large, a value the driver cannot encode, a method
+    the upstream does not implement) says nothing about the dependency's health."""
+    import asyncpg
+    from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+
+    from shared.breaker import CausedByInput
+
+    class Refused(CausedByInput):
+        pass
+
+    strict = make(FakeClock(), record_other_exceptions=True, failure_threshold=1).classifier
+    for exc in (
+        MessageSizeTooLargeError(),
+        RecordTooLargeError(),
+        asyncpg.DataError("invalid input for query argument $1"),
+        Refused("too big"),
+    ):
+        assert strict.exception(exc) == "success", exc
+    assert strict.exception(asyncpg.InterfaceError("connection is closed")) == "failure"
+    for code in (501, 505):
+        assert strict.result(httpx.Response(code)) == "success"
+        assert strict.exception(_status_error(code)) == "success"
+    assert strict.result(httpx.Response(500)) == "failure"
+
+
 async def test_returned_5xx_response_counts_as_failure() -> None:
     clock = FakeClock()
     breaker = make(clock, failure_threshold=2)
@@ -329,7 +355,7 @@ async def test_guard_context_manager_records() -> None:
     assert state(breaker) == "open"
 
 
-def test_snapshot_has_contract_shape_and_config() -> None:
+def test_snapshot_has_reference_shape_and_config() -> None:
     breaker = CircuitBreaker(f"t_{unique_suffix()}")
     snap = breaker.snapshot()
     for key in (

@@ -3,6 +3,11 @@
 Starts embedded PostgreSQL and the Tansu broker for the settings that are unset, applies the
 migrations, then hands the four services to honcho (a Procfile runner) which multiplexes
 their output and stops them all on Ctrl-C; the embedded servers are stopped last.
+
+The broker keeps its log on disk under the data directory (`--broker-storage disk`, the
+default), so events answered 202 but not yet stored are still there after a stop or a crash;
+`--broker-storage memory` trades that for speed (docs/reference.md gives the measured cost).
+On a terminal the services log readable lines instead of JSON (unless LOG_FORMAT is set).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TextIO
 
 from shared.db import apply_migrations, ensure_database, with_database
 from shared.settings import REPO_ROOT, FleetSettings
@@ -33,7 +40,9 @@ SERVICES = {
 }
 
 
-def prepare_infrastructure(stack: ExitStack, settings: FleetSettings, data_dir: Path) -> dict[str, str]:
+def prepare_infrastructure(
+    stack: ExitStack, settings: FleetSettings, data_dir: Path, *, durable_broker: bool = True
+) -> dict[str, str]:
     """Start what is missing and return the environment that points every service at it."""
     env: dict[str, str] = {}
     database_url = settings.database_url
@@ -49,9 +58,15 @@ def prepare_infrastructure(stack: ExitStack, settings: FleetSettings, data_dir: 
     bootstrap = settings.kafka_bootstrap_servers
     if not bootstrap:
         data_dir.mkdir(parents=True, exist_ok=True)
-        kafka = stack.enter_context(EmbeddedKafka(port=59092, log_path=data_dir / "tansu.log"))
+        kafka = stack.enter_context(
+            EmbeddedKafka(
+                port=59092,
+                log_path=data_dir / "tansu.log",
+                storage_dir=data_dir / "broker" if durable_broker else None,
+            )
+        )
         bootstrap = kafka.bootstrap_servers
-        print(f"embedded Kafka broker: {bootstrap}", flush=True)
+        print(f"embedded Kafka broker: {bootstrap} (log: {kafka.storage_engine})", flush=True)
     asyncio.run(apply_migrations(database_url, "primary"))
     asyncio.run(apply_migrations(timescale_url, "replica"))
     env["DATABASE_URL"] = database_url
@@ -60,13 +75,29 @@ def prepare_infrastructure(stack: ExitStack, settings: FleetSettings, data_dir: 
     return env
 
 
+def child_log_format(environ: Mapping[str, str], stdout: TextIO) -> str:
+    """The services write into honcho's pipe, not the terminal, so `auto` is decided here:
+    readable lines when `make run` runs on a terminal, JSON lines when its output is captured."""
+    chosen = environ.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+    if chosen != "auto":
+        return chosen
+    return "console" if stdout.isatty() else "json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=DATA_DIR,
-        help="where the embedded database keeps its files (default: .data/)",
+        help="where the embedded database and broker keep their files (default: .data/)",
+    )
+    parser.add_argument(
+        "--broker-storage",
+        choices=("disk", "memory"),
+        default="disk",
+        help="where the embedded broker keeps its log: disk survives a stop or crash, memory is "
+        "faster and forgets (default: disk)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s run_fleet %(message)s")
@@ -76,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = FleetSettings()
     with ExitStack() as stack:
-        env = prepare_infrastructure(stack, settings, args.data_dir)
+        env = prepare_infrastructure(
+            stack, settings, args.data_dir, durable_broker=args.broker_storage == "disk"
+        )
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        child_env["LOG_FORMAT"] = child_log_format(os.environ, sys.stdout)
         manager = Manager(Printer(sys.stdout))
         for name, module in SERVICES.items():
             manager.add_process(name, f"{sys.executable} -m {module}", env=child_env, cwd=str(REPO_ROOT))
