@@ -301,15 +301,21 @@ class CacheStats(_Open):
     ttl_seconds: float | None
 
 
+class InvalidationSummary(_Open):
+    tags: int = Field(description="tags with a recorded invalidation")
+    prefixes: int = Field(description="key prefixes with a recorded invalidation")
+    max_fields: int = Field(description="the most tags and prefixes remembered")
+    floor: float = Field(description="Unix time before which every entry counts as invalidated")
+    latest: dict[str, float] = Field(description='the latest invalidations, "tag:<t>" or "prefix:<p>"')
+
+
 class CacheReport(BaseModel):
     """`GET /api/v1/cache/report`."""
 
     type: str
     tiers: dict[str, TierReport] = Field(description="l1 (memory), l2 (Redis), l3 (disk) when configured")
     caches: dict[str, CacheStats]
-    invalidations: dict[str, dict[str, float]] = Field(
-        description="last invalidation time per tag and prefix"
-    )
+    invalidations: InvalidationSummary
 
 
 # --- uploads ----------------------------------------------------------------------------------
