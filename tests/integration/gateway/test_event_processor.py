@@ -274,7 +274,7 @@ async def test_a_batch_with_a_hundred_long_facility_ids_is_stored_in_one_stateme
     # Stored as one batch (not event by event after a refused statement), signalled once.
     assert [p["rows"] for p in payloads] == [100]
     assert payloads[0]["facilities"] is None
-    assert service.status()["dead_lettered"] == 0
+    assert service.status().dead_lettered == 0
 
 
 async def test_database_outage_pauses_commits_nothing_and_resumes(
