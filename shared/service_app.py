@@ -3,9 +3,9 @@
 A service supplies its name, its lifespan (which opens its pools and clients and registers
 readiness checks) and its routers; the factory adds the endpoints every service has (`/health`,
 `/ready`, `/metrics`, `/openapi.json`, `/docs`, `/redoc`; docs/reference.md) and the
-middlewares, from the outside in: request id, HTTP metrics, error envelope, admin-token check,
-tracing. That order is what makes a crash anywhere below still answer with the envelope, carry
-`X-Request-ID` and be counted.
+middlewares, from the outside in: request id, HTTP metrics, error envelope, operation timing,
+admin-token check, tracing. That order is what makes a crash anywhere below still answer with
+the envelope, carry `X-Request-ID` and be counted.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.admin import AdminFirstMiddleware
+from shared.breaker.routes import router as breakers_router
 from shared.errors import ErrorEnvelopeMiddleware, install_error_handlers
 from shared.event_vocabulary import get_event_limits
 from shared.openapi import fleet_openapi, install_offline_docs
+from shared.performance.asgi import OperationTimingMiddleware
+from shared.performance.service import monitoring_lifespan
 from shared.request_context import request_id_var
 from shared.resources import start_resource_guard
 from shared.settings import FleetSettings
@@ -141,11 +144,12 @@ def create_service_app(
         guard = start_resource_guard(settings, service=service)
         app.state.resource_guard = guard
         try:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
+            async with monitoring_lifespan(app, settings.monitoring_config, service):
+                if lifespan is None:
                     yield
+                else:
+                    async with lifespan(app):
+                        yield
         finally:
             await guard.stop()
 
@@ -171,6 +175,7 @@ def create_service_app(
     # Middlewares run in the reverse order of addition: the last added is the outermost.
     instrument_app(app)
     app.add_middleware(AdminFirstMiddleware)
+    app.add_middleware(OperationTimingMiddleware)  # times admin refusals too
     app.add_middleware(ErrorEnvelopeMiddleware)
     # Each app gets its own registry for the HTTP metrics: the instrumentator silently records
     # nothing for a second app registering the same names in one process (tests build many).
@@ -189,6 +194,7 @@ def create_service_app(
         body = generate_latest(REGISTRY) + generate_latest(http_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(breakers_router)
     return app
 
 

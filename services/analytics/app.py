@@ -59,7 +59,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin_routes.router)
     app.include_router(upload_routes.router)
-    app.include_router(performance_routes.router)  # its lifespan runs the snapshots and alerts
+    app.include_router(performance_routes.router)
     return app
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Every dependency is a coroutine: FastAPI runs a plain `def` dependency in a worker thread,
+# a thread hand-off per dependency per request for what is an attribute read.
 from typing import Annotated
 
 import asyncpg
@@ -16,37 +18,37 @@ from shared.errors import ApiError
 from shared.performance.realtime import RealTimePerformanceTracker
 
 
-def app_settings(request: Request) -> AnalyticsSettings:
+async def app_settings(request: Request) -> AnalyticsSettings:
     settings: AnalyticsSettings = request.app.state.settings
     return settings
 
 
-def get_service(request: Request) -> AnalyticsService:
+async def get_service(request: Request) -> AnalyticsService:
     service: AnalyticsService = request.app.state.analytics
     return service
 
 
-def get_tuning(request: Request) -> AnalyticsTuning:
+async def get_tuning(request: Request) -> AnalyticsTuning:
     tuning: AnalyticsTuning = request.app.state.tuning
     return tuning
 
 
-def get_cache(request: Request) -> HierarchicalCacheManager:
+async def get_cache(request: Request) -> HierarchicalCacheManager:
     cache: HierarchicalCacheManager = request.app.state.cache
     return cache
 
 
-def get_workers(request: Request) -> WorkerPool:
+async def get_workers(request: Request) -> WorkerPool:
     workers: WorkerPool = request.app.state.workers
     return workers
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
 
-def get_tracker(request: Request) -> RealTimePerformanceTracker:
+async def get_tracker(request: Request) -> RealTimePerformanceTracker:
     tracker: RealTimePerformanceTracker | None = getattr(request.app.state, "performance_tracker", None)
     if tracker is None:
         raise ApiError(503, "performance tracking is starting", headers={"Retry-After": "1"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Every dependency is a coroutine: FastAPI runs a plain `def` dependency in a worker thread,
+# a thread hand-off per dependency per request for what is an attribute read.
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,32 +15,32 @@ from services.gateway.settings import GatewaySettings
 from shared.breaker import BreakerRegistry, CircuitBreaker
 
 
-def get_publisher(request: Request) -> EventPublisher:
+async def get_publisher(request: Request) -> EventPublisher:
     publisher: EventPublisher = request.app.state.publisher
     return publisher
 
 
-def get_gateway_settings(request: Request) -> GatewaySettings:
+async def get_gateway_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def get_breakers(request: Request) -> BreakerRegistry:
+async def get_breakers(request: Request) -> BreakerRegistry:
     registry: BreakerRegistry = request.app.state.breakers
     return registry
 
 
-def get_kafka_breaker(request: Request) -> CircuitBreaker:
+async def get_kafka_breaker(request: Request) -> CircuitBreaker:
     breaker: CircuitBreaker = request.app.state.kafka_breaker
     return breaker
 
 
-def get_ingest_budget(request: Request) -> MemoryBudget:
+async def get_ingest_budget(request: Request) -> MemoryBudget:
     budget: MemoryBudget = request.app.state.ingest_budget
     return budget
 
 
-def get_ingest_limiter(request: Request) -> IngestLimiter:
+async def get_ingest_limiter(request: Request) -> IngestLimiter:
     limiter: IngestLimiter = request.app.state.ingest_limiter
     return limiter
 

@@ -133,6 +133,7 @@ class _Call:
     target: ResolvedRoute
     url: str
     cache_key: str | None
+    client_broke_off: bool = False  # the client's request body ended early: its doing, not the upstream's
 
     @property
     def route(self) -> Route:
@@ -170,6 +171,11 @@ class Proxy:
         try:
             upstream = await self._send(request, call)
         except httpx.TransportError as exc:
+            if call.client_broke_off:
+                # The breaker guards the upstream; a client that hung up mid-body says nothing of it.
+                permit.release()
+                PROXY_REQUESTS.labels(route=call.route.prefix, outcome="client_aborted").inc()
+                return error_response(400, "the request body broke off", code="client_aborted")
             permit.record_exception(exc)
             return self._transport_failure(call, exc, breaker.retry_after)
         except BaseException:
@@ -213,10 +219,21 @@ class Proxy:
             request.method,
             call.url,
             headers=forward_headers(request),
-            content=request.stream() if has_body else None,
+            content=self._client_body(request, call) if has_body else None,
             timeout=httpx.Timeout(call.route.timeout, connect=min(call.route.timeout, 3.0)),
         )
         return await self.client.send(upstream_request, stream=True)
+
+    @staticmethod
+    async def _client_body(request: Request, call: _Call) -> AsyncIterator[bytes]:
+        """The request body as it arrives, noting when the client breaks it off (the HTTP client
+        then reports a transport error that is not the upstream's)."""
+        try:
+            async for chunk in request.stream():
+                yield chunk
+        except BaseException:
+            call.client_broke_off = True
+            raise
 
     def _transport_failure(self, call: _Call, exc: httpx.TransportError, retry_after: float) -> Response:
         if isinstance(exc, httpx.ConnectTimeout):

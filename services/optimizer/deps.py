@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Every dependency is a coroutine: FastAPI runs a plain `def` dependency in a worker thread,
+# a thread hand-off per dependency per request for what is an attribute read.
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -9,7 +11,7 @@ from fastapi import Depends, Request
 from services.optimizer.optimizer import Optimizer
 
 
-def get_optimizer(request: Request) -> Optimizer:
+async def get_optimizer(request: Request) -> Optimizer:
     optimizer: Optimizer = request.app.state.optimizer
     return optimizer
 

@@ -9,10 +9,11 @@ from shared.breaker.circuit import BreakerRegistry, CircuitBreaker, Permit, get_
 from shared.breaker.classify import MESSAGE_CAUSED, is_server_fault
 from shared.breaker.config import BreakerConfig, BreakerConfigError, Seconds
 from shared.breaker.errors import CausedByInput, CircuitBreakerOpen, State
-from shared.breaker.snapshot import BreakerSnapshot
+from shared.breaker.snapshot import BreakerBoard, BreakerSnapshot
 
 __all__ = [
     "MESSAGE_CAUSED",
+    "BreakerBoard",
     "BreakerConfig",
     "BreakerConfigError",
     "BreakerRegistry",

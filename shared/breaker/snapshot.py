@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,3 +35,19 @@ class BreakerSnapshot(BaseModel):
     calls: dict[str, int] = Field(description="calls by outcome: success, failure, slow, rejected, ignored")
     config: dict[str, Any] = Field(description="the effective configuration of this breaker")
     half_open_calls: HalfOpenCalls | None = None
+
+
+class Unreachable(BaseModel):
+    unreachable: Literal[True]
+
+
+class BreakerBoard(BaseModel):
+    """The gateway's `GET /breaker`: its own breakers by name, and under `services` those of each
+    service behind it, or `{"unreachable": true}` when that service did not answer."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, BreakerSnapshot] = Field(init=False)
+
+    services: dict[str, Unreachable | dict[str, BreakerSnapshot]] = Field(
+        default_factory=dict, description="per service behind the gateway"
+    )

@@ -37,6 +37,7 @@ from shared.cache.entry import CacheEntry
 from shared.cache.invalidation import InvalidationLog
 from shared.cache.tiers import DiskTier, MemoryTier, RedisTier, TierUnavailable
 from shared.cache.xfetch import should_refresh_early
+from shared.performance.operation import operation
 from shared.redis_options import cache_redis_url, redis_connection_options
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class HierarchicalCacheManager:
         self._stats: dict[str, _CacheStats] = {}
         self._flights: dict[str, concurrent.futures.Future[CacheResult]] = {}
         self._flights_lock = threading.Lock()
+        self._reads: dict[tuple[int, str, str], asyncio.Future[CacheEntry | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
@@ -212,7 +214,9 @@ class HierarchicalCacheManager:
         upper: list[Tier] = []
         for tier in self.tiers:
             try:
-                entry = await tier.get(key)
+                entry = (
+                    tier.get_now(key) if isinstance(tier, MemoryTier) else await self._shared_read(tier, key)
+                )
             except TierUnavailable:
                 continue
             if entry is not None and self._usable(key, entry, now):
@@ -234,6 +238,27 @@ class HierarchicalCacheManager:
             metrics.CACHE_MISSES.labels(cache=name, tier=tier.name).inc()
             upper.append(tier)
         return await self._single_flight(name, key, compute, ttl_s, tags, stale)
+
+    async def _shared_read(self, tier: RedisTier | DiskTier, key: str) -> CacheEntry | None:
+        """Read `key` from a shared tier once for all concurrent callers in this loop.
+
+        Without it, N requests for a cold key make N Redis reads (and open up to N connections)
+        before the single flight joins them; a burst on one key then times out Redis
+        connections and opens the `redis` breaker for every key.
+        """
+        slot = (id(asyncio.get_running_loop()), tier.name, key)
+        read = self._reads.get(slot)
+        if read is None:
+            read = asyncio.ensure_future(tier.get(key))
+            self._reads[slot] = read
+
+            def done(finished: asyncio.Future[CacheEntry | None]) -> None:
+                self._reads.pop(slot, None)
+                if not finished.cancelled():
+                    finished.exception()  # retrieved here too: every waiter may have gone away
+
+            read.add_done_callback(done)
+        return await asyncio.shield(read)
 
     async def _store_in(self, tier: Tier, key: str, entry: CacheEntry, *, promoted: bool = False) -> None:
         try:
@@ -379,7 +404,8 @@ class HierarchicalCacheManager:
         try:
             stats.computations += 1
             metrics.CACHE_COMPUTATIONS.labels(cache=name).inc()
-            value = await compute()
+            with operation(f"cache.compute.{name}"):
+                value = await compute()
         except Exception as exc:
             stats.errors += 1
             if stale is not None and stale.usable_stale(self._clock()):

@@ -155,6 +155,9 @@ def read_header(path: str, max_bytes: int = MAX_HEADER_BYTES) -> Header:
             raise HeaderError(
                 f"{len(names)} columns; at most {MAX_COLUMNS} are accepted", {"columns": len(names)}
             )
+        for name in names:
+            if problem := text_problem(name):  # extra columns become JSON keys in `extra`
+                raise HeaderError(f"column name {name!r} {problem}", {"column": name[:200]})
         fields = [ALIASES.get(_normal(n)) for n in names]
         seen: dict[str, str] = {}
         for name, f in zip(names, fields, strict=True):

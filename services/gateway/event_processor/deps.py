@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Every dependency is a coroutine: FastAPI runs a plain `def` dependency in a worker thread,
+# a thread hand-off per dependency per request for what is an attribute read.
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,7 +12,7 @@ from services.gateway.event_processor.service import ProcessorService
 from shared.errors import ApiError
 
 
-def get_processor(request: Request) -> ProcessorService:
+async def get_processor(request: Request) -> ProcessorService:
     processor: ProcessorService | None = getattr(request.app.state, "processor", None)
     if processor is None:
         raise ApiError(

@@ -172,20 +172,3 @@ async def test_a_value_without_a_safe_form_stays_in_memory_only(
     assert await redis_client.get(l2.entry_key("opaque")) is None
     assert (await manager.get_or_compute("n", "opaque", opaque, ttl_s=60)).tier == "l1"
     await manager.close()
-
-
-async def test_shared_invalidations_stay_bounded_in_redis(
-    redis_url: str, redis_prefix: str, redis_client: aioredis.Redis
-) -> None:
-    l2 = RedisTier(redis_url, key_prefix=redis_prefix, breaker=CircuitBreaker("redis"), max_invalidations=50)
-    writer = RedisCacheManager(l2=l2)
-    for i in range(0, 500, 25):
-        await writer.invalidate_tags([f"facility:f{j}" for j in range(i, i + 25)])
-    assert await redis_client.zcard(l2.invalidations_key) == 50
-    floor = float(await redis_client.get(l2.invalidations_floor_key))
-    reader = RedisCacheManager(l2=tier(redis_url, redis_prefix))
-    await reader.start()
-    assert reader.invalidations.floor == floor
-    assert "facility:f499" in reader.invalidations.snapshot()["tags"]
-    await writer.close()
-    await reader.close()

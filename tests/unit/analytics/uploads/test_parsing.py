@@ -335,6 +335,10 @@ def test_a_huge_header_line_is_refused_without_reading_it_whole(tmp_path: Path) 
     path.write_bytes(b'Timestamp,"Person ID\n' + b"x" * (MAX_HEADER_BYTES + 10))
     with pytest.raises(HeaderError):
         read_header(str(path))
+    # A column name the store could not keep as a JSON key.
+    path.write_bytes(b"Timestamp,Person ID,Device name,Access result,no\x00te\n")
+    with pytest.raises(HeaderError, match="NUL"):
+        read_header(str(path))
     # A normal header after blank lines is still found.
     path.write_bytes(b"\n\nTimestamp,Person ID,Device name,Access result\n2025-01-01T00:00:00Z,p,d,Granted\n")
     assert read_header(str(path)).data_line == 4
