@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared._quiet_export import QuietExporter
 
@@ -134,16 +134,20 @@ class _RouteNamer:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None)
-            span = trace.get_current_span()
-            if path and span.is_recording():
-                method, _ = _span_details(scope)
-                span.update_name(f"{method} {path}")
-                span.set_attribute("http.route", path)
+        async def send_naming(message: Message) -> None:
+            # The server span ends with the answer: name it when the answer starts, by which time
+            # the router has chosen the route.
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                path = getattr(route, "path_format", None) or getattr(route, "path", None)
+                span = trace.get_current_span()
+                if path and span.is_recording():
+                    method, _ = _span_details(scope)
+                    span.update_name(f"{method} {path}")
+                    span.set_attribute("http.route", path)
+            await send(message)
+
+        await self.app(scope, receive, send_naming)
 
 
 def instrument_httpx_client(client: httpx.AsyncClient) -> None:
