@@ -240,8 +240,8 @@ async def test_hostile_corpus_every_message_is_stored_or_dead_lettered_and_the_p
     assert bounds["lo"].year >= 1970
     assert bounds["hi"].year < 2100
     status = running.status()
-    assert status["dead_lettered"] == len(should_die)
-    assert status["stored"] == len(good) + len(should_store)
+    assert status.dead_lettered == len(should_die)
+    assert status.stored == len(good) + len(should_store)
 
 
 async def test_a_batch_with_a_hundred_long_facility_ids_is_stored_in_one_statement(
