@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Every dependency is a coroutine: FastAPI runs a plain `def` dependency in a worker thread,
 # a thread hand-off per dependency per request for what is an attribute read.
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -13,6 +13,14 @@ from services.gateway.publisher import EventPublisher
 from services.gateway.rate_limit import IngestLimiter
 from services.gateway.settings import GatewaySettings
 from shared.breaker import BreakerRegistry, CircuitBreaker
+
+if TYPE_CHECKING:  # the proxy module builds its routes with ProxyDep: a runtime import would loop
+    from services.gateway.proxy import Proxy
+
+
+async def get_proxy(request: Request) -> Proxy:
+    proxy: Proxy = request.app.state.proxy
+    return proxy
 
 
 async def get_publisher(request: Request) -> EventPublisher:
@@ -51,3 +59,4 @@ Breakers = Annotated[BreakerRegistry, Depends(get_breakers)]
 Limiter = Annotated[IngestLimiter, Depends(get_ingest_limiter)]
 KafkaBreaker = Annotated[CircuitBreaker, Depends(get_kafka_breaker)]
 IngestBudget = Annotated[MemoryBudget, Depends(get_ingest_budget)]
+ProxyDep = Annotated["Proxy", Depends(get_proxy)]

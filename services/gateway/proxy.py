@@ -21,6 +21,7 @@ from opentelemetry import propagate
 from prometheus_client import Counter
 from starlette.responses import Response, StreamingResponse
 
+from services.gateway.deps import ProxyDep
 from services.gateway.routes_table import ResolvedRoute, Route, UnsafePath, normalise_path
 from services.gateway.stale_cache import StaleCache
 from shared.api_keys import authenticate
@@ -325,7 +326,7 @@ async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
 
 
 def build_router(routes: list[ResolvedRoute]) -> APIRouter:
-    """Catch-all routes per prefix; the handler finds its Proxy on `app.state.proxy`.
+    """Catch-all routes per prefix, forwarding through the app's Proxy (a typed dependency).
 
     Each method is its own route so that every operation of the OpenAPI document has its own id.
     """
@@ -333,15 +334,15 @@ def build_router(routes: list[ResolvedRoute]) -> APIRouter:
     for target in routes:
 
         def make_handlers(bound: ResolvedRoute) -> tuple[Any, Any]:
-            async def forward_prefix(request: Request) -> Response:
-                proxy: Proxy = request.app.state.proxy
+            async def forward_prefix(request: Request, proxy: ProxyDep) -> Response:
                 return await proxy.forward(request, bound)
 
             async def forward(
                 request: Request,
+                proxy: ProxyDep,
                 path: Annotated[str, PathParam(description="the rest of the path, sent upstream as is")],
             ) -> Response:
-                return await forward_prefix(request)
+                return await proxy.forward(request, bound)
 
             return forward_prefix, forward
 
