@@ -66,10 +66,46 @@ class EventParseError(ValueError):
         self.message = message
 
 
+def _document_lenient_input(schema: dict[str, Any]) -> None:
+    """The JSON schema of what is accepted, not only of the canonical form: ids may be numbers,
+    the timestamp epoch milliseconds, `entry_without_badge` 0/1 or a true/false word, and `null`
+    stands for a field's default (the validators below). Enum values are also accepted in any
+    case; JSON Schema cannot say "case-insensitive", so the documented values are the canonical
+    spellings."""
+    props = schema.get("properties", {})
+    for name in ("event_id", "person_id", "door_id", "badge_id", "facility_id"):
+        if name in props:
+            props[name] = {"anyOf": [props.pop(name), {"type": "integer"}]}
+    if "timestamp" in props:
+        props["timestamp"] = {
+            "anyOf": [
+                {"type": "string", "description": "ISO 8601; a naive time is UTC"},
+                {"type": "number", "description": "epoch milliseconds"},
+            ]
+        }
+    if "entry_without_badge" in props:  # also 0/1 and the true/false words of the vocabulary
+        props["entry_without_badge"]["anyOf"] = [
+            {"type": "boolean"},
+            {"type": "integer", "enum": [0, 1]},
+            {"type": "string", "description": "yes/no, true/false, y/n, t/f, 1/0 in any case"},
+        ]
+        props["entry_without_badge"].pop("type", None)
+    if "door_held_open_time" in props:  # also a number written as a string
+        props["door_held_open_time"] = {"anyOf": [props.pop("door_held_open_time"), {"type": "string"}]}
+    for name in ("door_held_open_time", "entry_without_badge", "device_status"):
+        if name in props:
+            props[name] = {"anyOf": [props.pop(name), {"type": "null"}]}
+
+
 class AccessEvent(BaseModel):
     """One badge swipe (or door incident). Unknown fields are kept in `extra`."""
 
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, frozen=False)
+    model_config = ConfigDict(
+        extra="allow",
+        str_strip_whitespace=True,
+        frozen=False,
+        json_schema_extra=_document_lenient_input,
+    )
 
     event_id: str = Field(min_length=1, max_length=MAX_LENGTH["event_id"])
     timestamp: datetime
@@ -92,6 +128,14 @@ class AccessEvent(BaseModel):
                 if name in data and data[name] is None:
                     data = {k: v for k, v in data.items() if k != name}
         return data
+
+    @field_validator("door_held_open_time", mode="before")
+    @classmethod
+    def _duration_is_not_a_flag(cls, value: object) -> object:
+        # `true`/`false` would pass as 1/0 seconds: a producer that sends a flag here is wrong.
+        if isinstance(value, bool):
+            raise ValueError("door_held_open_time is a number of seconds, not true/false")
+        return value
 
     @field_validator("event_id", "person_id", "door_id", "badge_id", "facility_id", mode="before")
     @classmethod

@@ -6,11 +6,13 @@ names below so one `.env` configures the whole fleet.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import types
+import typing
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -32,6 +34,19 @@ DEFAULT_PORTS = {
     "optimizer": 8003,
     "replicator": 8004,
 }
+
+
+@cache
+def _optional_fields(cls: type[BaseSettings]) -> frozenset[str]:
+    """Names of the settings of `cls` whose type admits None."""
+
+    def admits_none(annotation: object) -> bool:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Union or origin is types.UnionType:
+            return type(None) in typing.get_args(annotation)
+        return annotation is None or annotation is type(None)
+
+    return frozenset(name for name, f in cls.model_fields.items() if admits_none(f.annotation))
 
 
 class MissingSetting(RuntimeError):
@@ -145,23 +160,17 @@ class FleetSettings(BaseSettings):
     admin_token: SecretStr | None = Field(None, validation_alias="ADMIN_TOKEN")
     api_keys: str | None = Field(None, validation_alias="API_KEYS")
 
-    @field_validator(
-        "database_url",
-        "timescale_url",
-        "kafka_bootstrap_servers",
-        "admin_token",
-        "api_keys",
-        "otel_exporter_otlp_endpoint",
-        "cache_l3_path",
-        "cache_username",
-        "cache_password",
-        "cache_tls_ca_file",
-        mode="before",
-    )
+    @field_validator("*", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `FOO=` in a compose file or .env means "not set", not "the empty string".
-        if isinstance(value, str) and not value.strip():
+    def _blank_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """`FOO=` in a compose file or .env means "not set", not "the empty string": for every
+        setting that may be unset (here and in each service's subclass), blank becomes None."""
+        if (
+            isinstance(value, str)
+            and not value.strip()
+            and info.field_name is not None
+            and info.field_name in _optional_fields(cls)
+        ):
             return None
         return value
 

@@ -91,5 +91,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(breaker_routes.router)
     app.include_router(dashboard.router)
     app.include_router(proxy.build_router(routes))
-    app.include_router(processor_tuning.router)
+    if settings.run_event_processor:  # its tuning is served (and documented) where it runs
+        app.include_router(processor_tuning.router)
     return app
