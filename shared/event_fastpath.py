@@ -51,6 +51,9 @@ _KNOWN = frozenset(AccessEvent.model_fields)
 # left to the model: whatever it does with them is its verdict.
 _MODEL_NAMES = frozenset(dir(AccessEvent))
 _MAX_EXACT_INT = 2**53
+# Word (lower-cased, stripped) to the stored value: an enum member's `.value` costs a descriptor call.
+_RESULT_VALUES = {word: member.value for word, member in ACCESS_RESULTS.items()}
+_STATUS_VALUES = {word: member.value for word, member in BADGE_STATUSES.items()}
 
 
 def _plain_text(value: object, limit: int) -> str | None:
@@ -89,7 +92,7 @@ def fast_record(data: dict[str, Any]) -> EventRow | None:
     result = data.get("access_result")
     if type(result) is not str:
         return None
-    access_result = ACCESS_RESULTS.get(result.strip().lower())
+    access_result = _RESULT_VALUES.get(result.strip().lower())
     if access_result is None:
         return None
     stamp = data.get("timestamp")
@@ -113,10 +116,9 @@ def fast_record(data: dict[str, Any]) -> EventRow | None:
     elif type(status) is str:
         word = status.strip().lower()
         if word:
-            member = BADGE_STATUSES.get(word)
-            if member is None:
+            badge_status = _STATUS_VALUES.get(word)
+            if badge_status is None:
                 return None
-            badge_status = member.value
         else:
             badge_status = None
     else:
@@ -170,7 +172,7 @@ def fast_record(data: dict[str, Any]) -> EventRow | None:
         person_id,
         door_id,
         badge_id,
-        access_result.value,
+        access_result,
         badge_status,
         held_s,
         without_badge,
