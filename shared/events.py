@@ -182,8 +182,12 @@ class AccessEvent(BaseModel):
         return orjson.dumps(extra, default=str).decode()
 
     def to_wire(self) -> bytes:
-        """The JSON message as it travels on Kafka: the format's field names, ISO UTC timestamp."""
-        return orjson.dumps(self.model_dump(mode="json"))
+        """The JSON message as it travels on Kafka: the format's field names, ISO UTC timestamp.
+
+        pydantic-core writes the JSON itself (the same bytes as `orjson.dumps(model_dump(mode=
+        "json"))`, in about a third of the time: no intermediate dict), and its bytes object has
+        exactly the message's size."""
+        return self.__pydantic_serializer__.to_json(self)
 
 
 def derive_event_id(row: dict[str, Any]) -> str:

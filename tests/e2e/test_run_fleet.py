@@ -19,7 +19,7 @@ from shared.settings import REPO_ROOT
 from tests.factories import event_dict
 from tools.dev.embedded import free_port
 
-SERVICES = ("gateway", "analytics", "optimizer", "replicator")
+SERVICES = ("gateway", "processor", "analytics", "optimizer", "replicator")
 
 
 class FleetRun:
@@ -29,6 +29,7 @@ class FleetRun:
             **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}},
             "TRACING_ENABLED": "false",
             "GATEWAY_PORT": str(self.ports["gateway"]),
+            "EVENT_PROCESSOR_PORT": str(self.ports["processor"]),
             "ANALYTICS_PORT": str(self.ports["analytics"]),
             "OPTIMIZER_PORT": str(self.ports["optimizer"]),
             "REPLICATION_METRICS_PORT": str(self.ports["replicator"]),
@@ -150,7 +151,7 @@ def test_make_run_with_embedded_servers_keeps_data_and_leaves_nothing_behind(
     assert "embedded Kafka broker" in first.logs(tail=None)
     _post_and_wait_for_summary(first, expected_total=1)
     pids = first.fleet_pids()
-    assert len(pids) >= 7  # runner, four services, broker, postmaster
+    assert len(pids) >= 8  # runner, five services (the processor its own), broker, postmaster
     first.interrupt()
     time.sleep(0.5)
     assert _alive(pids) == set(), f"left behind: {_alive(pids)}\n{first.logs()}"

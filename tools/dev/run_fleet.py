@@ -1,8 +1,12 @@
 """`make run`: the whole fleet on one machine, no Docker, nothing pre-installed.
 
 Starts embedded PostgreSQL and the Tansu broker for the settings that are unset, applies the
-migrations, then hands the four services to honcho (a Procfile runner) which multiplexes
-their output and stops them all on Ctrl-C; the embedded servers are stopped last.
+migrations, then hands the services to honcho (a Procfile runner) which multiplexes their
+output and stops them all on Ctrl-C; the embedded servers are stopped last.
+
+The event processor runs as its own process (`python -m services.gateway.event_processor`) and
+the gateway with `GATEWAY_RUN_EVENT_PROCESSOR=false`: in one process the two shared one core,
+and HTTP ingestion waited behind the processor's parsing (`bench ingest_http` measures it).
 
 The broker keeps its log on disk under the data directory (`--broker-storage disk`, the
 default), so events answered 202 but not yet stored are still there after a stop or a crash;
@@ -34,10 +38,14 @@ REPLICA_DB = "sentinel_replica"
 
 SERVICES = {
     "gateway": "services.gateway",
+    "processor": "services.gateway.event_processor",
     "analytics": "services.analytics",
     "optimizer": "services.optimizer",
     "replicator": "services.replicator",
 }
+
+# On top of the shared environment: the processor has its own process here.
+SERVICE_ENV = {"gateway": {"GATEWAY_RUN_EVENT_PROCESSOR": "false"}}
 
 
 def prepare_infrastructure(
@@ -114,9 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         child_env["LOG_FORMAT"] = child_log_format(os.environ, sys.stdout)
         manager = Manager(Printer(sys.stdout))
         for name, module in SERVICES.items():
-            manager.add_process(name, f"{sys.executable} -m {module}", env=child_env, cwd=str(REPO_ROOT))
+            manager.add_process(
+                name,
+                f"{sys.executable} -m {module}",
+                env={**child_env, **SERVICE_ENV.get(name, {})},
+                cwd=str(REPO_ROOT),
+            )
         urls = {
             "gateway": settings.gateway_url,
+            "processor": f"http://{settings.host}:{settings.event_processor_port}",
             "analytics": settings.analytics_url,
             "optimizer": settings.optimizer_url,
             "replicator": settings.replicator_url,

@@ -22,17 +22,24 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from services.gateway.event_processor import metrics
+from services.gateway.event_processor.observe import (
+    ConsumerLag,
+    batch_links,
+    observe_latencies,
+    received_at,
+)
 from services.gateway.event_processor.sink import EventSink, StoreOutcome, is_database_down
 from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
 from shared.event_fastpath import EventRow, record_of
 from shared.events import EventParseError, decode_event_bytes
+from shared.performance import get_performance_monitor
+from shared.performance.operation import operation
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +118,7 @@ class EventProcessor:
         self.max_message_bytes = max_message_bytes
         self.retry_backoff_max_s = retry_backoff_max_s
         self.stats = ProcessorStats()
+        self.lag = ConsumerLag()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -170,6 +178,7 @@ class EventProcessor:
         `_YIELD_EVERY` records so the COPY of the previous batch keeps streaming meanwhile
         (asyncpg encodes and sends a COPY in chunks, each waiting for the socket to drain)."""
         batch = Batch(records, [], [], [])
+        spent = self.stats.decode_s + self.stats.validate_s
         decoded: list[tuple[Record, dict[str, object]]] = []
         limit = self.max_message_bytes
         for start in range(0, len(records), _YIELD_EVERY):
@@ -195,6 +204,9 @@ class EventProcessor:
                     batch.dead.append((record, *_unexpected(exc)))
             self.stats.validate_s += time.perf_counter() - started
             await asyncio.sleep(0)
+        get_performance_monitor().record(
+            "processor.parse", self.stats.decode_s + self.stats.validate_s - spent
+        )
         return batch
 
     async def handle(self, records: list[Record]) -> int:
@@ -213,15 +225,21 @@ class EventProcessor:
         return outcome
 
     async def _finish(self, batch: Batch, storing: asyncio.Task[StoreOutcome]) -> bool:
+        """`_complete` under one span linked to the trace of every message, timed as `processor.batch`."""
+        with operation("processor.batch", links=batch_links(batch.records), records=len(batch.records)):
+            return await self._complete(batch, storing)
+
+    async def _complete(self, batch: Batch, storing: asyncio.Task[StoreOutcome]) -> bool:
         """Wait for `batch` to be stored, dead-letter what must be, commit; False when asked to
         stop while the database is down (nothing committed: the batch is redelivered)."""
         started = time.perf_counter()
-        try:
-            outcome: StoreOutcome | None = await storing
-        except Exception as exc:
-            if not is_database_down(exc):
-                raise  # the sink hands back rows it cannot store; this is a bug
-            outcome = await self._store_until_done(batch.rows, exc)
+        with operation("processor.store", events=len(batch.rows)):
+            try:
+                outcome: StoreOutcome | None = await storing
+            except Exception as exc:
+                if not is_database_down(exc):
+                    raise  # the sink hands back rows it cannot store; this is a bug
+                outcome = await self._store_until_done(batch.rows, exc)
         self.stats.store_wait_s += time.perf_counter() - started
         if outcome is None:
             return False
@@ -232,13 +250,15 @@ class EventProcessor:
             dead = [*dead, *((batch.sources[i], "rejected_by_database", why) for i, why in outcome.refused)]
         if dead:
             started = time.perf_counter()
-            await self._dead_letter(dead)
+            with operation("processor.dead_letter", messages=len(dead)):
+                await self._dead_letter(dead)
             self.stats.dead_letter_s += time.perf_counter() - started
-        now = datetime.now(UTC)
         refused = {i for i, _ in outcome.refused}
-        for i, row in enumerate(batch.rows):
-            if i not in refused:
-                metrics.EVENT_LATENCY.observe(max(0.0, (now - row[1]).total_seconds()))
+        observe_latencies(
+            (row[1], received_at(record))
+            for i, (row, record) in enumerate(zip(batch.rows, batch.sources, strict=True))
+            if i not in refused
+        )
         stored = len(batch.rows) - len(refused)
         inserted = outcome.inserted
         metrics.EVENTS_PROCESSED.inc(inserted)
@@ -249,8 +269,10 @@ class EventProcessor:
         self.stats.duplicates += stored - inserted
         self.stats.last_batch_at = time.time()
         started = time.perf_counter()
-        await self._commit(batch.records)
+        with operation("processor.commit"):
+            await self._commit(batch.records)
         self.stats.commit_s += time.perf_counter() - started
+        self.lag.note_batch(batch.records)
         return True
 
     async def _store_until_done(self, rows: list[EventRow], failure: Exception) -> StoreOutcome | None:
