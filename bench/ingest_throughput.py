@@ -276,7 +276,7 @@ def _storage_comparison(pg_server: str, count: int) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    count = 200_000 if quick else 1_000_000
+    count = 400_000 if quick else 1_000_000
     baseline_rows = 100_000 if quick else 300_000
     with servers() as (pg_server, bootstrap):
         print("[bench] ingest_throughput: database baseline", file=sys.stderr, flush=True)
