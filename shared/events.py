@@ -39,10 +39,12 @@ __all__ = [
     "AccessResult",
     "BadgeStatus",
     "EventParseError",
+    "decode_event_bytes",
     "derive_event_id",
     "event_record",
     "parse_event_bytes",
     "parse_timestamp",
+    "validate_event",
 ]
 
 UPLOAD_NAMESPACE = uuid.UUID("6f1c1d7e-3c0a-5b8e-9a57-2d3b8f0e4c11")
@@ -250,6 +252,11 @@ def parse_event_bytes(raw: bytes, *, max_bytes: int | None = None) -> AccessEven
 
     Any failure, whatever raised it, becomes an EventParseError: one message can never stop
     the partition it is in."""
+    return validate_event(decode_event_bytes(raw, max_bytes=max_bytes))
+
+
+def decode_event_bytes(raw: bytes, *, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object of one message, not yet validated; raises EventParseError."""
     max_bytes = max_event_bytes() if max_bytes is None else max_bytes
     if not raw:
         raise EventParseError("empty", "the message has no value (a tombstone or an empty message)")
@@ -261,6 +268,11 @@ def parse_event_bytes(raw: bytes, *, max_bytes: int | None = None) -> AccessEven
         raise EventParseError("invalid_json", f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EventParseError("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validate_event(data: dict[str, Any]) -> AccessEvent:
+    """The event a decoded message holds; raises EventParseError with a short reason for the DLQ."""
     try:
         return AccessEvent.model_validate(data)
     except ValidationError as exc:

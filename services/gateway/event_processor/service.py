@@ -37,6 +37,10 @@ class ProcessorStatus(BaseModel):
     paused: bool = Field(description="consumption paused while the database is unavailable")
     store_retries: int
     commit_failures: int
+    stage_seconds: dict[str, float] | None = Field(
+        description="seconds per stage (decode, validate, store, store_wait, dead_letter, commit) of the "
+        "current consumer; none before it starts"
+    )
     database_breaker: str = Field(description="closed, half_open or open")
     last_error: str | None
 
@@ -167,6 +171,17 @@ class ProcessorService:
             paused=stats.paused if stats else False,
             store_retries=stats.store_retries if stats else 0,
             commit_failures=stats.commit_failures if stats else 0,
+            # Seconds spent per stage by the current consumer (since its last (re)start).
+            stage_seconds={
+                "decode": round(stats.decode_s, 3),
+                "validate": round(stats.validate_s, 3),
+                "store": round(stats.store_s, 3),
+                "store_wait": round(stats.store_wait_s, 3),
+                "dead_letter": round(stats.dead_letter_s, 3),
+                "commit": round(stats.commit_s, 3),
+            }
+            if stats
+            else None,
             database_breaker=self.sink.breaker.state,
             last_error=self.last_error or (stats.last_error if stats else None),
         )
