@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench._gateway_bench import cpu_count, event_bytes, servers, unique_name
+from bench._gateway_bench import cpu_count, event_bytes, process_tree, servers, unique_name, usage
 from shared.kafka import create_producer, ensure_topics
 from shared.settings import REPO_ROOT
 from tools.dev.fleet import ServiceProcess
@@ -105,27 +105,6 @@ def _listening_pid(port: int) -> int | None:
     return None
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _usage(processes: list[psutil.Process]) -> tuple[float, float]:
-    """(CPU seconds, seconds spent runnable but waiting for a core) of these processes' threads.
-
-    The second comes from the scheduler (`/proc/<pid>/task/<tid>/schedstat`): on a busy machine
-    it shows whether a process was short of work or short of CPU."""
-    cpu = waited = 0.0
-    for proc in processes:
-        with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
-            times = proc.cpu_times()
-            cpu += times.user + times.system
-            for task in Path(f"/proc/{proc.pid}/task").iterdir():
-                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                    waited += int((task / "schedstat").read_text().split()[1]) / 1e9
-    return cpu, waited
-
-
 def _load(
     url: str, clients: int, seconds: float, max_requests: int, watch: dict[str, list[psutil.Process]]
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
@@ -152,11 +131,11 @@ def _load(
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "start":
                 raise RuntimeError("the load client did not start")
-            before = {name: _usage(procs) for name, procs in groups.items()}
+            before = {name: usage(procs) for name, procs in groups.items()}
             started = time.perf_counter()
             line = proc.stdout.readline()
             elapsed = time.perf_counter() - started
-            after = {name: _usage(procs) for name, procs in groups.items()}
+            after = {name: usage(procs) for name, procs in groups.items()}
             proc.wait(timeout=60)
         finally:
             if proc.poll() is None:
@@ -183,7 +162,10 @@ def _gateway(bootstrap: str, topic: str, workers: int) -> Iterator[ServiceProces
                 "ACCESS_EVENTS_TOPIC": topic,
                 "ACCESS_EVENTS_PARTITIONS": str(PARTITIONS),
                 "GATEWAY_RUN_EVENT_PROCESSOR": "false",
-                "GATEWAY_WORKERS": str(workers),
+                "GATEWAY_WORKERS": str(max(1, workers)),
+                # INGEST_MEMORY_BUDGET_MB is the gateway's total; each worker's share must
+                # still hold one maximum request (160 MiB at the default MAX_REQUEST_BYTES).
+                "INGEST_MEMORY_BUDGET_MB": str(256 * max(1, workers)),
                 "LOG_LEVEL": "WARNING",
             },
             Path(tmp),
@@ -205,9 +187,9 @@ def run(quick: bool) -> dict[str, Any]:
         raw_before = _raw(bootstrap, topic, raw_count)
         with _gateway(bootstrap, topic, workers or 0) as gateway:
             assert gateway.proc is not None
-            watch = {"gateway": _tree(gateway.proc.pid)}
+            watch = {"gateway": process_tree(gateway.proc.pid)}
             if broker_pid:
-                watch["broker"] = _tree(broker_pid)
+                watch["broker"] = process_tree(broker_pid)
             single, _ = _load(gateway.url, 1, 2.0, 200, {})
             load_avg = os.getloadavg()[0]
             report, usage = _load(gateway.url, CLIENTS, seconds, 1_000_000, watch)
