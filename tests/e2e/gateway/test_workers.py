@@ -18,9 +18,9 @@ def _posted(metrics: str) -> float:
     """The summed count of 202 answers to POST /api/v1/events in a scrape."""
     total = 0.0
     for line in metrics.splitlines():
-        if line.startswith("http_requests_total{") and 'handler="/api/v1/events"' in line:
-            if 'status="202"' in line and 'method="POST"' in line:
-                total += float(line.rsplit(" ", 1)[1])
+        wanted = ('handler="/api/v1/events"', 'status="202"', 'method="POST"')
+        if line.startswith("http_requests_total{") and all(label in line for label in wanted):
+            total += float(line.rsplit(" ", 1)[1])
     return total
 
 
