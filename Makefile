@@ -55,8 +55,10 @@ typecheck: install
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
+# `make load-test RATE=100 DURATION=30` (events per second, seconds); LOAD_ARGS adds any other
+# option of `python -m tools.load_test --help`.
 load-test: install
-	$(PY) -m tools.load_test $(LOAD_ARGS)
+	$(PY) -m tools.load_test $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(LOAD_ARGS)
 
 compose-check: install
 	$(VENV)/bin/docker-compose config --quiet

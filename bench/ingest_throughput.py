@@ -126,6 +126,7 @@ def _broker_run(pg_server: str, bootstrap: str, count: int, batch_size: int, lab
         "fill_seconds": round(fill_seconds, 1),
         "fill_events_per_s": round(count / fill_seconds),
         **drained,
+        **asyncio.run(_ack_latency_ms(bootstrap, 300)),
     }
 
 

@@ -7,11 +7,28 @@ call and keep its memory flat where the list grows with every observation.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import tracemalloc
 from typing import Any
 
+from shared.performance.asgi import OperationTimingMiddleware
 from shared.performance.monitor import PerformanceMonitor
+from shared.performance.operation import operation
+
+_SCOPE: dict[str, Any] = {"type": "http", "method": "GET", "path": "/x"}
+
+
+async def _empty_app(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request"}
+
+
+async def _send(message: Any) -> None:
+    return None
 
 
 def _per_call_ns(fn: Any, n: int) -> float:
@@ -48,6 +65,62 @@ def run(quick: bool) -> dict[str, Any]:
         for _ in range(k):
             op()
 
+    watched: list[float] = []
+    monitor.watch("bench.watched", lambda v: watched.append(v) if len(watched) < 1 else None)
+
+    def with_watched(k: int) -> None:
+        # An operation a threshold watches: the tracker's window gets each value too.
+        for _ in range(k):
+            with monitor.measure("bench.watched"):
+                pass
+
+    def with_operation(k: int) -> None:
+        # What the services use, with tracing off: the monitor's timing, no span.
+        for _ in range(k):
+            with operation("bench.operation"):
+                pass
+
+    def with_traced_operation(k: int) -> None:
+        # The same with tracing on: a recording span per block (sampled, exported nowhere), the
+        # cost a service pays with JAEGER_ENDPOINT or OTLP configured.
+        from opentelemetry.sdk.trace import TracerProvider
+
+        import shared.tracing
+        from shared.performance import operation as operation_module
+
+        tracer = operation_module._tracer
+        operation_module._tracer = TracerProvider().get_tracer("bench")
+        shared.tracing._initialised = True
+        try:
+            for _ in range(k):
+                with operation("bench.traced"):
+                    pass
+        finally:
+            shared.tracing._initialised = False
+            operation_module._tracer = tracer
+
+    def with_route(k: int) -> None:
+        # The ASGI middleware around an empty app, against the same app called bare.
+        loop = asyncio.new_event_loop()
+        timed = OperationTimingMiddleware(_empty_app, monitor)
+
+        async def go() -> None:
+            for _ in range(k):
+                await timed(_SCOPE.copy(), _receive, _send)
+
+        loop.run_until_complete(go())
+        loop.close()
+
+    def bare_route(k: int) -> None:
+        loop = asyncio.new_event_loop()
+
+        async def go() -> None:
+            for _ in range(k):
+                await _empty_app(_SCOPE.copy(), _receive, _send)
+
+        loop.run_until_complete(go())
+        loop.close()
+
     timings = {
         name: round(_per_call_ns(fn, n), 1)
         for name, fn in (
@@ -55,6 +128,11 @@ def run(quick: bool) -> dict[str, Any]:
             ("list_ns", with_list),
             ("monitor_ns", with_monitor),
             ("decorator_ns", with_decorator),
+            ("watched_ns", with_watched),
+            ("operation_ns", with_operation),
+            ("operation_traced_ns", with_traced_operation),
+            ("asgi_bare_ns", bare_route),
+            ("asgi_timed_ns", with_route),
         )
     }
 
@@ -79,6 +157,9 @@ def run(quick: bool) -> dict[str, Any]:
         "observations": n,
         **timings,
         "monitor_overhead_vs_bare_ns": round(timings["monitor_ns"] - timings["bare_ns"], 1),
+        "operation_overhead_vs_bare_ns": round(timings["operation_ns"] - timings["bare_ns"], 1),
+        "operation_traced_overhead_vs_bare_ns": round(timings["operation_traced_ns"] - timings["bare_ns"], 1),
+        "route_overhead_ns": round(timings["asgi_timed_ns"] - timings["asgi_bare_ns"], 1),
         "memory_list_bytes": list_bytes,
         "memory_monitor_bytes": monitor_bytes,
         "summary_ms": round(summary_ms, 2),

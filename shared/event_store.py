@@ -9,6 +9,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from shared.events import EVENT_COLUMNS, AccessEvent, event_record
+from shared.performance.operation import named_operation
 
 # unnest of typed arrays turns a whole batch into one statement; ON CONFLICT DO NOTHING makes
 # redelivered and re-uploaded events (including duplicates inside one batch) harmless.
@@ -29,6 +30,7 @@ def _columns(events: Sequence[AccessEvent]) -> list[list[object]]:
     return columns
 
 
+@named_operation("db.insert_events")
 async def store_events(executor: asyncpg.Pool | asyncpg.Connection, events: Sequence[AccessEvent]) -> int:
     """Insert `events`; returns how many were new (the rest were already stored)."""
     if not events:
@@ -78,6 +80,7 @@ async def copy_event_records(conn: CopyConnection, records: Sequence[tuple[objec
     return int(status.rsplit(" ", 1)[-1])
 
 
+@named_operation("db.copy_events_csv")
 async def copy_event_csv(conn: CopyConnection, data: bytes) -> int:
     """Store already validated rows given as CSV (EVENT_COLUMNS order, no header, empty unquoted
     field = NULL) in one transaction; returns how many were new. Lets a worker process prepare
@@ -93,6 +96,7 @@ async def copy_event_csv(conn: CopyConnection, data: bytes) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+@named_operation("db.copy_events_binary")
 async def copy_event_binary(conn: CopyConnection, data: bytes, *, direct: bool = True) -> tuple[int, bool]:
     """Store already validated rows given as a binary COPY payload (EVENT_COLUMNS order, see
     `COPY ... (FORMAT binary)`) in one transaction; returns (rows new, whether they went in directly).

@@ -23,8 +23,11 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.admin import AdminFirstMiddleware
+from shared.breaker.routes import router as breakers_router
 from shared.errors import install_error_handlers
 from shared.event_vocabulary import get_event_limits
+from shared.performance.asgi import OperationTimingMiddleware
+from shared.performance.service import monitoring_lifespan
 from shared.request_context import request_id_var
 from shared.resources import start_resource_guard
 from shared.settings import FleetSettings
@@ -117,11 +120,12 @@ def create_service_app(
         guard = start_resource_guard(settings, service=service)
         app.state.resource_guard = guard
         try:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
+            async with monitoring_lifespan(app, settings.monitoring_config, service):
+                if lifespan is None:
                     yield
+                else:
+                    async with lifespan(app):
+                        yield
         finally:
             await guard.stop()
 
@@ -140,6 +144,7 @@ def create_service_app(
     install_error_handlers(app)
     # Added before RequestIdMiddleware, so it runs inside it and its refusals carry the id.
     app.add_middleware(AdminFirstMiddleware)
+    app.add_middleware(OperationTimingMiddleware)  # times admin refusals too
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/health", tags=["ops"])
@@ -187,5 +192,6 @@ def create_service_app(
         body = generate_latest(REGISTRY) + generate_latest(http_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(breakers_router)
     instrument_app(app)
     return app

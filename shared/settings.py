@@ -102,6 +102,16 @@ class FleetSettings(BaseSettings):
     jaeger_endpoint: str = Field("http://localhost:14268/api/traces", validation_alias="JAEGER_ENDPOINT")
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     tracing_enabled: bool = Field(True, validation_alias="TRACING_ENABLED")
+    tracing_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        validation_alias="TRACING_SAMPLE_RATIO",
+        description="share of new traces recorded (parent-based: a sampled caller's trace is kept)",
+    )
+    deployment_environment: str = Field(
+        "development", min_length=1, max_length=64, validation_alias="DEPLOYMENT_ENVIRONMENT"
+    )
 
     circuit_breaker_config: Path = Field(
         REPO_ROOT / "config" / "circuit-breakers.yaml", validation_alias="CIRCUIT_BREAKER_CONFIG"

@@ -1,12 +1,25 @@
-"""Load generator: post realistic access events to the gateway at a target rate, then print a summary.
+"""Load generator: publish realistic access events at a target rate, then report what the fleet did.
 
-    python -m tools.load_test --rate 200 --duration 30
-    python -m tools.load_test --target http://gateway:8080 --rate 1000 --batch-size 50 --concurrency 32
+    make load-test RATE=100 DURATION=30                 # Kafka, the original design's way
+    python -m tools.load_test --rate 200 --duration 30 --prometheus http://localhost:9090
+    python -m tools.load_test --via http --target http://gateway:8080 --rate 1000 --batch-size 50
     python -m tools.load_test --shape original --rate 50 --duration 10    # the original system's messages
 
-Events go to `POST /api/v1/events` (one object, or a JSON array with `--batch-size` > 1). They are
-built and checked with :class:`shared.events.AccessEvent`, the wire format's single definition;
-`--shape original` sends the original system's five-field message with a naive timestamp instead.
+By default (`--via kafka`) events are published straight to the access-events topic
+(`--kafka`, `--topic`; defaults from KAFKA_BOOTSTRAP_SERVERS and ACCESS_EVENTS_TOPIC), one
+message each, keyed by door; `--via http` posts them to `POST /api/v1/events` instead (one
+object, or a JSON array with `--batch-size` > 1). They are built and checked with
+:class:`shared.events.AccessEvent`, the wire format's single definition; `--shape original` sends
+the original system's five-field message with a naive timestamp instead.
+
+Progress is printed every second on stderr. After the run the tool waits for the processor to
+store what was published (`--drain-timeout`) and reports, from the processor's `/metrics`
+(`--metrics-url`, default the gateway, which runs the processor), from Prometheus
+(`--prometheus`) and from the database (`--database-url`, a cross-check), how many events were
+stored and their event → stored latency (mean, p50/p95/p99); `--report-dir` also writes
+`load-test.json` and `load-test.html` (latency and throughput over time, inline SVG). Exit code
+1 when the target is missed: fewer than `--min-per-minute` stored events per minute (default
+2500) or an average latency of `--max-mean-latency` seconds or more (default 1).
 
 The run is open-loop: request *n* is due at `start + n * batch_size / rate`, whatever the answers
 before it, and at most `--concurrency` requests are in flight. Latency is measured from the time a
@@ -47,6 +60,7 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 from shared.events import AccessEvent, AccessResult, BadgeStatus
+from tools import load_report
 
 DEFAULT_TARGET = "http://127.0.0.1:8080"
 EVENTS_PATH = "/api/v1/events"
@@ -135,6 +149,11 @@ class EventGenerator:
         )
         return event.model_dump(mode="json")
 
+    @property
+    def run_prefix(self) -> str:
+        """Every event id of this run starts with it (the database cross-check selects on it)."""
+        return f"load-{self._run}-"
+
     def body(self, count: int) -> bytes:
         """A request body: one object for a single event, an array otherwise."""
         if count == 1:
@@ -188,11 +207,14 @@ def check_target(url: str, *, explicit: bool) -> str:
 
 
 async def run_load(
-    plan: LoadPlan, generator: EventGenerator, stop: asyncio.Event | None = None
+    plan: LoadPlan,
+    generator: EventGenerator,
+    stop: asyncio.Event | None = None,
+    stats: RunStats | None = None,
 ) -> dict[str, Any]:
     """Send the planned load and return the summary (also usable from benchmarks and tests)."""
     stop = stop or asyncio.Event()
-    stats = RunStats()
+    stats = stats or RunStats()
     total_requests = math.ceil(plan.max_events / plan.batch_size)
     interval = plan.batch_size / plan.rate
     headers = {"content-type": "application/json"}
@@ -255,7 +277,82 @@ async def run_load(
     return summarise(plan, stats, elapsed, interrupted=stop.is_set())
 
 
-def summarise(plan: LoadPlan, stats: RunStats, elapsed_s: float, *, interrupted: bool) -> dict[str, Any]:
+async def run_kafka_load(
+    plan: LoadPlan,
+    generator: EventGenerator,
+    bootstrap: str,
+    topic: str,
+    stop: asyncio.Event | None = None,
+    stats: RunStats | None = None,
+) -> dict[str, Any]:
+    """Publish the planned events to `topic`, open-model: event *n* is sent at `start + n / rate`
+    whatever the acknowledgements before it; latency is due time → broker acknowledgement."""
+    from aiokafka.errors import KafkaError
+
+    from shared.kafka import create_producer
+
+    stop = stop or asyncio.Event()
+    stats = stats or RunStats()
+    loop = asyncio.get_running_loop()
+    producer = create_producer(bootstrap, request_timeout_ms=int(plan.timeout_s * 1000))
+    try:
+        await asyncio.wait_for(producer.start(), timeout=plan.timeout_s)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        stats.errors[f"broker_unavailable: {type(exc).__name__}"] += 1
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        return summarise(plan, stats, 1e-9, interrupted=stop.is_set(), target=f"kafka://{bootstrap}/{topic}")
+    pending: set[asyncio.Future[Any]] = set()
+
+    def acknowledged(due: float, future: asyncio.Future[Any]) -> None:
+        pending.discard(future)
+        stats.record_latency(loop.time() - due)
+        if future.cancelled() or future.exception() is not None:
+            error = "cancelled" if future.cancelled() else type(future.exception()).__name__
+            stats.errors[error] += 1
+        else:
+            stats.events_accepted += 1
+
+    start = loop.time()
+    deadline = start + plan.duration_s
+    index = 0
+    try:
+        while index < plan.max_events and not stop.is_set():
+            now = loop.time()
+            if now >= deadline:
+                break
+            due_count = min(plan.max_events, int((now - start) * plan.rate) + 1)
+            while index < due_count:
+                due = start + index / plan.rate
+                stats.max_start_delay_s = max(stats.max_start_delay_s, now - due)
+                event = generator.event()
+                try:
+                    future = await producer.send(
+                        topic, orjson.dumps(event), key=str(event["door_id"]).encode()
+                    )
+                except KafkaError as exc:
+                    stats.errors[type(exc).__name__] += 1
+                else:
+                    pending.add(future)
+                    future.add_done_callback(lambda f, d=due: acknowledged(d, f))
+                stats.requests += 1
+                stats.events_sent += 1
+                index += 1
+            next_due = start + index / plan.rate
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, min(next_due, deadline) - loop.time()))
+        if pending:
+            await asyncio.wait(pending, timeout=plan.timeout_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+    elapsed = max(loop.time() - start, 1e-9)
+    return summarise(plan, stats, elapsed, interrupted=stop.is_set(), target=f"kafka://{bootstrap}/{topic}")
+
+
+def summarise(
+    plan: LoadPlan, stats: RunStats, elapsed_s: float, *, interrupted: bool, target: str | None = None
+) -> dict[str, Any]:
     hist = stats.latency_us
     has_latency = hist.get_total_count() > 0
 
@@ -264,7 +361,7 @@ def summarise(plan: LoadPlan, stats: RunStats, elapsed_s: float, *, interrupted:
 
     failed = sum(stats.errors.values())
     return {
-        "target": plan.target + EVENTS_PATH,
+        "target": target or plan.target + EVENTS_PATH,
         "requested": {
             "rate": plan.rate,
             "duration_s": plan.duration_s,
@@ -309,9 +406,55 @@ def _bounded(kind: type[float] | type[int], low: float, high: float, name: str) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.load_test",
-        description="Post realistic access events to the gateway at a target rate and print a JSON summary.",
+        description="Publish realistic access events at a target rate and report what the fleet stored.",
+    )
+    parser.add_argument(
+        "--via",
+        choices=("kafka", "http"),
+        default="kafka",
+        help="kafka: publish to the topic (default); http: post to the gateway's /api/v1/events",
     )
     parser.add_argument("--target", help=f"gateway base URL (default: {DEFAULT_TARGET})")
+    parser.add_argument(
+        "--kafka",
+        help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092)",
+    )
+    parser.add_argument(
+        "--topic", help="access-events topic (default: ACCESS_EVENTS_TOPIC, else access-events)"
+    )
+    parser.add_argument(
+        "--metrics-url",
+        help="base URL of the event processor's /metrics (default: the gateway); 'none' to skip",
+    )
+    parser.add_argument("--prometheus", help="Prometheus base URL: also report the run's figures by PromQL")
+    parser.add_argument(
+        "--prometheus-wait",
+        type=_bounded(float, 0, 300, "--prometheus-wait"),
+        default=20.0,
+        help="seconds to let Prometheus scrape the final counts before querying it (default: 20)",
+    )
+    parser.add_argument(
+        "--database-url", help="cross-check in PostgreSQL: the run's rows and exact latency (default: none)"
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_bounded(float, 0, 600, "--drain-timeout"),
+        default=30.0,
+        help="seconds to wait after sending for the processor to store everything (default: 30)",
+    )
+    parser.add_argument(
+        "--min-per-minute",
+        type=_bounded(float, 0, 1e9, "--min-per-minute"),
+        default=2500.0,
+        help="target: stored events per minute at least (default: 2500)",
+    )
+    parser.add_argument(
+        "--max-mean-latency",
+        type=_bounded(float, 0.001, 3600, "--max-mean-latency"),
+        default=1.0,
+        help="target: average event -> stored latency below this many seconds (default: 1)",
+    )
+    parser.add_argument("--report-dir", type=Path, help="write load-test.json and load-test.html here")
     parser.add_argument(
         "--rate",
         type=_bounded(float, 0.01, MAX_RATE, "--rate"),
@@ -398,13 +541,129 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     )
 
 
-async def _main_async(plan: LoadPlan, generator: EventGenerator) -> dict[str, Any]:
+def _kafka_target(args: argparse.Namespace) -> tuple[str, str]:
+    import os
+
+    explicit = args.kafka is not None
+    bootstrap = args.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("KAFKA_BROKERS")
+    explicit = explicit or bootstrap is not None
+    bootstrap = bootstrap or "127.0.0.1:9092"
+    for server in bootstrap.split(","):
+        host = server.strip().rsplit(":", 1)[0].strip("[]")
+        if not explicit and not _is_loopback(host):
+            raise ValueError(f"refusing the implicit non-loopback broker {server!r}; name it with --kafka")
+    topic = args.topic or os.environ.get("ACCESS_EVENTS_TOPIC") or "access-events"
+    return bootstrap, topic
+
+
+async def _progress(stats: RunStats, watcher: load_report.MetricsWatcher | None, stop: asyncio.Event) -> None:
+    started = time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        stored = ""
+        if watcher is not None and await watcher.scrape() is not None and watcher.timeline:
+            point = watcher.timeline[-1]
+            total = (watcher.summary() or {}).get("processed", 0)
+            p95 = point["p95_s"]
+            stored = f", stored {total:.0f} ({point['processed_per_s']:.0f}/s" + (
+                f", p95 {p95 * 1000:.0f} ms)" if p95 is not None else ")"
+            )
+        print(
+            f"  {time.monotonic() - started:5.1f}s sent {stats.events_sent}, acknowledged "
+            f"{stats.events_accepted}, failed {sum(stats.errors.values())}{stored}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+async def _drain(watcher: load_report.MetricsWatcher, expected: int, timeout_s: float) -> None:
+    """Wait until the processor has handled `expected` more events (stored or duplicates)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        await watcher.scrape()
+        summary = watcher.summary()
+        if summary is not None and summary["latency_count"] >= expected:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _main_async(args: argparse.Namespace, plan: LoadPlan, generator: EventGenerator) -> dict[str, Any]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    return await run_load(plan, generator, stop)
+    metrics_url = None if args.metrics_url == "none" else (args.metrics_url or plan.target)
+    stats = RunStats()
+    async with httpx.AsyncClient(timeout=5) as client:
+        watcher = load_report.MetricsWatcher(metrics_url, client) if metrics_url else None
+        if watcher is not None:
+            await watcher.scrape()
+        progress_stop = asyncio.Event()
+        progress = asyncio.create_task(_progress(stats, watcher, progress_stop))
+        started_at = time.time()
+        try:
+            if args.via == "kafka":
+                bootstrap, topic = _kafka_target(args)
+                run = await run_kafka_load(plan, generator, bootstrap, topic, stop, stats)
+            else:
+                run = await run_load(plan, generator, stop, stats)
+            if watcher is not None and run["accepted"]:
+                await _drain(watcher, run["accepted"], args.drain_timeout)
+        finally:
+            progress_stop.set()
+            await progress
+        processing: dict[str, Any] = {}
+        if watcher is not None:
+            processing["metrics"] = watcher.summary() or {"error": watcher.error}
+    if args.prometheus:
+        await asyncio.sleep(args.prometheus_wait)  # at least one scrape interval after the drain
+        try:
+            processing["prometheus"] = await load_report.prometheus_report(
+                args.prometheus, time.time() - started_at, time.time()
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            processing["prometheus"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if args.database_url:
+        try:
+            processing["database"] = await load_report.database_report(
+                args.database_url, generator.run_prefix
+            )
+        except Exception as exc:  # the cross-check is optional; its failure is reported, not raised
+            processing["database"] = {"error": f"{type(exc).__name__}: {exc}"}
+    # The figures come from Prometheus when asked, else from the processor's metrics, else the database.
+    source = next(
+        (n for n in ("prometheus", "metrics", "database") if processing.get(n, {}).get("mean_s") is not None),
+        None,
+    )
+    chosen = processing.get(source, {}) if source else {}
+    processed = chosen.get("processed", chosen.get("stored"))
+    verdict = load_report.verdict(
+        processed, run["elapsed_s"], chosen.get("mean_s"), args.min_per_minute, args.max_mean_latency
+    )
+    report = {
+        **run,
+        "via": args.via,
+        "run_prefix": generator.run_prefix,
+        "processing": processing,
+        "figures_from": source,
+        "verdict": verdict,
+        "timeline": watcher.timeline if watcher is not None else [],
+    }
+    report["figures"] = {
+        "sent": run["sent"],
+        "acknowledged": run["accepted"],
+        "stored": processed,
+        "stored per minute": verdict["events_per_minute"],
+        "event → stored mean (s)": chosen.get("mean_s"),
+        "p50 (s)": chosen.get("p50_s"),
+        "p95 (s)": chosen.get("p95_s"),
+        "p99 (s)": chosen.get("p99_s"),
+        "figures from": source,
+        "database cross-check (rows)": processing.get("database", {}).get("stored"),
+    }
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -412,28 +671,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         plan = plan_from_args(args)
+        if args.via == "kafka":
+            _kafka_target(args)
     except ValueError as exc:
         parser.error(str(exc))
     generator = EventGenerator(
         seed=args.seed, people=args.people, doors=args.doors, facilities=args.facilities, shape=args.shape
     )
+    where = " ".join(_kafka_target(args)) if args.via == "kafka" else plan.target + EVENTS_PATH
     print(
         f"load test: {plan.rate:g} events/s for up to {plan.duration_s:g}s "
-        f"({plan.max_events} events at most) -> {plan.target}{EVENTS_PATH}",
+        f"({plan.max_events} events at most) via {args.via} -> {where}",
         file=sys.stderr,
         flush=True,
     )
     started = time.monotonic()
-    summary = asyncio.run(_main_async(plan, generator))
-    text = json.dumps(summary, indent=2)
+    report = asyncio.run(_main_async(args, plan, generator))
+    text = json.dumps(report, indent=2, default=str)
     print(text, flush=True)
     if args.output:
         args.output.write_text(text + "\n")
-    print(f"load test finished in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
-    requests = summary["requests"]
-    if requests == 0 or summary["failed_requests"] / requests > args.max_error_ratio:
+    if args.report_dir:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        (args.report_dir / "load-test.json").write_text(text + "\n")
+        (args.report_dir / "load-test.html").write_text(load_report.html_report(report))
+    verdict = report["verdict"]
+    print(
+        f"load test finished in {time.monotonic() - started:.1f}s: "
+        + ("target met" if verdict["met"] else "target MISSED: " + "; ".join(verdict["reasons"])),
+        file=sys.stderr,
+        flush=True,
+    )
+    requests = report["requests"]
+    if requests == 0 or report["failed_requests"] / requests > args.max_error_ratio:
         return 1
-    return 0
+    return 0 if verdict["met"] else 1
 
 
 if __name__ == "__main__":

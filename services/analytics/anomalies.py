@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from services.analytics.filters import EventFilter
+from shared.performance.operation import named_operation
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ def _flag_finding(kind: str, row: asyncpg.Record, params: AnomalyParameters) -> 
     }
 
 
+@named_operation("db.anomaly_inputs")
 async def fetch_inputs(pool: asyncpg.Pool, flt: EventFilter, params: AnomalyParameters) -> dict[str, Any]:
     """Everything the detectors need, filtered and reduced in SQL."""
     where, args = flt.where()
@@ -286,6 +288,7 @@ async def fetch_inputs(pool: asyncpg.Pool, flt: EventFilter, params: AnomalyPara
     return {"denials": denials, "profile": profile, "flagged": flagged, "flag_counts": counts}
 
 
+@named_operation("db.unusual_events")
 async def fetch_unusual_events(pool: asyncpg.Pool, flt: EventFilter, cells: pd.DataFrame) -> pd.DataFrame:
     columns = ["event_id", "person_id", "door_id", "time", "access_result"]
     if cells.empty:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from services.analytics.filters import EventFilter
+from shared.performance.operation import named_operation
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 WORK_START_HOUR = 8  # working hours: Monday-Friday, 08:00 to 18:00 UTC
@@ -63,6 +64,7 @@ class PatternAggregates:
     last_time: datetime | None
 
 
+@named_operation("db.pattern_aggregates")
 async def fetch_aggregates(pool: asyncpg.Pool, flt: EventFilter) -> PatternAggregates:
     where, params = flt.where()
     async with pool.acquire() as conn:

@@ -1,28 +1,23 @@
 """Performance intake and read-out: the monitor summary, browser vitals and UI batches, history export.
 
-The router carries its own lifespan (merged into the app's by FastAPI): it starts the
-background snapshots and the threshold evaluation, and stops them on shutdown.
+Every service runs the snapshots and the threshold evaluation (`shared.performance.service`,
+entered by the app factory); this router reads and feeds the tracker of the analytics process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from shared.errors import ApiError, validation_details
 from shared.performance import export_history_csv, export_history_json, get_performance_monitor
-from shared.performance.alerts import AlertDispatcher
-from shared.performance.config import load_monitoring_config
-from shared.performance.realtime import RealTimePerformanceTracker, set_realtime_tracker
+from shared.performance.realtime import RealTimePerformanceTracker
 from shared.request_body import read_body_limited
-from shared.settings import FleetSettings
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_ITEMS = 1000
@@ -89,29 +84,7 @@ def _tracker(request: Request) -> RealTimePerformanceTracker:
     return tracker
 
 
-@contextlib.asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: FleetSettings = app.state.settings
-    config = load_monitoring_config(settings.monitoring_config)
-    monitor = get_performance_monitor()
-    monitor.set_history_size(config.snapshots.history_size)
-    tracker = RealTimePerformanceTracker(
-        config, dispatcher=AlertDispatcher(config.alerts), monitor=monitor, service=app.state.service_name
-    )
-    app.state.performance_tracker = tracker
-    set_realtime_tracker(tracker)
-    monitor.sample_resources()
-    monitor.start(config.snapshots.interval_seconds)
-    tracker.start()
-    try:
-        yield
-    finally:
-        await tracker.stop()
-        await monitor.stop()
-        set_realtime_tracker(None)
-
-
-router = APIRouter(prefix="/api/v1/performance", tags=["performance"], lifespan=_lifespan)
+router = APIRouter(prefix="/api/v1/performance", tags=["performance"])
 
 _VITALS_BODY = {"requestBody": {"content": {"application/json": {"schema": _VITALS.json_schema()}}}}
 _UI_BODY = {"requestBody": {"content": {"application/json": {"schema": _UI.json_schema()}}}}

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from services.analytics.filters import EventFilter
+from shared.performance.operation import named_operation
 
 _TOTALS_SQL = """
 SELECT count(*) AS total,
@@ -29,6 +30,7 @@ FROM access_events{where} GROUP BY door_id ORDER BY n DESC, door_id LIMIT $__lim
 """
 
 
+@named_operation("db.analytics_summary")
 async def access_summary(pool: asyncpg.Pool, flt: EventFilter, top: int = 10) -> dict[str, Any]:
     where, params = flt.where()
     async with pool.acquire() as conn:

@@ -81,6 +81,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # rightmost X-Forwarded-For address that is not one of them.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     app.state.breakers = breakers
+    for route in routes:  # the proxy's breakers are in use from the start, not from a first call
+        breakers.get(route.route.breaker)
     app.state.kafka_breaker = breakers.get("kafka")
     app.state.ingest_limiter = limiter
     app.state.ingest_budget = MemoryBudget(settings.ingest_budget_bytes_per_worker)

@@ -1,4 +1,6 @@
-"""`GET /breaker`: every circuit breaker of the gateway, with its state, rates and config."""
+"""`GET /breaker`: the fleet's breaker board (the gateway's own breakers in use and, under
+`services`, those of each service behind it); `/breaker/{name}` and its reset act on the
+gateway's own."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from services.gateway.breaker_board import breaker_board, upstream_services
+from services.gateway.settings import GatewaySettings
 from shared.admin import AdminOnly
 from shared.breaker import BreakerRegistry
 from shared.errors import ApiError
@@ -18,12 +22,25 @@ def _registry(request: Request) -> BreakerRegistry:
     return registry
 
 
+async def board(request: Request) -> dict[str, Any]:
+    """What `GET /breaker` answers (the live page shows the same)."""
+    settings: GatewaySettings = request.app.state.settings
+    return await breaker_board(
+        _registry(request),
+        request.app.state.http,
+        upstream_services(settings),
+        settings.breaker_board_timeout_s,
+    )
+
+
 @router.get("/breaker")
-async def list_breakers(request: Request) -> dict[str, dict[str, Any]]:
-    """Per breaker: state, transitions into each state since start (`open`, `half_open`, `closed`),
-    failure and slow-call rates (null until the window holds the minimum number of calls), calls
-    in the window, `opened_at` of the current outage, calls by outcome and the effective config."""
-    return _registry(request).snapshot()
+async def list_breakers(request: Request) -> dict[str, Any]:
+    """Per breaker the gateway calls through: state, transitions into each state since start
+    (`open`, `half_open`, `closed`), failure and slow-call rates (null until the window holds the
+    minimum number of calls), calls in the window, `opened_at` of the current outage, calls by
+    outcome and the effective config. Under `services`: each upstream service's breakers in the
+    same shape, or `{"unreachable": true}` when it does not answer within the board's timeout."""
+    return await board(request)
 
 
 @router.get("/breaker/{name}")

@@ -56,7 +56,7 @@ async def performance_data(request: Request) -> dict[str, Any]:
     sources = DashboardSources(
         settings,
         http,
-        breakers=app.state.breakers.snapshot,
+        breakers=app.state.breakers.in_use,
         http_registry=getattr(app.state, "http_metrics_registry", None),
         processor_in_process=getattr(app.state, "processor", None) is not None,
         state=_state(request),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -74,6 +75,25 @@ def histogram_summary(samples: Samples, name: str) -> dict[str, Any]:
     return out
 
 
+OPERATIONS_SHOWN = 10
+
+
+def operation_rows(service: str, samples: Samples) -> list[dict[str, Any]]:
+    """One row per timed operation (durations only) of one service's `performance_operation`."""
+    by_op: dict[str, dict[str, Any]] = {}
+    for s in samples.get("performance_operation", []):
+        if s.labels.get("unit") != "seconds" or "quantile" not in s.labels:
+            continue
+        row = by_op.setdefault(
+            s.labels["operation"], {"service": service, "operation": s.labels["operation"]}
+        )
+        row[{"0.5": "p50", "0.95": "p95", "0.99": "p99"}.get(s.labels["quantile"], "q")] = s.value
+    for s in samples.get("performance_operation_count", []):
+        if s.labels.get("operation") in by_op and s.labels.get("unit") == "seconds":
+            by_op[s.labels["operation"]]["count"] = s.value
+    return [r for r in by_op.values() if "p95" in r]
+
+
 def counter_total(samples: Samples, name: str) -> float:
     return sum(s.value for s in samples.get(name + "_total", samples.get(name, [])))
 
@@ -85,21 +105,34 @@ def gauge_value(samples: Samples, name: str) -> float | None:
 
 @dataclass
 class DashboardState:
-    """What the aggregator remembers between polls: the last processed count, to give a rate."""
+    """What the aggregator remembers between polls: each source's last processed count, to give
+    the fleet's rate.
 
-    last_processed: tuple[float, float] | None = None
+    Counts are kept per source (each processor replica), so the rate is the sum of each
+    replica's own increase: a poll that reaches another replica than the last one, or a replica
+    that restarted (its counter back to 0), no longer turns the difference of two unrelated
+    counters into "0 events/s".
+    """
+
+    last: dict[str, float] = field(default_factory=dict)
+    last_at: float | None = None
     events_per_second: float | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def rate(self, processed: float) -> float | None:
+    def rate(self, processed: float | dict[str, float]) -> float | None:
+        counts = processed if isinstance(processed, dict) else {"": processed}
         now = time.monotonic()
-        if self.last_processed is not None:
-            then, before = self.last_processed
-            if now - then >= 0.5:
-                self.events_per_second = max(processed - before, 0.0) / (now - then)
-                self.last_processed = (now, processed)
-        else:
-            self.last_processed = (now, processed)
+        if self.last_at is not None and now - self.last_at < 0.5:
+            return self.events_per_second  # polled again at once (two tabs): keep the last rate
+        if self.last_at is not None:
+            increase = 0.0
+            for source, count in counts.items():
+                before = self.last.get(source)
+                if before is None:
+                    continue  # first seen now: no interval to measure yet
+                increase += count - before if count >= before else count  # a reset started from 0
+            self.events_per_second = increase / (now - self.last_at)
+        self.last, self.last_at = dict(counts), now
         return self.events_per_second
 
 
@@ -150,22 +183,48 @@ class DashboardSources:
         response.raise_for_status()
         return parse_metrics(response.text)
 
+    async def _processor_replicas(self) -> dict[str, Samples]:
+        """The /metrics of every replica behind EVENT_PROCESSOR_URL (a DNS name of a scaled
+        service resolves to all of them); replicas that do not answer are left out."""
+        url = httpx.URL(self.settings.event_processor_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            infos = []
+        hosts = sorted({str(info[4][0]) for info in infos}) or [url.host]
+        bases = {h: str(url.copy_with(host=h, path="/")).rstrip("/") for h in hosts}
+        scraped = await asyncio.gather(
+            *(self._get_metrics(b) for b in bases.values()), return_exceptions=True
+        )
+        replicas = {h: r for h, r in zip(bases, scraped, strict=True) if not isinstance(r, BaseException)}
+        if not replicas:
+            error = next(r for r in scraped if isinstance(r, BaseException))
+            raise error
+        return replicas
+
     async def _events(self) -> dict[str, Any]:
         if self.processor_in_process:
-            samples = parse_metrics(generate_latest(REGISTRY).decode())
+            replicas = {"gateway": parse_metrics(generate_latest(REGISTRY).decode())}
             source = "gateway"
         else:
-            samples = await self._get_metrics(self.settings.event_processor_url)
+            replicas = await self._processor_replicas()
             source = "event_processor"
+        samples: Samples = {}
+        for replica in replicas.values():  # sums of counters and buckets over the replicas
+            for name, values in replica.items():
+                samples.setdefault(name, []).extend(values)
         processed = counter_total(samples, "event_processor_events_processed")
         failed = {
             s.labels.get("reason", ""): s.value
             for s in samples.get("event_processor_events_failed_total", [])
         }
+        per_replica = {h: counter_total(r, "event_processor_events_processed") for h, r in replicas.items()}
         async with self.state.lock:
-            rate = self.state.rate(processed)
+            rate = self.state.rate(per_replica)
         return {
             "source": source,
+            "replicas": len(replicas),
             "processed_total": processed,
             "failed_total": sum(failed.values()),
             "failed_by_reason": failed,
@@ -198,6 +257,34 @@ class DashboardSources:
             *(_section(functools.partial(self._service_latency, n, targets[n])) for n in names)
         )
         return dict(zip(names, results, strict=True))
+
+    async def _operations(self) -> dict[str, Any]:
+        """The slowest timed operations of the whole fleet (PerformanceMonitor p95, since start)."""
+        targets: dict[str, str | None] = {
+            "gateway": None,
+            "analytics": self.settings.analytics_url,
+            "optimizer": self.settings.optimizer_url,
+            "replicator": self.settings.replicator_url,
+        }
+        if not self.processor_in_process:
+            targets["event_processor"] = self.settings.event_processor_url
+
+        async def scrape(base: str | None) -> Samples:
+            if base is None:
+                return parse_metrics(generate_latest(REGISTRY).decode())
+            return await self._get_metrics(base)
+
+        names = list(targets)
+        scraped = await asyncio.gather(*(scrape(targets[n]) for n in names), return_exceptions=True)
+        rows: list[dict[str, Any]] = []
+        errors: dict[str, str] = {}
+        for service, samples in zip(names, scraped, strict=True):
+            if isinstance(samples, BaseException):
+                errors[service] = f"{type(samples).__name__}: {samples}"[:200]
+                continue
+            rows.extend(operation_rows(service, samples))
+        rows.sort(key=lambda r: r["p95"], reverse=True)
+        return {"slowest": rows[:OPERATIONS_SHOWN], "operations": len(rows), "unreachable": errors}
 
     async def _cache(self) -> dict[str, Any]:
         report = await self._get_json(self.settings.analytics_url.rstrip("/") + "/api/v1/cache/report")
@@ -234,6 +321,7 @@ class DashboardSources:
             "replication": self._replication,
             "optimizer": self._optimizer,
             "alerts": self._alerts,
+            "operations": self._operations,
         }
         names = list(sections)
         results, requests = await asyncio.gather(

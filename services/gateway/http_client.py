@@ -13,6 +13,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from services.gateway.settings import GatewaySettings
+from shared.tracing import instrument_httpx_client
 
 
 def create_upstream_client(settings: GatewaySettings) -> httpx.AsyncClient:
@@ -34,10 +35,12 @@ def create_upstream_client(settings: GatewaySettings) -> httpx.AsyncClient:
             )
 
         transport = AiohttpTransport(client=session, limits=limits)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.proxy_timeout_s, connect=2.0),
         limits=limits,
         transport=transport,
         follow_redirects=False,
         trust_env=False,
     )
+    instrument_httpx_client(client)  # client spans whatever the transport
+    return client

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from services.gateway.event_processor.observe import received_at_header
 from shared.breaker import MESSAGE_CAUSED, CausedByInput
 from shared.kafka import create_producer, ensure_topics
 
@@ -106,9 +107,12 @@ class EventPublisher:
         producer = await self._ensure_producer(len(messages))
         futures: list[asyncio.Future[object]] = []
         send_error: BaseException | None = None
+        stamp = received_at_header()  # processing latency counts from here
         for message in messages:
             try:
-                futures.append(await producer.send(self.topic, message.value, key=message.key))
+                futures.append(
+                    await producer.send(self.topic, message.value, key=message.key, headers=[stamp])
+                )
             except (KafkaError, TimeoutError) as exc:
                 send_error = exc
                 break

@@ -82,6 +82,14 @@ class GatewaySettings(EventProcessorSettings):
     proxy_stale_entries: int = Field(1024, ge=0, validation_alias="PROXY_STALE_ENTRIES")
     proxy_stale_max_bytes: int = Field(64 * 1024 * 1024, ge=0, validation_alias="PROXY_STALE_MAX_BYTES")
 
+    breaker_board_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        validation_alias="BREAKER_BOARD_TIMEOUT_S",
+        description="how long GET /breaker waits for each upstream service's breakers",
+    )
+
     @field_validator("trusted_proxies", mode="after")
     @classmethod
     def _addresses_or_networks(cls, value: str | None) -> str | None:

@@ -27,6 +27,8 @@ from datetime import datetime
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from shared.performance.operation import named_operation, operation
+
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 # Column order is shared by the source COPY query and the staging table: binary COPY has no
@@ -143,6 +145,7 @@ async def ensure_state(target: Connection | asyncpg.Pool, stream: str) -> None:
     await target.execute(_ENSURE_STATE, stream)
 
 
+@named_operation("db.read_watermark")
 async def read_watermark(target: Connection | asyncpg.Pool, stream: str) -> Watermark:
     row = await target.fetchrow(
         "SELECT coalesce(last_xid, '0'::xid8)::text AS last_xid, last_seq, rows_total "
@@ -182,33 +185,37 @@ async def replicate_batch(
                 chunks.append(chunk)
 
             try:
-                async with source.transaction(readonly=True):
-                    await source.execute(_ORDERED_READ)
-                    await source.copy_from_query(
-                        _SELECT_BATCH,
-                        last_xid,
-                        last_seq,
-                        batch_size,
-                        output=collect,
-                        format="binary",
-                        timeout=timeout_s,
-                    )
+                with operation("replicator.read"):
+                    async with source.transaction(readonly=True):
+                        await source.execute(_ORDERED_READ)
+                        await source.copy_from_query(
+                            _SELECT_BATCH,
+                            last_xid,
+                            last_seq,
+                            batch_size,
+                            output=collect,
+                            format="binary",
+                            timeout=timeout_s,
+                        )
             except Exception as exc:
                 raise SourceError(f"{type(exc).__name__}: {exc}") from exc
 
-            await target.copy_to_table(
-                STAGING_TABLE, source=_replay(chunks), format="binary", timeout=timeout_s
-            )
-            summary = await target.fetchrow(_STAGING_SUMMARY, timeout=timeout_s)
-            assert summary is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
-            rows_read = int(summary["n"])
-            if rows_read == 0:
-                watermark = Watermark(last_xid, last_seq, rows_total)
-                return BatchResult(0, 0, watermark, None, time.perf_counter() - started)
-            status = await target.execute(_INSERT_FROM_STAGING, timeout=timeout_s)
-            inserted = int(status.rsplit(" ", 1)[-1])
+            with operation("replicator.copy") as copy_span:
+                await target.copy_to_table(
+                    STAGING_TABLE, source=_replay(chunks), format="binary", timeout=timeout_s
+                )
+                summary = await target.fetchrow(_STAGING_SUMMARY, timeout=timeout_s)
+                assert summary is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
+                rows_read = int(summary["n"])
+                if rows_read == 0:
+                    watermark = Watermark(last_xid, last_seq, rows_total)
+                    return BatchResult(0, 0, watermark, None, time.perf_counter() - started)
+                status = await target.execute(_INSERT_FROM_STAGING, timeout=timeout_s)
+                inserted = int(status.rsplit(" ", 1)[-1])
+                copy_span.set_attribute("rows", rows_read)
             new_xid, new_seq = str(summary["last_xid"]), int(summary["last_seq"])
-            await target.execute(_UPDATE_STATE, stream, new_xid, new_seq, inserted, timeout=timeout_s)
+            with operation("replicator.watermark"):
+                await target.execute(_UPDATE_STATE, stream, new_xid, new_seq, inserted, timeout=timeout_s)
     except (SourceError, TargetError):
         raise
     except Exception as exc:
@@ -222,12 +229,14 @@ async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+@named_operation("db.replication_backlog")
 async def backlog_seconds(source: Connection | asyncpg.Pool, watermark: Watermark) -> float:
     """Age of the first not-yet-replicated row in commit order (0 when caught up)."""
     value = await source.fetchval(_BACKLOG, watermark.last_xid, watermark.last_seq)
     return max(0.0, float(value)) if value is not None else 0.0
 
 
+@named_operation("db.replication_lag")
 async def lag_seconds(target: Connection | asyncpg.Pool) -> float | None:
     value = await target.fetchval(_LAG)
     return float(value) if value is not None else None

@@ -40,6 +40,7 @@ from services.replicator.settings import ReplicatorSettings
 from services.replicator.target_schema import SchemaReport, prepare_target
 from shared.breaker import CircuitBreakerOpen, Permit, get_breaker_registry
 from shared.db import create_pool
+from shared.performance.operation import operation
 from shared.resources import ResourceGuard
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,11 @@ class ReplicatorService:
             raise TargetError(f"{type(exc).__name__}: {exc}") from exc
 
     async def step(self) -> BatchResult:
+        """One batch through both breakers, timed and traced as `replicator.batch`."""
+        with operation("replicator.batch", batch_size=self.batch_size):
+            return await self._step()
+
+    async def _step(self) -> BatchResult:
         """One batch through both breakers; updates metrics and state."""
         assert self.source is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         assert self.target is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
@@ -214,6 +220,11 @@ class ReplicatorService:
         metrics.BACKLOG_SECONDS.set(backlog)
 
     async def catch_up(self) -> int:
+        """`_catch_up` as one cycle: timed and traced as `replicator.cycle`."""
+        with operation("replicator.cycle"):
+            return await self._catch_up()
+
+    async def _catch_up(self) -> int:
         """Batches until one comes back short (the source is drained up to now); rows inserted.
 
         While writes arrive as fast as batches copy them, no batch comes back short; so a

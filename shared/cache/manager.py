@@ -37,6 +37,7 @@ from shared.cache.entry import CacheEntry
 from shared.cache.invalidation import InvalidationLog
 from shared.cache.tiers import DiskTier, MemoryTier, RedisTier, TierUnavailable
 from shared.cache.xfetch import should_refresh_early
+from shared.performance.operation import operation
 from shared.redis_options import cache_redis_url, redis_connection_options
 
 log = logging.getLogger(__name__)
@@ -403,7 +404,8 @@ class HierarchicalCacheManager:
         try:
             stats.computations += 1
             metrics.CACHE_COMPUTATIONS.labels(cache=name).inc()
-            value = await compute()
+            with operation(f"cache.compute.{name}"):
+                value = await compute()
         except Exception as exc:
             stats.errors += 1
             if stale is not None and stale.usable_stale(self._clock()):

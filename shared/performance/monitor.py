@@ -122,6 +122,7 @@ class PerformanceMonitor:
         self.max_operations = max_operations
         self._lock = threading.Lock()
         self._operations: dict[str, Series] = {}
+        self._watchers: dict[str, Callable[[float], None]] = {}
         self._history: deque[HistoryEntry] = deque(maxlen=history_size)
         self._latest: ResourceSnapshot | None = None
         self._last_snapshot_at = time.monotonic()
@@ -152,6 +153,19 @@ class PerformanceMonitor:
                 if op is None:
                     op = self._operations[name] = Series(unit)
             op.record(value)
+        if self._watchers:
+            watcher = self._watchers.get(name)
+            if watcher is not None:
+                watcher(value)
+
+    def watch(self, name: str, callback: Callable[[float], None]) -> None:
+        """Call `callback(value)` after each observation of `name` (one per name; the tracker
+        uses this to judge thresholds on operations). Runs on the recording thread, so it must
+        be cheap and must not block."""
+        self._watchers = {**self._watchers, name: callback}  # copy: readers never see a dict mid-update
+
+    def unwatch(self, name: str) -> None:
+        self._watchers = {k: v for k, v in self._watchers.items() if k != name}
 
     def measure(self, name: str) -> _Measurement:
         """Time a block: `with monitor.measure("x"):` or `async with monitor.measure("x"):`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import socket
@@ -46,6 +47,15 @@ WEB_VITAL_THRESHOLDS: dict[str, tuple[float, float]] = {
 
 WINDOW_SAMPLES = 4096
 MAX_METRICS = 64
+
+# Metrics the tracker is fed directly (in their own units); every other threshold metric is
+# the name of a PerformanceMonitor operation, judged on its durations in seconds.
+TRACKER_FED_PREFIXES = ("web_vitals.", "ui.", "process.", "upload.rows_per_second")
+
+
+def is_operation_metric(metric: str) -> bool:
+    return not metric.startswith(TRACKER_FED_PREFIXES)
+
 
 WEB_VITAL_RATINGS = Counter(
     "web_vitals_ratings_total", "Core Web Vitals reports by metric and rating", ["name", "rating"]
@@ -113,6 +123,18 @@ class RealTimePerformanceTracker:
         self._last_resources: ResourceSnapshot | None = None
         self._task: asyncio.Task[None] | None = None
         self._eval_lock = asyncio.Lock()
+        # Thresholds on operations see every observation the monitor records for them.
+        self._watched = sorted(
+            {r.metric for r in self.config.thresholds if r.enabled and is_operation_metric(r.metric)}
+        )
+        for metric in self._watched:
+            self.monitor.watch(metric, functools.partial(self.observe, metric))
+
+    def close(self) -> None:
+        """Stop watching the monitor's operations (the monitor outlives a tracker in tests)."""
+        for metric in self._watched:
+            self.monitor.unwatch(metric)
+        self._watched = []
 
     # -- intake -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -32,6 +33,8 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 _NOT_FOUND = "NoSuchKey"
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_TEMP_PREFIX = ".tmp-"
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -61,7 +64,7 @@ class FileObjectStore:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -106,7 +109,7 @@ class FileObjectStore:
     def list(self, bucket: str, prefix: str) -> list[tuple[str, int, float]]:
         found = []
         for entry in os.scandir(self.bucket_dir(bucket)):
-            if entry.name.startswith(".tmp-"):
+            if entry.name.startswith(_TEMP_PREFIX):
                 continue
             key = unquote(entry.name)
             if key.startswith(prefix):
@@ -120,6 +123,22 @@ def _read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """`bytes=a-b`, `bytes=a-` or `bytes=-n` as inclusive (start, end); None when unsatisfiable."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    if start > end or start >= size:
+        return None
+    return start, end
 
 
 def _http_date(mtime: float) -> str:
@@ -138,8 +157,10 @@ def build_app(store: FileObjectStore) -> web.Application:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         bucket, key = split(request)
-        if not bucket:
-            return _error(400, "InvalidRequest", "no bucket in the path")
+        if not _BUCKET_NAME.match(bucket):
+            return _error(400, "InvalidBucketName", "bucket names are 3-63 of a-z, 0-9 and -")
+        if key in (".", "..") or key.startswith(_TEMP_PREFIX) or "\x00" in key:
+            return _error(400, "InvalidArgument", "this key is reserved or not allowed")
         if not key:
             return await bucket_request(request, bucket)
         if not store.bucket_dir(bucket).is_dir():
@@ -169,12 +190,13 @@ def build_app(store: FileObjectStore) -> web.Application:
                 return _error(412, "PreconditionFailed", key)
             status, body = 200, data
             if range_header := request.headers.get("Range"):
-                start_text, _, end_text = range_header.removeprefix("bytes=").partition("-")
-                start = int(start_text) if start_text else max(len(data) - int(end_text), 0)
-                end = int(end_text) if start_text and end_text else len(data) - 1
+                span = _byte_range(range_header, len(data))
+                if span is None:
+                    return _error(416, "InvalidRange", f"cannot serve {range_header!r} of {len(data)} bytes")
+                start, end = span
                 body = data[start : end + 1]
                 status = 206
-                headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             if request.method == "HEAD":
                 headers["Content-Length"] = str(len(body))
                 return web.Response(status=status, headers=headers)

@@ -10,8 +10,13 @@ EVENTS_FAILED = Counter(
 )
 EVENT_LATENCY = Histogram(
     "event_processor_latency_seconds",
-    "Event timestamp to stored in PostgreSQL",
+    "Processing latency: received by the fleet (gateway stamp, else Kafka record time) to stored",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+EVENT_TIME_DELAY = Histogram(
+    "event_processor_event_time_delay_seconds",
+    "Event-time delay: the event's own timestamp to stored (backdated or replayed events are late here)",
+    buckets=(0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
 )
 EVENTS_DUPLICATE = Counter(
     "event_processor_events_duplicate_total", "Redelivered or re-sent events that were already stored"
@@ -35,6 +40,17 @@ PAUSED = Gauge("event_processor_paused", "1 while consumption is paused because 
 COMMIT_FAILURES = Counter(
     "event_processor_commit_failures_total",
     "Offset commits refused (usually a rebalance); the batch is redelivered",
+)
+
+CONSUMER_LAG_MESSAGES = Gauge(
+    "event_processor_consumer_lag_messages",
+    "Messages in the partition not yet consumed (high watermark - position)",
+    ["topic", "partition"],
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "event_processor_consumer_lag_seconds",
+    "Age of the oldest message not yet processed (0 when caught up)",
+    ["topic", "partition"],
 )
 
 # Every reason exists from the start at 0, so alerts on rate() see the first failure.

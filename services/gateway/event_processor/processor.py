@@ -15,16 +15,23 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from services.gateway.event_processor import metrics
+from services.gateway.event_processor.observe import (
+    ConsumerLag,
+    batch_links,
+    observe_latencies,
+    received_at,
+)
 from services.gateway.event_processor.sink import EventSink, StoreOutcome, is_database_down
 from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
 from shared.events import AccessEvent, EventParseError, parse_event_bytes
+from shared.performance import get_performance_monitor
+from shared.performance.operation import operation
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,7 @@ class EventProcessor:
         self.max_message_bytes = max_message_bytes
         self.retry_backoff_max_s = retry_backoff_max_s
         self.stats = ProcessorStats()
+        self.lag = ConsumerLag()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -125,6 +133,11 @@ class EventProcessor:
         return records
 
     async def handle(self, records: list[Record]) -> int:
+        """`_handle` under one span linked to the trace of every message, timed as `processor.batch`."""
+        with operation("processor.batch", links=batch_links(records), records=len(records)):
+            return await self._handle(records)
+
+    async def _handle(self, records: list[Record]) -> int:
         """Store, dead-letter, then commit `records`; returns events newly stored.
 
         Returns without committing when asked to stop while the database is down: the batch
@@ -133,6 +146,7 @@ class EventProcessor:
         events: list[AccessEvent] = []
         sources: list[Record] = []
         dead: list[tuple[Record, str, str]] = []
+        parse_started = time.perf_counter()
         for record in records:
             parsed = parse_record(record.value or b"", self.max_message_bytes)
             if isinstance(parsed, AccessEvent):
@@ -140,7 +154,9 @@ class EventProcessor:
                 sources.append(record)
             else:
                 dead.append((record, *parsed))
-        outcome = await self._store_until_done(events)
+        get_performance_monitor().record("processor.parse", time.perf_counter() - parse_started)
+        with operation("processor.store", events=len(events)):
+            outcome = await self._store_until_done(events)
         if outcome is None:
             return 0
         if outcome.refused:
@@ -148,10 +164,10 @@ class EventProcessor:
             for event, reason in outcome.refused:
                 dead.append((source_of[id(event)], "rejected_by_database", reason))
         if dead:
-            await self._dead_letter(dead)
-        now = datetime.now(UTC)
-        for event in outcome.stored:
-            metrics.EVENT_LATENCY.observe(max(0.0, (now - event.timestamp).total_seconds()))
+            with operation("processor.dead_letter", messages=len(dead)):
+                await self._dead_letter(dead)
+        received = {id(e): received_at(r) for e, r in zip(events, sources, strict=True)}
+        observe_latencies(outcome.stored, received)
         inserted = outcome.inserted
         metrics.EVENTS_PROCESSED.inc(inserted)
         metrics.EVENTS_DUPLICATE.inc(len(outcome.stored) - inserted)
@@ -160,7 +176,9 @@ class EventProcessor:
         self.stats.stored += inserted
         self.stats.duplicates += len(outcome.stored) - inserted
         self.stats.last_batch_at = time.time()
-        await self._commit(records)
+        with operation("processor.commit"):
+            await self._commit(records)
+        self.lag.note_batch(records)
         return inserted
 
     async def _store_until_done(self, events: list[AccessEvent]) -> StoreOutcome | None:

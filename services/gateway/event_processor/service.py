@@ -99,7 +99,11 @@ class ProcessorService:
                     self.settings.access_events_topic,
                     self.settings.processor_group_id,
                 )
-                await self.processor.run()
+                lag_task = asyncio.create_task(self._watch_lag(self.processor), name="consumer-lag")
+                try:
+                    await self.processor.run()
+                finally:
+                    lag_task.cancel()
             except KafkaError as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("event processor lost Kafka (%s); reconnecting in %.1fs", exc, delay)
@@ -115,6 +119,15 @@ class ProcessorService:
             if not self._stopping:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _watch_lag(self, processor: EventProcessor) -> None:
+        """Consumer lag every LAG_REFRESH_S, also while paused (no batches are handled then)."""
+        while True:
+            await asyncio.sleep(self.settings.processor_lag_refresh_s)
+            try:
+                await processor.lag.refresh(processor.consumer)
+            except Exception as exc:  # lag is a reading, never a reason to stop consuming
+                log.debug("consumer lag refresh failed: %s", exc)
 
     async def check_ready(self) -> None:
         if not self.consuming:

@@ -40,6 +40,13 @@ class EventProcessorSettings(FleetSettings):
         validation_alias="EVENT_PROCESSOR_FETCH_MAX_WAIT_MS",
         description="longest the broker may hold a fetch for data; bounds the idle-to-first-event latency",
     )
+    processor_lag_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        validation_alias="EVENT_PROCESSOR_LAG_REFRESH_S",
+        description="how often the consumer lag gauges are recomputed",
+    )
     processor_retry_backoff_max_s: float = Field(
         10.0,
         gt=0,

@@ -46,6 +46,7 @@
 
   function fmtSeconds(s) {
     if (s === null || s === undefined) return "–";
+    if (s === 0) return "0 s"; // nothing waiting: not "0 µs", which reads as a measured delay
     if (s < 1e-3) return `${fmtNumber(s * 1e6)} µs`;
     if (s < 1) return `${fmtNumber(s * 1e3, s < 0.01 ? 2 : 1)} ms`;
     if (s < 120) return `${fmtNumber(s, 2)} s`;
@@ -135,6 +136,83 @@
       }));
   }
 
+  function renderOperations(ops) {
+    const rows = ops.slowest || [];
+    const down = Object.entries(ops.unreachable || {}).map(([svc, err]) => `${svc}: ${err}`);
+    return el("div", {},
+      rows.length
+        ? table(["service", "operation", { label: "count", num: true }, { label: "p50", num: true },
+          { label: "p95", num: true }, { label: "p99", num: true }],
+        rows.map((r, i) => [r.service, el("code", { "data-metric": `ops.${i}.name`, "data-value": `${r.service}|${r.operation}` }, r.operation),
+          metric(`ops.${i}.count`, r.count), fmtSeconds(r.p50), metric(`ops.${i}.p95`, r.p95, fmtSeconds(r.p95)),
+          fmtSeconds(r.p99)]))
+        : el("p", { class: "muted" }, "no timed operations yet"),
+      down.length ? el("p", { class: "down" }, `not reachable: ${down.join("; ")}`) : null);
+  }
+
+  // -- trends: small plots of what the page has polled (kept in memory, last TREND_POINTS) ----
+
+  const TREND_POINTS = 150;
+  const trends = { events: [], latency: [], requests: [], backlog: [], breakers: [] };
+
+  function pushTrend(name, value) {
+    const series = trends[name];
+    series.push(value === null || value === undefined || Number.isNaN(Number(value)) ? null : Number(value));
+    if (series.length > TREND_POINTS) series.shift();
+  }
+
+  function recordTrends(data) {
+    const ev = data.events && data.events.ok ? data.events.data : null;
+    pushTrend("events", ev ? ev.events_per_second : null);
+    pushTrend("latency", ev && ev.latency_seconds ? ev.latency_seconds.p95 : null);
+    const reqs = data.requests && data.requests.ok ? data.requests.data : {};
+    const p95s = Object.values(reqs).filter((r) => r.ok && r.data.p95 !== null).map((r) => r.data.p95);
+    pushTrend("requests", p95s.length ? Math.max(...p95s) : null);
+    const rep = data.replication && data.replication.ok ? data.replication.data : null;
+    pushTrend("backlog", rep ? rep.backlog_seconds : null);
+    const br = data.breakers && data.breakers.ok ? data.breakers.data : null;
+    pushTrend("breakers", br ? Object.values(br).filter((b) => b && b.state && b.state !== "closed").length : null);
+  }
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  function sparkline(name, label, format) {
+    const values = trends[name];
+    const known = values.filter((v) => v !== null);
+    const w = 220, h = 48;
+    const svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("width", w);
+    svg.setAttribute("height", h);
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", label);
+    svg.dataset.trend = name;
+    svg.dataset.points = String(known.length);
+    const max = Math.max(...known, 1e-9);
+    const step = w / Math.max(TREND_POINTS - 1, 1);
+    const offset = (TREND_POINTS - values.length) * step;
+    const points = values.map((v, i) => (v === null ? null : `${(offset + i * step).toFixed(1)},${(h - 2 - (v / max) * (h - 4)).toFixed(1)}`))
+      .filter((p) => p !== null);
+    const line = document.createElementNS(SVG_NS, "polyline");
+    line.setAttribute("points", points.join(" "));
+    line.setAttribute("class", "trend-line");
+    svg.append(line);
+    const last = known.length ? known[known.length - 1] : null;
+    return el("figure", { class: "trend" },
+      el("figcaption", {}, label, " ", metric(`trend.${name}.last`, last, format(last)),
+        el("span", { class: "muted" }, ` (max ${format(known.length ? max : null)})`)),
+      svg);
+  }
+
+  function renderTrends() {
+    const body = document.querySelector("#trends .body");
+    body.replaceChildren(el("div", { class: "trends" },
+      sparkline("events", "events / s", (v) => fmtNumber(v, 1)),
+      sparkline("latency", "event latency p95", fmtSeconds),
+      sparkline("requests", "slowest service p95", fmtSeconds),
+      sparkline("backlog", "replication backlog", fmtSeconds),
+      sparkline("breakers", "breakers not closed", (v) => fmtNumber(v))));
+  }
+
   function renderCache(cache) {
     const tiers = Object.keys(cache.hit_ratio_by_tier || {});
     if (!tiers.length) return el("p", { class: "muted" }, "no cache traffic yet");
@@ -173,7 +251,14 @@
           Array.isArray(k.bounds) ? k.bounds.map((b) => fmtPlain(b)).join(" – ") : "–"]);
       }
     }
-    const decisions = (opt.decisions || []).slice(0, 5);
+    // The optimizer repeats a recommendation every cycle while it stands; show each once.
+    const seen = new Set();
+    const decisions = (opt.decisions || []).filter((d) => {
+      const key = typeof d === "string" ? d : `${d.service}|${d.setting}|${d.old}|${d.new}|${d.applied}`;
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    }).slice(0, 5);
     return el("div", {},
       el("p", {}, `mode: ${opt.mode || (opt.enabled ? "apply" : "recommend")}`,
         opt.cycles !== undefined ? ` · cycles: ${opt.cycles}` : "",
@@ -279,6 +364,9 @@
       fill("replication", data.replication, renderReplication);
       fill("optimizer", data.optimizer, renderOptimizer);
       fill("alerts", data.alerts, renderAlerts);
+      fill("operations", data.operations, renderOperations);
+      recordTrends(data);
+      renderTrends();
       renderSelf();
       const took = performance.now() - started;
       callbacks.push({ callback: "dashboard.refresh", duration_s: Math.round(took) / 1000 });

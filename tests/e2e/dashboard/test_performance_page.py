@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -149,7 +150,7 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
 ) -> None:
     gateway, analytics = fleet["gateway"], fleet["analytics"]
     now = datetime.now(UTC)
-    # Recent timestamps, so the latency histogram (event time → stored) has figures inside its buckets.
+    # Recent timestamps, so the event-time delay histogram has figures inside its buckets too.
     events = [
         event_dict(door_id=f"door-{i % 3}", timestamp=(now - timedelta(milliseconds=40 * i)).isoformat())
         for i in range(EVENTS)
@@ -190,6 +191,7 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
     cache_tiers = httpx.get(analytics.url + "/api/v1/cache/report", timeout=5).json()["tiers"]
     replication = metric_samples(fleet["replicator"].url)
     breakers = httpx.get(gateway.url + "/breaker", timeout=5).json()
+    breakers.pop("services")  # the upstream services' breakers: the board's own part, not the page's
     assert breakers, "the gateway has no breakers"
     wait_for_refresh(page, time.time())
     shown = page_values(page)
@@ -227,6 +229,66 @@ def test_page_agrees_with_metrics_and_breakers_and_reports_its_vitals(
     )
     assert float(shown["replication.backlog_seconds"]) == replication["replication_backlog_seconds"][0].value
     assert "events / s" in page.inner_text("#events")
+
+    # The fleet's slowest operations: each row is an operation its service really times, the
+    # rows come from more than one service and are ordered by p95.
+    slowest = page.eval_on_selector_all(
+        "[data-metric^='ops.'][data-metric$='.name']", "els => els.map(e => e.dataset.value)"
+    )
+    assert slowest, "no operations shown"
+    for row in slowest:
+        service, operation = row.split("|", 1)
+        timed = {
+            s.labels["operation"] for s in metric_samples(fleet[service].url)["performance_operation_count"]
+        }
+        assert operation in timed, (service, operation)
+    assert len({row.split("|", 1)[0] for row in slowest}) >= 2, slowest
+    p95s = [float(shown[f"ops.{i}.p95"]) for i in range(len(slowest))]
+    assert p95s == sorted(p95s, reverse=True)
+
+    # Trends: each plot gains a point per refresh; the last point is the figure shown.
+    wait_for_refresh(page, time.time())
+    points = page.eval_on_selector_all(
+        "svg[data-trend]",
+        "els => Object.fromEntries(els.map(e => [e.dataset.trend, Number(e.dataset.points)]))",
+    )
+    assert set(points) == {"events", "latency", "requests", "backlog", "breakers"}
+    assert points["events"] >= 2
+    assert points["backlog"] >= 2
+    now_shown = page_values(page)
+    assert now_shown["trend.events.last"] == now_shown["events.per_second"]
+    assert now_shown["trend.backlog.last"] == now_shown["replication.backlog_seconds"]
+    assert page.eval_on_selector_all("link[href^='http'], script[src^='http']", "els => els.length") == 0
+    # Caught up: a backlog of zero reads "0 s", not "0 µs".
+    assert float(now_shown["replication.backlog_seconds"]) == 0
+    replication_text = page.inner_text("#replication")
+    assert "0 s" in replication_text
+    assert "µs" not in replication_text
+
+    # Under a steady 20 events/s the page reads about 20 events/s (not 0.0).
+    stop = threading.Event()
+
+    def feed() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                live = datetime.now(UTC).isoformat()
+                client.post(
+                    gateway.url + "/api/v1/events", json=[event_dict(timestamp=live) for _ in range(10)]
+                )
+                stop.wait(0.5)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        time.sleep(3)
+        readings = []
+        for _ in range(3):
+            wait_for_refresh(page, time.time())
+            readings.append(float(page_values(page)["events.per_second"] or 0))
+    finally:
+        stop.set()
+        feeder.join(timeout=15)
+    assert 8 <= max(readings) <= 40, readings
 
     # The page's own vitals and frame times arrive at the analytics service through the gateway.
     def vitals_arrived() -> dict[str, Any] | None:

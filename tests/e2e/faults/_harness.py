@@ -2,7 +2,8 @@
 
 Every fault test runs traffic in a background thread, injects its fault, and then reports the
 same figures: events posted, acknowledged (answered 202), stored, dead-lettered, duplicated and
-lost, the 5xx answers before the fault and after recovery (the first good answer after the
+lost, the 5xx answers before the fault (answered before it hit: a request in flight when it
+hit belongs to the outage) and after recovery (sent after the first good answer once the
 dependency is back), and how long recovery took. Each test prints them as one `FAULT {...}` JSON
 line (run with `-s` to see them; the README's reliability section quotes them).
 """
@@ -30,6 +31,11 @@ class Answer:
     at: float  # time.monotonic() when the request was sent
     status: int  # 0: no answer (connection refused, timeout)
     event_ids: tuple[str, ...] = ()
+    answered: float | None = None  # time.monotonic() when the answer came; None: same as `at`
+
+    @property
+    def done(self) -> float:
+        return self.answered if self.answered is not None else self.at
 
 
 @dataclass
@@ -57,7 +63,12 @@ class Ledger:
         return next((a.at for a in self.snapshot() if a.at >= t and 200 <= a.status < 300), None)
 
     def server_errors(self, start: float, end: float) -> int:
+        """5xx answers to requests sent in [start, end)."""
         return sum(1 for a in self.snapshot() if start <= a.at < end and a.status >= 500)
+
+    def server_errors_answered_before(self, t: float) -> int:
+        """5xx answers that came before `t` (a request in flight when a fault hit is the fault's)."""
+        return sum(1 for a in self.snapshot() if a.done < t and a.status >= 500)
 
 
 class Traffic(threading.Thread):
@@ -84,7 +95,7 @@ class Traffic(threading.Thread):
             while not self._halt.is_set():
                 sent = time.monotonic()
                 status, ids = self.request(client)
-                self.ledger.add(Answer(sent, status, ids))
+                self.ledger.add(Answer(sent, status, ids, answered=time.monotonic()))
                 self._halt.wait(self.interval_s)
 
     def stop(self) -> Ledger:
@@ -205,7 +216,7 @@ def figures(
         "refused_during_outage": sum(
             1 for a in answers if fault_at <= a.at < (recovered_at or back_at) and not 200 <= a.status < 300
         ),
-        "5xx_before_fault": ledger.server_errors(answers[0].at if answers else 0, fault_at),
+        "5xx_before_fault": ledger.server_errors_answered_before(fault_at),
         "5xx_after_recovery": ledger.server_errors(recovered_at, float("inf")) if recovered_at else None,
         "outage_seconds": round(back_at - fault_at, 2),
         "recovery_seconds": round(recovered_at - back_at, 2) if recovered_at else None,

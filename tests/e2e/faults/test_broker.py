@@ -17,6 +17,7 @@ from tests.e2e.faults._harness import (
     Answer,
     Ledger,
     Traffic,
+    breaker_states,
     dead_letters,
     figures,
     ingest_request,
@@ -88,21 +89,36 @@ def test_events_acknowledged_before_a_broker_crash_are_stored_once_it_is_back(
         assert distinct == 0  # the memory log forgot every acknowledged event
 
 
+@pytest.mark.parametrize(
+    ("outage_s", "request_timeout_ms"),
+    [(3.0, 10_000), (8.0, 2_000)],
+    ids=["shorter-than-the-request-timeout", "longer-than-the-request-timeout"],
+)
 def test_broker_restarted_during_sustained_ingest(
+    outage_s: float,
+    request_timeout_ms: int,
     durable_broker: EmbeddedKafka,
     database_url: str,
     topic_name: str,
     start_service: Callable[..., ServiceProcess],
 ) -> None:
-    env = service_env(database_url, durable_broker.bootstrap_servers, topic_name)
+    """A short outage is waited out (the producer retries within KAFKA_REQUEST_TIMEOUT_MS); a long
+    one is answered 503 with Retry-After and opens the `kafka` breaker, which closes again."""
+    env = {
+        **service_env(database_url, durable_broker.bootstrap_servers, topic_name),
+        "KAFKA_REQUEST_TIMEOUT_MS": str(request_timeout_ms),
+    }
     gateway = start_service(GATEWAY, env, wait_ready=True)
     traffic = Traffic(ingest_request(batch=20), gateway.url)
     traffic.start()
+    seen: set[str] = set()
     try:
         time.sleep(3)
         fault_at = time.monotonic()
         durable_broker.kill_broker()
-        time.sleep(3)
+        while time.monotonic() - fault_at < outage_s:
+            seen.add(breaker_states(gateway.url).get("kafka", "missing"))
+            time.sleep(0.25)
         durable_broker.start()
         back_at = time.monotonic()
         deadline = back_at + 40
@@ -115,7 +131,8 @@ def test_broker_restarted_during_sustained_ingest(
         ledger = traffic.stop()
     rows, distinct = wait_stored(database_url, ledger.acknowledged)
     result = figures(
-        "broker SIGKILLed for 3 s during sustained ingest",
+        f"broker SIGKILLed for {outage_s:g} s during sustained ingest "
+        f"(KAFKA_REQUEST_TIMEOUT_MS={request_timeout_ms})",
         ledger,
         fault_at=fault_at,
         back_at=back_at,
@@ -123,9 +140,14 @@ def test_broker_restarted_during_sustained_ingest(
         stored_distinct=distinct,
         dead_lettered=dead_letters(durable_broker.bootstrap_servers, topic_name + ".dlq"),
         breakers=wait_breakers_closed(gateway.url, ["kafka", "database"]),
+        kafka_breaker_states_during_outage=sorted(seen),
+        statuses_during_outage=sorted({a.status for a in ledger.snapshot() if fault_at <= a.at < back_at}),
     )
     assert result["acknowledged"] > 0
     assert result["recovery_seconds"] is not None, gateway.logs()
     assert (result["lost"], result["duplicated"], result["dead_lettered"]) == (0, 0, 0), gateway.logs()
     assert (result["5xx_before_fault"], result["5xx_after_recovery"]) == (0, 0)
     assert set(result["breakers_after"].values()) == {"closed"}
+    if outage_s * 1000 > request_timeout_ms:
+        assert "open" in seen
+        assert set(result["statuses_during_outage"]) <= {202, 503}

@@ -9,7 +9,14 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.faults._harness import Traffic, dead_letters, figures, ingest_request, wait_stored
+from tests.e2e.faults._harness import (
+    Traffic,
+    dead_letters,
+    figures,
+    ingest_request,
+    wait_breakers_closed,
+    wait_stored,
+)
 from tools.dev.fleet import ServiceProcess, service_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -48,11 +55,13 @@ def test_processor_sigkilled_three_times_during_sustained_ingest(
         stored_rows=rows,
         stored_distinct=distinct,
         dead_lettered=dead_letters(kafka_bootstrap, topic_name + ".dlq"),
-        breakers={},
+        breakers=wait_breakers_closed(processor.url, ["database"]),
         **{"5xx_during_outage": ledger.server_errors(fault_at, back_at)},
     )
     assert result["acknowledged"] > 0
     assert (result["lost"], result["duplicated"], result["dead_lettered"]) == (0, 0, 0), status
+    # The processor's own breaker wiring: its GET /breaker lists the one dependency it guards.
+    assert result["breakers_after"] == {"database": "closed"}
     # The gateway does not depend on the processor: not one 5xx at any time.
     assert (result["5xx_before_fault"], result["5xx_during_outage"], result["5xx_after_recovery"]) == (
         0,

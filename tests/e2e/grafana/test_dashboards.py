@@ -23,10 +23,12 @@ import pytest
 import yaml
 
 from shared.settings import REPO_ROOT
+from tests.e2e.grafana.exporters import exporters
 from tests.factories import event_dict
 from tools.dev.embedded import free_port
 from tools.dev.fleet import ServiceProcess, service_env
 from tools.dev.prometheus import instant, prometheus_binary, start_prometheus
+from tools.dev.servers import start_redis_server
 
 GRAFANA = REPO_ROOT / "monitoring" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -177,6 +179,27 @@ def test_every_panel_query_returns_series(
     kafka_bootstrap: str,
     topic_name: str,
     prometheus_bin: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    # The datastore panels read Debian's exporters in front of the fleet's database and a Redis.
+    redis_proc, redis_url = start_redis_server()
+    try:
+        with exporters(database_url, redis_url, tmp_path) as exporter_urls:
+            _every_panel_query_returns_series(
+                fleet, exporter_urls, kafka_bootstrap, topic_name, prometheus_bin, tmp_path
+            )
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+
+
+def _every_panel_query_returns_series(
+    fleet: dict[str, ServiceProcess],
+    exporter_urls: dict[str, str],
+    kafka_bootstrap: str,
+    topic_name: str,
+    prometheus_bin: str,
     tmp_path: Path,
 ) -> None:
     gw = fleet["gateway"].url
@@ -187,7 +210,7 @@ def test_every_panel_query_returns_series(
         httpx.get(gw + "/api/v1/unreachable/x", timeout=5)
     assert httpx.get(gw + "/breaker", timeout=5).json()["external_api"]["open"] >= 1
 
-    targets = {name: service.url for name, service in fleet.items()}
+    targets = {name: service.url for name, service in fleet.items()} | exporter_urls
     prom, prom_url = start_prometheus(prometheus_bin, targets, tmp_path)
     try:
         with Traffic(fleet) as traffic:

@@ -249,6 +249,9 @@ async def test_breaker_listing_has_reference_shape(tmp_path: Path) -> None:
         breakers = (await client.get("/breaker")).json()
         reset = await client.post("/breaker/analytics/reset")
     assert {"analytics", "kafka"} <= set(breakers)
+    # The services behind the gateway, each with its breakers or marked unreachable.
+    services = breakers.pop("services")
+    assert set(services) >= {"analytics", "optimizer", "replicator"}
     for snapshot in breakers.values():
         assert snapshot["state"] in {"closed", "open", "half_open"}
         for key in ("open", "half_open", "closed", "calls_in_window", "config"):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,6 +22,7 @@ import pytest
 
 from shared.settings import REPO_ROOT
 from tools.dev.fleet import ServiceProcess, service_env
+from tools.dev.prometheus import instant, prometheus_binary, start_prometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +88,8 @@ def test_load_run_reports_what_the_fleet_stored(
     before = datetime.now(UTC)
 
     code, summary, stderr = _run_load_test(
+        "--via",
+        "http",
         "--target",
         gateway.url,
         "--rate",
@@ -126,6 +131,10 @@ def test_original_message_shape_in_batches_is_stored(
     before = datetime.now(UTC)
 
     code, summary, stderr = _run_load_test(
+        "--via",
+        "http",
+        "--min-per-minute",
+        "0",
         "--target",
         gateway.url,
         "--shape",
@@ -156,6 +165,8 @@ def test_unreachable_gateway_is_reported_and_fails_the_run() -> None:
 
     port = free_port()  # nothing listens there
     code, summary, _ = _run_load_test(
+        "--via",
+        "http",
         "--target",
         f"http://127.0.0.1:{port}",
         "--rate",
@@ -170,3 +181,63 @@ def test_unreachable_gateway_is_reported_and_fails_the_run() -> None:
     assert summary["accepted"] == 0
     assert summary["failed_requests"] == 10
     assert summary["errors"] == {"ConnectError": 10}
+
+
+def test_kafka_run_reports_processing_from_metrics_and_database_and_writes_reports(
+    database_url: str,
+    kafka_bootstrap: str,
+    topic_name: str,
+    start_service: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    gateway = _gateway(database_url, kafka_bootstrap, topic_name, start_service)
+    common = ("--kafka", kafka_bootstrap, "--topic", topic_name, "--target", gateway.url)
+    common += ("--database-url", database_url, "--drain-timeout", "20")
+    prom, prom_url = start_prometheus(prometheus_binary(), {"gateway": gateway.url}, tmp_path)
+    try:
+        # As in a running deployment, Prometheus has scraped the processor before the run starts.
+        deadline = time.monotonic() + 20
+        while not instant(prom_url, 'up{job="gateway"} == 1') and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5)
+        code, report, stderr = _run_load_test(
+            *common,
+            *("--rate", "100", "--duration", "3", "--report-dir", str(tmp_path), "--seed", "5"),
+            *("--prometheus", prom_url, "--prometheus-wait", "2.5"),
+        )
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
+    assert code == 0, (report["verdict"], stderr, gateway.logs())
+    assert report["via"] == "kafka"
+    assert report["sent"] == report["accepted"] == 300
+    progress = [line for line in stderr.splitlines() if re.match(r"\s+\d+\.\ds sent \d+, acknowledged", line)]
+    assert len(progress) >= 2, stderr  # a progress line every second while running
+    metrics = report["processing"]["metrics"]
+    database = report["processing"]["database"]
+    assert metrics["processed"] == 300
+    assert database["stored"] == 300  # the cross-check agrees
+    # Event -> stored latency from the processor's histogram and exactly from the rows agree
+    # within the histogram's bucket resolution.
+    assert 0 < database["p50_s"] <= database["p99_s"] < 5
+    assert 0 < metrics["mean_s"] < 1
+    # Prometheus' increase() over the run extrapolates to the window's edges: close, not exact.
+    prometheus = report["processing"]["prometheus"]
+    assert prometheus["processed"] == pytest.approx(300, rel=0.2), prometheus
+    assert 0 < prometheus["p50_s"] <= prometheus["p99_s"] < 5
+    assert report["figures_from"] == "prometheus"
+    assert report["verdict"]["met"] is True
+    assert report["verdict"]["events_per_minute"] >= 2500
+    assert report["timeline"], "no per-second timeline"
+    page = (tmp_path / "load-test.html").read_text()
+    assert "<svg" in page
+    assert "polyline" in page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # no external assets
+    assert json.loads((tmp_path / "load-test.json").read_text())["sent"] == 300
+
+    # Too slow a rate for the target: the run itself succeeds, the verdict fails the exit code.
+    code, report, stderr = _run_load_test(*common, "--rate", "20", "--duration", "1")
+    assert code == 1
+    assert report["verdict"]["met"] is False
+    assert "target >= 2500" in report["verdict"]["reasons"][0]
+    assert "target MISSED" in stderr

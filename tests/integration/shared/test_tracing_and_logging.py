@@ -99,6 +99,7 @@ def test_spans_reach_jaeger_and_otlp_and_logs_carry_the_trace(collector: tuple[C
         "JAEGER_ENDPOINT": f"http://127.0.0.1:{port}/api/traces",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "TRACING_ENABLED": "true",
+        "DEPLOYMENT_ENVIRONMENT": "staging",
     }
     result = _run_probe(env)
 
@@ -109,6 +110,10 @@ def test_spans_reach_jaeger_and_otlp_and_logs_carry_the_trace(collector: tuple[C
     assert received.otlp, "no OTLP request arrived"
     otlp_spans = [s for rs in received.otlp[0].resource_spans for ss in rs.scope_spans for s in ss.spans]
     assert [s.name for s in otlp_spans] == ["probe-span"]
+    resource = {a.key: a.value.string_value for a in received.otlp[0].resource_spans[0].resource.attributes}
+    assert resource["service.name"] == "probe"
+    assert resource["deployment.environment"] == "staging"
+    assert resource["service.version"]
     assert "application/x-thrift" in received.content_types
 
     line = next(json.loads(x) for x in result.stdout.splitlines() if "inside a span" in x)
@@ -143,3 +148,44 @@ def test_tracing_can_be_turned_off() -> None:
         check=True,
         timeout=60,
     )
+
+
+QUIET_SCRIPT = textwrap.dedent(
+    """
+    from opentelemetry import trace
+    from shared.json_logging import configure_logging
+    from shared.tracing import init_tracing
+    configure_logging("probe")
+    assert init_tracing("probe")
+    for i in range(6):
+        with trace.get_tracer("probe").start_as_current_span(f"span-{i}"):
+            pass
+        trace.get_tracer_provider().force_flush(5000)
+    """
+)
+
+
+def test_an_absent_collector_gets_one_warning_and_no_error_lines() -> None:
+    closed = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JAEGER_ENDPOINT": f"http://127.0.0.1:{closed}/api/traces",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "TRACING_ENABLED": "true",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", QUIET_SCRIPT],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    errors = [x for x in lines if x["level"] == "ERROR"]
+    warnings = [x for x in lines if x["level"] == "WARNING" and "trace collector" in x["message"]]
+    assert errors == [], errors
+    assert "Traceback" not in result.stdout + result.stderr
+    # One per destination (Jaeger and OTLP), not one per batch.
+    assert len(warnings) == 2, [w["message"] for w in warnings]

@@ -87,3 +87,17 @@ def test_a_down_source_fails_only_its_own_section() -> None:
     requests = body["requests"]["data"]  # type: ignore[index]
     assert requests["gateway"]["ok"] is True
     assert requests["analytics"]["ok"] is False
+
+
+def test_events_per_second_sums_each_replicas_own_increase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processor replicas stored 10 events/s together; one of them restarted meanwhile."""
+    clock = iter([100.0, 102.0, 104.0, 104.1])
+    monkeypatch.setattr("services.gateway.dashboard_data.time.monotonic", lambda: next(clock))
+    state = DashboardState()
+    assert state.rate({"10.0.0.1": 1000.0, "10.0.0.2": 5000.0}) is None  # no interval yet
+    # Alternating which replica a DNS name reached would have read as 0/s or a huge jump.
+    assert state.rate({"10.0.0.1": 1010.0, "10.0.0.2": 5010.0}) == pytest.approx(10.0)
+    # 10.0.0.2 restarted: its counter is back at 8; that is its increase, not -5002.
+    assert state.rate({"10.0.0.1": 1022.0, "10.0.0.2": 8.0}) == pytest.approx(10.0)
+    # A second tab polling at once keeps the last rate instead of measuring 0.1 s.
+    assert state.rate({"10.0.0.1": 1022.0, "10.0.0.2": 8.0}) == pytest.approx(10.0)

@@ -38,6 +38,8 @@ def test_pipeline_has_the_inputs_filters_and_outputs_the_fleet_needs(pipeline: P
     (tcp,) = pipeline.by_name("input", "tcp")
     assert tcp.attributes["codec"] == "json_lines"
     assert tcp.attributes["port"] == 5000
+    (beats,) = pipeline.by_name("input", "beats")
+    assert beats.attributes["port"] == 5044
     (json_filter,) = pipeline.by_name("filter", "json")
     assert json_filter.attributes["source"] == "message"
     (date,) = pipeline.by_name("filter", "date")

@@ -30,6 +30,12 @@ EXPECTED_ALERTS = {
     "ReplicationBacklog",
     "ReplicationBacklogCritical",
     "CacheHitRatioLow",
+    "EventConsumerLagHigh",
+    "DeadLettersGrowing",
+    "HttpLatencyHigh",
+    "PerformanceThresholdFailing",
+    "PostgresDown",
+    "RedisDown",
 }
 
 
@@ -105,7 +111,7 @@ def test_every_alert_has_severity_summary_and_a_runbook_entry() -> None:
         assert labels["severity"] in {"info", "warning", "critical"}, rule["alert"]
         assert annotations["summary"], rule["alert"]
         assert annotations["description"], rule["alert"]
-        anchor = str(annotations["runbook"]).split("#", 1)[1]
+        anchor = str(annotations["runbook_url"]).split("#", 1)[1]
         assert anchor in anchors, f"{rule['alert']}: docs/operations.md has no heading for #{anchor}"
 
 
@@ -123,6 +129,12 @@ def test_rules_use_only_metric_names_the_fleet_exports() -> None:
         "replication_backlog_seconds",
         "cache_hits_total",
         "cache_misses_total",
+        "event_processor_consumer_lag_seconds",
+        "event_processor_dead_lettered_total",
+        "http_request_duration_highr_seconds_bucket",
+        "performance_threshold_failing",
+        "pg_up",
+        "redis_up",
     }
     recorded = {str(rule["record"]) for rule in _rules() if "record" in rule}
     keywords = {"and", "or", "unless", "by", "without", "on", "ignoring", "bool"}
@@ -182,3 +194,35 @@ def test_scrape_config_covers_every_service_on_its_reference_port() -> None:
     assert processor["names"] == ["event-processor"]
     assert processor["port"] == 8002
     assert config["rule_files"] == ["rules/*.yml"]
+    exporters = {
+        name: [t for group in jobs[name]["static_configs"] for t in group["targets"]]
+        for name in ("postgres", "redis")
+    }
+    assert exporters == {"postgres": ["postgres-exporter:9187"], "redis": ["redis-exporter:9121"]}
+    managers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert managers == ["alertmanager:9093"]
+
+
+def test_alertmanager_config_is_accepted_and_inhibits_latency_alerts_of_a_down_service() -> None:
+    amtool = shutil.which("amtool")
+    config_file = REPO_ROOT / "monitoring" / "alertmanager" / "alertmanager.yml"
+    if not amtool:
+        unavailable("amtool (Debian package `prometheus-alertmanager`)")
+    assert amtool
+    result = subprocess.run(
+        [amtool, "check-config", str(config_file)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(config_file.read_text())
+    inhibit = config["inhibit_rules"][0]
+    assert inhibit["source_matchers"] == ['alertname="ServiceDown"']
+    assert inhibit["target_matchers"] == ['kind="latency"']
+    assert inhibit["equal"] == ["job"]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert any("slack_configs" in r for r in receivers.values())
+    assert any("email_configs" in r for r in receivers.values())
+    latency = {str(r["alert"]) for r in _rules() if "alert" in r and r["labels"].get("kind") == "latency"}
+    assert {"EventLatencyP99High", "HttpLatencyHigh"} <= latency
+    for rule in _rules():
+        if "alert" in rule:
+            assert str(rule["annotations"]["runbook_url"]).startswith("docs/operations.md#"), rule["alert"]

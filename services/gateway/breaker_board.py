@@ -1,0 +1,49 @@
+"""The fleet's breaker board: the gateway's breakers in use plus those of every service behind it.
+
+Each upstream service serves its own breakers at `GET /breakers`; the board asks all of them
+at once, each under a short timeout, so one hung service costs the board at most that timeout
+and is reported as `{"unreachable": true}` rather than left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from services.gateway.settings import GatewaySettings
+from shared.breaker import BreakerRegistry
+
+
+def upstream_services(settings: GatewaySettings) -> dict[str, str]:
+    """Service name → base URL of the services whose breakers the board shows."""
+    services = {
+        "analytics": settings.analytics_url,
+        "optimizer": settings.optimizer_url,
+        "replicator": settings.replicator_url,
+    }
+    if not settings.run_event_processor:  # the processor runs on its own: its breakers are there
+        services["event_processor"] = settings.event_processor_url
+    return services
+
+
+async def _fetch(client: httpx.AsyncClient, url: str, timeout_s: float) -> dict[str, Any]:
+    try:
+        response = await client.get(url.rstrip("/") + "/breakers", timeout=timeout_s)
+        body = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        body = None
+    if not isinstance(body, dict):
+        return {"unreachable": True}
+    return body
+
+
+async def breaker_board(
+    registry: BreakerRegistry, client: httpx.AsyncClient, services: dict[str, str], timeout_s: float
+) -> dict[str, Any]:
+    names = list(services)
+    answers = await asyncio.gather(*(_fetch(client, services[n], timeout_s) for n in names))
+    board: dict[str, Any] = registry.in_use()
+    board["services"] = dict(zip(names, answers, strict=True))
+    return board

@@ -1,0 +1,145 @@
+"""What the processor tells about each batch: the traces it continues and its two latencies.
+
+Processing latency (`event_processor_latency_seconds`) runs from when the fleet received the
+event to when it was stored: the gateway stamps the receive time in the `received_at_ms`
+header; a message published straight to Kafka (the load generator, another producer) has the
+record's own timestamp instead, which its producer sets when sending. The event's `timestamp`
+says when the door was used; how far that lies behind storage
+(`event_processor_event_time_delay_seconds`) measures the devices and replays, not the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka.errors import IllegalStateError, KafkaError
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Link
+
+from services.gateway.event_processor import metrics
+from shared.events import AccessEvent
+from shared.tracing import tracing_active
+
+log = logging.getLogger(__name__)
+
+RECEIVED_AT_HEADER = "received_at_ms"
+# A batch span with a link per message would be huge for big batches; the first ones suffice
+# to reach the producers' traces (each message's own consumer span links the rest).
+MAX_LINKS = 128
+
+
+class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
+    """Reads W3C trace context from a record's `[(key, bytes)]` headers."""
+
+    def get(self, carrier: Sequence[tuple[str, bytes]], key: str) -> list[str] | None:
+        values = [v.decode("latin-1") for k, v in carrier if k == key and v is not None]
+        return values or None
+
+    def keys(self, carrier: Sequence[tuple[str, bytes]]) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER = _HeaderGetter()
+
+
+def received_at_header(now_s: float | None = None) -> tuple[str, bytes]:
+    """The header the gateway adds to each event it publishes."""
+    return (RECEIVED_AT_HEADER, str(int((now_s if now_s is not None else time.time()) * 1000)).encode())
+
+
+def received_at(record: Any) -> float | None:
+    """Epoch seconds the fleet received the message: the gateway's header, else the record time."""
+    for key, value in record.headers or ():
+        if key == RECEIVED_AT_HEADER:
+            try:
+                stamp_ms = int(value)
+            except (TypeError, ValueError):
+                break  # a foreign producer's junk header: fall back to the record time
+            if 0 < stamp_ms < 2**53:  # a plausible epoch in ms, not 0, negative or absurd
+                return stamp_ms / 1000.0
+            break
+    stamp = getattr(record, "timestamp", None)
+    return stamp / 1000.0 if isinstance(stamp, int) and stamp > 0 else None
+
+
+def batch_links(records: Iterable[Any]) -> list[Link]:
+    """A link to the context carried by each message (up to MAX_LINKS); none while tracing is off,
+    so an untraced processor does not parse headers for nothing."""
+    links: list[Link] = []
+    if not tracing_active():
+        return links
+    for record in records:
+        if len(links) >= MAX_LINKS:
+            break
+        if not record.headers:
+            continue
+        ctx = propagate.extract(list(record.headers), getter=_GETTER)
+        span_context = trace.get_current_span(ctx).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context))
+    return links
+
+
+def observe_latencies(stored: Iterable[AccessEvent], received: Mapping[int, float | None]) -> None:
+    now = time.time()
+    now_dt = datetime.fromtimestamp(now, UTC)
+    for event in stored:
+        got = received.get(id(event))
+        if got is not None:
+            metrics.EVENT_LATENCY.observe(max(0.0, now - got))
+        metrics.EVENT_TIME_DELAY.observe(max(0.0, (now_dt - event.timestamp).total_seconds()))
+
+
+class ConsumerLag:
+    """Consumer lag per partition, for `event_processor_consumer_lag_{messages,seconds}`.
+
+    Messages: the high watermark of the last fetch minus the consumer's position (Tansu's
+    `end_offsets()` is wrong, the fetch high watermark is not). Seconds: while messages wait,
+    the time since the newest processed message of the partition was produced, an upper bound
+    of how long the oldest waiting one has waited, which keeps growing while consumption is
+    stuck; 0 when caught up.
+    """
+
+    def __init__(self) -> None:
+        self._last_produced: dict[tuple[str, int], float] = {}
+        self._labelled: set[tuple[str, int]] = set()
+
+    def note_batch(self, records: Iterable[Any]) -> None:
+        for record in records:
+            key = (record.topic, record.partition)
+            stamp = received_at(record) or time.time()
+            if stamp > self._last_produced.get(key, 0.0):
+                self._last_produced[key] = stamp
+
+    async def refresh(self, consumer: Any) -> dict[tuple[str, int], tuple[int, float]]:
+        now = time.time()
+        seen: dict[tuple[str, int], tuple[int, float]] = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched from it yet
+            try:
+                position = await consumer.position(tp)
+            except (IllegalStateError, KafkaError) as exc:  # unassigned meanwhile (rebalance)
+                log.debug("no position for %s: %s; next refresh", tp, exc)
+                continue
+            behind = max(0, int(highwater) - int(position))
+            key = (tp.topic, tp.partition)
+            last = self._last_produced.get(key)
+            seconds = max(0.0, now - last) if behind and last is not None else 0.0
+            seen[key] = (behind, seconds)
+        for key, (behind, seconds) in seen.items():
+            labels = (key[0], str(key[1]))
+            metrics.CONSUMER_LAG_MESSAGES.labels(*labels).set(behind)
+            metrics.CONSUMER_LAG_SECONDS.labels(*labels).set(seconds)
+        for key in self._labelled - set(seen):  # partitions another consumer owns now
+            labels = (key[0], str(key[1]))
+            metrics.CONSUMER_LAG_MESSAGES.remove(*labels)
+            metrics.CONSUMER_LAG_SECONDS.remove(*labels)
+        self._labelled = set(seen)
+        return seen
