@@ -142,14 +142,14 @@ def _load(
                 proc.kill()
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"the load client failed with exit code {proc.returncode}")
-    usage = {
+    per_process = {
         name: {
             "cpu_cores": round((after[name][0] - before[name][0]) / elapsed, 2),
             "runnable_waiting_cores": round((after[name][1] - before[name][1]) / elapsed, 2),
         }
         for name in groups
     }
-    return json.loads(line), usage
+    return json.loads(line), per_process
 
 
 @contextlib.contextmanager
@@ -192,7 +192,7 @@ def run(quick: bool) -> dict[str, Any]:
                 watch["broker"] = process_tree(broker_pid)
             single, _ = _load(gateway.url, 1, 2.0, 200, {})
             load_avg = os.getloadavg()[0]
-            report, usage = _load(gateway.url, CLIENTS, seconds, 1_000_000, watch)
+            report, per_process = _load(gateway.url, CLIENTS, seconds, 1_000_000, watch)
             gateway_processes = len(watch["gateway"])
         raw_after = _raw(bootstrap, topic, raw_count)
     raw_modes = {mode: (raw_before[mode][0] + raw_after[mode][0]) / 2 for mode in raw_before}
@@ -210,7 +210,9 @@ def run(quick: bool) -> dict[str, Any]:
         "raw_produce_events_per_s": {mode: round(rate) for mode, rate in raw_modes.items()},
         "raw_produce_cpu_us_per_event": {mode: round(us, 1) for mode, us in raw_cpu.items()},
         "gateway_events_per_s": round(via),
-        "gateway_cpu_us_per_event": round(usage["gateway"]["cpu_cores"] / via * 1e6, 1) if via else None,
+        "gateway_cpu_us_per_event": round(per_process["gateway"]["cpu_cores"] / via * 1e6, 1)
+        if via
+        else None,
         "ratio": round(ratio, 3),
         "target_ratio": TARGET_RATIO,
         "post_p50_ms": report["post_p50_ms"],
@@ -221,6 +223,6 @@ def run(quick: bool) -> dict[str, Any]:
         "single_client_p50_ms": single["post_p50_ms"],
         # Per process during the HTTP round: cores used, and cores' worth of time it was
         # runnable but waiting for a CPU (the machine's other work).
-        "processes": usage,
+        "processes": per_process,
         "meets_target": ratio >= TARGET_RATIO and float(report["post_p99_ms"]) <= TARGET_P99_MS,
     }
