@@ -171,7 +171,7 @@ def _gateway(bootstrap: str, topic: str, workers: int) -> Iterator[ServiceProces
             Path(tmp),
         )
         try:
-            yield gateway.start(wait_ready=True)
+            yield gateway.start(wait_ready=True, timeout_s=120)
         finally:
             gateway.stop()
 
