@@ -4,7 +4,10 @@ One analytics process and one gateway process (its event processor off), both re
 loop of concurrent clients asks `GET /api/v1/analytics/summary` (answered from analytics' own
 cache, so the proxy's share of the work is as large as it gets) for a fixed time, directly and
 through the gateway, alternating twice so drift hits both alike. Target: through the gateway
->= 60 % of direct.
+>= 80 % of direct. Each round also reports the CPU microseconds per answered request of each
+process (analytics, gateway, and this process as the load client) and how long each sat
+runnable waiting for a core: on a saturated machine the ratio is the CPU cost of the direct
+path over that of the proxied one, so these say where the difference goes.
 
 Then analytics is stopped and the answers the gateway gives while its breaker is open (stale
 copies, or 503 with Retry-After) are timed one by one: target < 10 ms each.
@@ -30,7 +33,7 @@ from tools.dev.fleet import ServiceProcess
 
 PATH = "/api/v1/analytics/summary"
 CONCURRENCY = 32
-TARGET_RATIO = 0.6
+TARGET_RATIO = 0.8
 TARGET_OPEN_MS = 10.0
 
 
@@ -46,7 +49,11 @@ async def _load(url: str, seconds: float) -> dict[str, Any]:
         async def worker() -> None:
             nonlocal done, errors
             while time.perf_counter() < stop_at:
-                response = await client.get(PATH)
+                try:
+                    response = await client.get(PATH)
+                except httpx.TransportError:
+                    errors += 1  # counted and reported, not fatal: the rate is of 200s only
+                    continue
                 if response.status_code == 200:
                     done += 1
                 else:
@@ -149,9 +156,11 @@ def run(quick: bool) -> dict[str, Any]:
         direct: list[float] = []
         via: list[float] = []
         rounds: dict[str, dict[str, Any]] = {}
+        errors = 0
         for _ in range(2):
             rounds["direct"] = _measured(analytics.url, seconds, watch)
             rounds["via_gateway"] = _measured(gateway.url, seconds, watch)
+            errors += rounds["direct"]["errors"] + rounds["via_gateway"]["errors"]
             direct.append(rounds["direct"]["requests_per_s"])
             via.append(rounds["via_gateway"]["requests_per_s"])
         analytics.stop()
@@ -169,6 +178,7 @@ def run(quick: bool) -> dict[str, Any]:
         "direct_requests_per_s": round(direct_rps),
         "via_gateway_requests_per_s": round(via_rps),
         "ratio": round(ratio, 3),
+        "errors": errors,
         # The last round of each kind: CPU per request of each process, and its wait for a CPU.
         "last_rounds": {
             kind: {k: v for k, v in r.items() if k in ("cpu_us_per_request", "runnable_waiting_cores")}

@@ -9,6 +9,8 @@ Python with aiokafka (acks=all, the fleet's producer settings), once per-message
 per-partition `send_batch`; the better of the two is the baseline, measured before and after the
 HTTP round so drift hits both alike.
 
+`BENCH_GATEWAY_WORKERS=N` runs the gateway with `GATEWAY_WORKERS=N` (default 1, as `make run`).
+
 Reported: both rates and their ratio (target >= 0.5), POST p50/p95/p99 (target p99 <= 500 ms),
 the single-client latency, and for each process during the HTTP round (gateway, broker, load
 client) the cores it used and the cores' worth of time it sat runnable waiting for a CPU, so the
