@@ -1,5 +1,5 @@
-"""The publisher's per-partition batches: the partition `send` would pick for each key, request
-order kept within a key, full batches continued in new ones, and the header on every message."""
+"""What the publisher puts on the topic: each key on the partition the default partitioner
+picks, request order kept within a key across full producer batches, the header on every message."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ async def test_each_key_lands_where_send_would_put_it_in_request_order(
     kafka_bootstrap: str, topic_name: str
 ) -> None:
     publisher = EventPublisher(kafka_bootstrap, topic_name, 4, timeout_s=10)
-    # 30 doors, 600 messages of ~2 KB: 1.2 MB in all, so each partition's first batch (256 KiB)
-    # fills and is continued in another.
+    # 30 doors, 600 messages of ~2 KB: 1.2 MB in all, so each partition's producer batch
+    # (256 KiB) fills and is continued in another.
     padding = "x" * 2000
     messages = [
         Message(f"d{n % 30}".encode(), orjson.dumps({"door": f"d{n % 30}", "n": n, "pad": padding}))
