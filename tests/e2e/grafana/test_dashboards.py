@@ -222,6 +222,13 @@ def _every_panel_query_returns_series(
                 ):
                     break
                 time.sleep(0.5)
+            # The exporters answer a scrape only once they have queried their server; on a busy
+            # machine the first scrapes of the PostgreSQL exporter can time out.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                instant(prom_url, "pg_up == 1") and instant(prom_url, "redis_up == 1")
+            ):
+                time.sleep(0.5)
             time.sleep(6)  # several scrapes with traffic in between, so every rate() has two points
             failures = []
             checked = 0

@@ -274,8 +274,13 @@ async def test_hundred_concurrent_requests_in_half_open_reach_upstream_exactly_p
                     "failure_threshold": 1,
                     "wait_duration_in_open_state": 0.3,
                     "permitted_calls_in_half_open_state": 4,
+                    # The trial calls are held open on purpose; on a loaded machine that can
+                    # take seconds, which must not count as slow calls and reopen the breaker.
+                    "slow_call_duration_threshold": 120,
                 },
             ),
+            # Likewise the route's timeout: a trial call held past it would be a failure.
+            "routes_config": write_routes(tmp_path, "analytics_url", timeout=120),
         }
     )
     async with serving(upstream.app) as up:
@@ -294,7 +299,7 @@ async def test_hundred_concurrent_requests_in_half_open_reach_upstream_exactly_p
             upstream.gate = asyncio.Event()  # the trial calls stay in flight until all 100 arrived
             await asyncio.sleep(0.35)
             calls = [asyncio.create_task(client.post("/api/v1/analytics/echo")) for _ in range(100)]
-            for _ in range(500):
+            for _ in range(6000):  # at most about a minute, however loaded the machine is
                 if sum(c.done() for c in calls) == 96:
                     break
                 await asyncio.sleep(0.01)
