@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test test-faults test-unit lint fmt typecheck bench load-test up down logs clean compose-check
+.PHONY: install lock run test test-faults test-unit lint fmt typecheck bench load-test up down logs clean \
+	compose-check secrets wheelhouse compose-test
 
 install: $(STAMP)
 
@@ -60,10 +61,23 @@ bench: install
 load-test: install
 	$(PY) -m tools.load_test $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(LOAD_ARGS)
 
-compose-check: install
+compose-check: install secrets
 	$(VENV)/bin/docker-compose config --quiet
 
-up:
+# The compose file's secrets (database and Redis passwords, admin token, API key, Grafana's
+# admin password): random values in .env (never committed) the first time, kept afterwards.
+secrets .env:
+	@$(PYTHON) -m tools.env_secrets .env
+
+# Every wheel the image needs, in deploy/wheelhouse/: `docker build` then needs no package index.
+wheelhouse: install
+	$(PY) -m tools.compose_test.images wheelhouse
+
+# The compose deployment end to end on podman, with images built here (see README).
+compose-test: install
+	$(PY) -m tools.compose_test $(COMPOSE_TEST_ARGS)
+
+up: secrets
 	docker compose up -d --build
 
 down:

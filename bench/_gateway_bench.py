@@ -15,6 +15,7 @@ from tempfile import TemporaryDirectory
 
 import asyncpg
 import orjson
+import psutil
 
 from shared.db import MigrationTarget, apply_migrations, drop_database, ensure_database, with_database
 from shared.kafka import create_producer, ensure_topics
@@ -121,6 +122,27 @@ def processor_process(dsn: str, bootstrap: str, topic: str, **env: str) -> Itera
             process.stop()
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def usage(processes: list[psutil.Process]) -> tuple[float, float]:
+    """(CPU seconds, seconds spent runnable but waiting for a core) of these processes' threads.
+
+    The second comes from the scheduler (`/proc/<pid>/task/<tid>/schedstat`): on a busy machine
+    it shows whether a process was short of work or short of CPU."""
+    cpu = waited = 0.0
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    waited += int((task / "schedstat").read_text().split()[1]) / 1e9
+    return cpu, waited
+
+
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -130,8 +152,10 @@ __all__ = [
     "cpu_count",
     "event_bytes",
     "fresh_database",
+    "process_tree",
     "processor_process",
     "produce",
     "servers",
     "unique_name",
+    "usage",
 ]

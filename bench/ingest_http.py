@@ -9,6 +9,8 @@ Python with aiokafka (acks=all, the fleet's producer settings), once per-message
 per-partition `send_batch`; the better of the two is the baseline, measured before and after the
 HTTP round so drift hits both alike.
 
+`BENCH_GATEWAY_WORKERS=N` runs the gateway with `GATEWAY_WORKERS=N` (default 1, as `make run`).
+
 Reported: both rates and their ratio (target >= 0.5), POST p50/p95/p99 (target p99 <= 500 ms),
 the single-client latency, and for each process during the HTTP round (gateway, broker, load
 client) the cores it used and the cores' worth of time it sat runnable waiting for a CPU, so the
@@ -32,7 +34,7 @@ from typing import Any
 import psutil
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench._gateway_bench import cpu_count, event_bytes, servers, unique_name
+from bench._gateway_bench import cpu_count, event_bytes, process_tree, servers, unique_name, usage
 from shared.kafka import create_producer, ensure_topics
 from shared.settings import REPO_ROOT
 from tools.dev.fleet import ServiceProcess
@@ -105,27 +107,6 @@ def _listening_pid(port: int) -> int | None:
     return None
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _usage(processes: list[psutil.Process]) -> tuple[float, float]:
-    """(CPU seconds, seconds spent runnable but waiting for a core) of these processes' threads.
-
-    The second comes from the scheduler (`/proc/<pid>/task/<tid>/schedstat`): on a busy machine
-    it shows whether a process was short of work or short of CPU."""
-    cpu = waited = 0.0
-    for proc in processes:
-        with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
-            times = proc.cpu_times()
-            cpu += times.user + times.system
-            for task in Path(f"/proc/{proc.pid}/task").iterdir():
-                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                    waited += int((task / "schedstat").read_text().split()[1]) / 1e9
-    return cpu, waited
-
-
 def _load(
     url: str, clients: int, seconds: float, max_requests: int, watch: dict[str, list[psutil.Process]]
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
@@ -152,25 +133,25 @@ def _load(
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "start":
                 raise RuntimeError("the load client did not start")
-            before = {name: _usage(procs) for name, procs in groups.items()}
+            before = {name: usage(procs) for name, procs in groups.items()}
             started = time.perf_counter()
             line = proc.stdout.readline()
             elapsed = time.perf_counter() - started
-            after = {name: _usage(procs) for name, procs in groups.items()}
+            after = {name: usage(procs) for name, procs in groups.items()}
             proc.wait(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"the load client failed with exit code {proc.returncode}")
-    usage = {
+    per_process = {
         name: {
             "cpu_cores": round((after[name][0] - before[name][0]) / elapsed, 2),
             "runnable_waiting_cores": round((after[name][1] - before[name][1]) / elapsed, 2),
         }
         for name in groups
     }
-    return json.loads(line), usage
+    return json.loads(line), per_process
 
 
 @contextlib.contextmanager
@@ -183,13 +164,16 @@ def _gateway(bootstrap: str, topic: str, workers: int) -> Iterator[ServiceProces
                 "ACCESS_EVENTS_TOPIC": topic,
                 "ACCESS_EVENTS_PARTITIONS": str(PARTITIONS),
                 "GATEWAY_RUN_EVENT_PROCESSOR": "false",
-                "GATEWAY_WORKERS": str(workers),
+                "GATEWAY_WORKERS": str(max(1, workers)),
+                # INGEST_MEMORY_BUDGET_MB is the gateway's total; each worker's share must
+                # still hold one maximum request (160 MiB at the default MAX_REQUEST_BYTES).
+                "INGEST_MEMORY_BUDGET_MB": str(256 * max(1, workers)),
                 "LOG_LEVEL": "WARNING",
             },
             Path(tmp),
         )
         try:
-            yield gateway.start(wait_ready=True)
+            yield gateway.start(wait_ready=True, timeout_s=120)
         finally:
             gateway.stop()
 
@@ -205,12 +189,12 @@ def run(quick: bool) -> dict[str, Any]:
         raw_before = _raw(bootstrap, topic, raw_count)
         with _gateway(bootstrap, topic, workers or 0) as gateway:
             assert gateway.proc is not None
-            watch = {"gateway": _tree(gateway.proc.pid)}
+            watch = {"gateway": process_tree(gateway.proc.pid)}
             if broker_pid:
-                watch["broker"] = _tree(broker_pid)
+                watch["broker"] = process_tree(broker_pid)
             single, _ = _load(gateway.url, 1, 2.0, 200, {})
             load_avg = os.getloadavg()[0]
-            report, usage = _load(gateway.url, CLIENTS, seconds, 1_000_000, watch)
+            report, per_process = _load(gateway.url, CLIENTS, seconds, 1_000_000, watch)
             gateway_processes = len(watch["gateway"])
         raw_after = _raw(bootstrap, topic, raw_count)
     raw_modes = {mode: (raw_before[mode][0] + raw_after[mode][0]) / 2 for mode in raw_before}
@@ -228,7 +212,9 @@ def run(quick: bool) -> dict[str, Any]:
         "raw_produce_events_per_s": {mode: round(rate) for mode, rate in raw_modes.items()},
         "raw_produce_cpu_us_per_event": {mode: round(us, 1) for mode, us in raw_cpu.items()},
         "gateway_events_per_s": round(via),
-        "gateway_cpu_us_per_event": round(usage["gateway"]["cpu_cores"] / via * 1e6, 1) if via else None,
+        "gateway_cpu_us_per_event": round(per_process["gateway"]["cpu_cores"] / via * 1e6, 1)
+        if via
+        else None,
         "ratio": round(ratio, 3),
         "target_ratio": TARGET_RATIO,
         "post_p50_ms": report["post_p50_ms"],
@@ -239,6 +225,6 @@ def run(quick: bool) -> dict[str, Any]:
         "single_client_p50_ms": single["post_p50_ms"],
         # Per process during the HTTP round: cores used, and cores' worth of time it was
         # runnable but waiting for a CPU (the machine's other work).
-        "processes": usage,
+        "processes": per_process,
         "meets_target": ratio >= TARGET_RATIO and float(report["post_p99_ms"]) <= TARGET_P99_MS,
     }

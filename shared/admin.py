@@ -1,26 +1,37 @@
-"""Bearer-token guard for `/admin/*` and other writes that change the fleet.
+"""The admin API every tunable service shares: the bearer-token guard and the `/admin/tuning` shape.
 
 With no ADMIN_TOKEN configured every call is refused (403): an unset token must never mean
 "open".
+
+`/admin/tuning` has one shape everywhere (analytics, the event processor, the replicator):
+`GET` answers the live value of each knob at the top level, plus `defaults` (the configured
+values) and `bounds` (`{"min", "max"}` per knob); `PUT` takes any subset of the knobs. Each
+knob's bounds are declared once, as a :class:`Knob`, and used both to validate the update and
+to report the bounds.
 """
 
 from __future__ import annotations
 
 import hmac
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ApiError, error_response
 from shared.settings import FleetSettings
 
-_bearer = HTTPBearer(auto_error=False)
+_bearer = HTTPBearer(
+    scheme_name="AdminToken",
+    description="`Authorization: Bearer <ADMIN_TOKEN>`; with ADMIN_TOKEN unset every admin call is refused",
+    auto_error=False,
+)
 
 
 def check_admin(settings: FleetSettings, authorization: str | None) -> None:
@@ -109,12 +120,52 @@ AdminOnly = Annotated[None, Depends(require_admin)]
 
 class PartialUpdate(BaseModel):
     """Body of a `PUT /admin/tuning`: fields left out keep their current value; unknown fields
-    and an empty body are refused (422) rather than silently changing nothing."""
+    and an empty body are refused (422) rather than silently changing nothing. Strict: `"5"` or
+    `true` is not a number (a typo must not retune a running service)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
         if all(getattr(self, name) is None for name in type(self).model_fields):
             raise ValueError(f"give at least one of {', '.join(type(self).model_fields)}")
         return self
+
+
+class Bounds(BaseModel):
+    min: int | float
+    max: int | float
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable setting: its inclusive bounds and what it does, declared once."""
+
+    low: int | float
+    high: int | float
+    description: str
+
+    def update_field(self) -> Any:
+        """The field of a :class:`PartialUpdate`: optional, bounded."""
+        return Field(None, ge=self.low, le=self.high, description=self.description)
+
+    def value_field(self) -> Any:
+        """A bounded value without a default (e.g. the values of a map of knobs)."""
+        return Field(ge=self.low, le=self.high, description=self.description)
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(min=self.low, max=self.high)
+
+
+def bounds_of(knobs: dict[str, Knob]) -> dict[str, Bounds]:
+    return {name: knob.bounds for name, knob in knobs.items()}
+
+
+class TuningView(BaseModel):
+    """The answer of `GET` and `PUT /admin/tuning`; each service adds its knobs as fields."""
+
+    defaults: dict[str, int | float | dict[str, int | float]] = Field(
+        description="the configured values: where the optimizer returns to, and its ceiling"
+    )
+    bounds: dict[str, Bounds] = Field(description="inclusive bounds of each knob")

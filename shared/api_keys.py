@@ -21,7 +21,9 @@ from shared.settings import FleetSettings
 HEADER = "X-API-Key"
 
 # Declares the header in OpenAPI (and lets /docs send it); the check itself is below.
-_scheme = APIKeyHeader(name=HEADER, auto_error=False, description="required when API_KEYS is set")
+_scheme = APIKeyHeader(
+    name=HEADER, scheme_name="ApiKey", auto_error=False, description="required when API_KEYS is set"
+)
 
 
 def _digest(value: str) -> bytes:
@@ -63,3 +65,7 @@ def require_api_key(request: Request, presented: Annotated[str | None, Depends(_
 # A route parameter of this type makes the route a keyed write: the value is the key's
 # fingerprint, or None when API_KEYS is unset.
 ApiKey = Annotated[str | None, Depends(require_api_key)]
+
+# The header as sent, unchecked: declares the scheme for a route that authenticates by itself,
+# in its own order (ingestion checks the key, then the rate limit, then reads the body).
+PresentedApiKey = Annotated[str | None, Depends(_scheme)]

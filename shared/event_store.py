@@ -69,21 +69,6 @@ _FROM_STAGE_ORDERED_SQL = _FROM_STAGE_SQL.replace(
 )
 
 
-async def copy_events(pool: asyncpg.Pool, events: Sequence[AccessEvent]) -> int:
-    """Insert a batch of `events` through COPY and the staging table (one transaction); returns
-    how many were new. Faster than `store_events` from a few hundred rows on (measured by
-    `python -m bench ingest_throughput`: the database's bulk-store stage). Rows enter in
-    event_id order, so two writers storing overlapping batches wait instead of deadlocking."""
-    if not events:
-        return 0
-    records = [event_record(event) for event in events]
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_STAGE_SQL)
-        await conn.copy_records_to_table("access_events_stage", records=records, columns=list(EVENT_COLUMNS))
-        status = await conn.execute(_FROM_STAGE_ORDERED_SQL)
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def copy_event_records(conn: CopyConnection, records: Sequence[tuple[object, ...]]) -> int:
     """Store already validated rows (EVENT_COLUMNS order) in one transaction; returns how many were new."""
     if not records:
@@ -144,6 +129,37 @@ async def copy_event_binary(conn: CopyConnection, data: bytes, *, direct: bool =
                 )
                 status = await conn.execute(_FROM_STAGE_ORDERED_SQL)
             return int(status.rsplit(" ", 1)[-1]), False
+        except asyncpg.DeadlockDetectedError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def store_event_rows(conn: CopyConnection, rows: Sequence[tuple[object, ...]]) -> int:
+    """Store validated rows (EVENT_COLUMNS order) idempotently in one transaction; returns how
+    many were new. The event processor's path.
+
+    Binary COPY straight into `access_events` first: one pass, batched heap inserts, no staging
+    table. A redelivered batch (some rows already stored, or stored concurrently) makes that
+    COPY fail as a whole with a unique violation; then the rows go through the staging table and
+    ON CONFLICT (event_id) DO NOTHING, ordered by event_id so two such transactions take their
+    keys in one order. Statement triggers (the written-rows NOTIFY) fire for both."""
+    if not rows:
+        return 0
+    columns = list(EVENT_COLUMNS)
+    try:
+        async with conn.transaction():
+            status = await conn.copy_records_to_table("access_events", records=rows, columns=columns)
+        return int(status.rsplit(" ", 1)[-1])
+    except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+        pass
+    for attempt in range(3):
+        try:
+            async with conn.transaction():
+                await conn.execute(_STAGE_SQL)
+                await conn.copy_records_to_table("access_events_stage", records=rows, columns=columns)
+                status = await conn.execute(_FROM_STAGE_ORDERED_SQL)
+            return int(status.rsplit(" ", 1)[-1])
         except asyncpg.DeadlockDetectedError:
             if attempt == 2:
                 raise

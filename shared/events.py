@@ -39,10 +39,12 @@ __all__ = [
     "AccessResult",
     "BadgeStatus",
     "EventParseError",
+    "decode_event_bytes",
     "derive_event_id",
     "event_record",
     "parse_event_bytes",
     "parse_timestamp",
+    "validate_event",
 ]
 
 UPLOAD_NAMESPACE = uuid.UUID("6f1c1d7e-3c0a-5b8e-9a57-2d3b8f0e4c11")
@@ -66,10 +68,46 @@ class EventParseError(ValueError):
         self.message = message
 
 
+def _document_lenient_input(schema: dict[str, Any]) -> None:
+    """The JSON schema of what is accepted, not only of the canonical form: ids may be numbers,
+    the timestamp epoch milliseconds, `entry_without_badge` 0/1 or a true/false word, and `null`
+    stands for a field's default (the validators below). Enum values are also accepted in any
+    case; JSON Schema cannot say "case-insensitive", so the documented values are the canonical
+    spellings."""
+    props = schema.get("properties", {})
+    for name in ("event_id", "person_id", "door_id", "badge_id", "facility_id"):
+        if name in props:
+            props[name] = {"anyOf": [props.pop(name), {"type": "integer"}]}
+    if "timestamp" in props:
+        props["timestamp"] = {
+            "anyOf": [
+                {"type": "string", "description": "ISO 8601; a naive time is UTC"},
+                {"type": "number", "description": "epoch milliseconds"},
+            ]
+        }
+    if "entry_without_badge" in props:  # also 0/1 and the true/false words of the vocabulary
+        props["entry_without_badge"]["anyOf"] = [
+            {"type": "boolean"},
+            {"type": "integer", "enum": [0, 1]},
+            {"type": "string", "description": "yes/no, true/false, y/n, t/f, 1/0 in any case"},
+        ]
+        props["entry_without_badge"].pop("type", None)
+    if "door_held_open_time" in props:  # also a number written as a string
+        props["door_held_open_time"] = {"anyOf": [props.pop("door_held_open_time"), {"type": "string"}]}
+    for name in ("door_held_open_time", "entry_without_badge", "device_status"):
+        if name in props:
+            props[name] = {"anyOf": [props.pop(name), {"type": "null"}]}
+
+
 class AccessEvent(BaseModel):
     """One badge swipe (or door incident). Unknown fields are kept in `extra`."""
 
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, frozen=False)
+    model_config = ConfigDict(
+        extra="allow",
+        str_strip_whitespace=True,
+        frozen=False,
+        json_schema_extra=_document_lenient_input,
+    )
 
     event_id: str = Field(min_length=1, max_length=MAX_LENGTH["event_id"])
     timestamp: datetime
@@ -92,6 +130,14 @@ class AccessEvent(BaseModel):
                 if name in data and data[name] is None:
                     data = {k: v for k, v in data.items() if k != name}
         return data
+
+    @field_validator("door_held_open_time", mode="before")
+    @classmethod
+    def _duration_is_not_a_flag(cls, value: object) -> object:
+        # `true`/`false` would pass as 1/0 seconds: a producer that sends a flag here is wrong.
+        if isinstance(value, bool):
+            raise ValueError("door_held_open_time is a number of seconds, not true/false")
+        return value
 
     @field_validator("event_id", "person_id", "door_id", "badge_id", "facility_id", mode="before")
     @classmethod
@@ -206,6 +252,11 @@ def parse_event_bytes(raw: bytes, *, max_bytes: int | None = None) -> AccessEven
 
     Any failure, whatever raised it, becomes an EventParseError: one message can never stop
     the partition it is in."""
+    return validate_event(decode_event_bytes(raw, max_bytes=max_bytes))
+
+
+def decode_event_bytes(raw: bytes, *, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object of one message, not yet validated; raises EventParseError."""
     max_bytes = max_event_bytes() if max_bytes is None else max_bytes
     if not raw:
         raise EventParseError("empty", "the message has no value (a tombstone or an empty message)")
@@ -217,6 +268,11 @@ def parse_event_bytes(raw: bytes, *, max_bytes: int | None = None) -> AccessEven
         raise EventParseError("invalid_json", f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EventParseError("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validate_event(data: dict[str, Any]) -> AccessEvent:
+    """The event a decoded message holds; raises EventParseError with a short reason for the DLQ."""
     try:
         return AccessEvent.model_validate(data)
     except ValidationError as exc:

@@ -4,7 +4,7 @@ Applies the `primary` migrations to DATABASE_URL and the `replica` migrations to
 (both read from the environment / `.env` like every service, or given on the command line).
 Servers that are still starting are retried until `--wait` seconds have passed, so the one-shot
 container can start together with the databases. Exit code 0 when every target is migrated,
-1 when a target fails, 2 on a usage error (argparse).
+1 when a target fails, 2 on a usage error or an invalid setting (one line naming it).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from shared.db import MigrationTarget, apply_migrations
+from shared.runner import load_settings
 from shared.settings import FleetSettings
 
 log = logging.getLogger("shared.migrate")
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.wait < 0:
         parser.error("--wait must not be negative")
-    settings = FleetSettings()
+    settings = load_settings("python -m shared.migrate", FleetSettings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

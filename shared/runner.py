@@ -9,7 +9,10 @@ serves the app on HOST and the service's port.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -77,11 +80,29 @@ def run_service(
     require: Callable[[S], object] | None = None,
     config_errors: tuple[type[Exception], ...] = (),
     argv: Sequence[str] | None = None,
+    workers: Callable[[S], int] | None = None,
+    worker_app: str | None = None,
 ) -> int:
-    """`python -m <module>`: parse the command line, check the settings, serve until stopped."""
+    """`python -m <module>`: parse the command line, check the settings, serve until stopped.
+
+    With `workers` above 1, `worker_app` ("module:function") builds the app in each worker
+    process (see `serve_workers`)."""
     prog = f"python -m {module}"
     command_parser(module, description).parse_args(argv)
     loaded = load_settings(prog, settings, require)
+    count = workers(loaded) if workers else 1
+    if count > 1 and worker_app:
+        serve_workers(
+            service,
+            lambda: app_factory(loaded),
+            loaded,
+            port=port(loaded),
+            workers=count,
+            worker_app=worker_app,
+            config_errors=config_errors,
+            prog=prog,
+        )
+        return 0
     serve(
         service,
         lambda: app_factory(loaded),
@@ -102,8 +123,42 @@ def serve(
     config_errors: tuple[type[Exception], ...] = (),
     prog: str | None = None,
 ) -> None:
+    _uvicorn(
+        prepare_app(service, app_factory, settings, config_errors=config_errors, prog=prog),
+        settings.host,
+        port,
+    )
+
+
+def _uvicorn(app: FastAPI | str, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        workers=workers if workers > 1 else None,
+        factory=isinstance(app, str),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+        # uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS);
+        # which proxies are trusted is the gateway's TRUSTED_PROXIES setting, unset = none.
+        proxy_headers=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def prepare_app(
+    service: str,
+    app_factory: Callable[[], FastAPI],
+    settings: FleetSettings,
+    *,
+    config_errors: tuple[type[Exception], ...] = (),
+    prog: str | None = None,
+) -> FastAPI:
+    """Logs and tracing set up, then the app; a wrong config file ends the process (code 2)."""
     from shared.breaker import BreakerConfigError
     from shared.json_logging import configure_logging
     from shared.performance.config import MonitoringConfigError
@@ -118,21 +173,37 @@ def serve(
         *config_errors,
     )
     try:
-        app = app_factory()
+        return app_factory()
     except config_error_types as exc:
         message = " ".join(str(exc).split())
         print(f"{prog or service}: invalid configuration: {message}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=20,
-        # uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS);
-        # which proxies are trusted is the gateway's TRUSTED_PROXIES setting, unset = none.
-        proxy_headers=False,
-        loop="uvloop",
-        http="httptools",
-    )
+
+
+def serve_workers(
+    service: str,
+    app_factory: Callable[[], FastAPI],
+    settings: FleetSettings,
+    *,
+    port: int,
+    workers: int,
+    worker_app: str,
+    config_errors: tuple[type[Exception], ...] = (),
+    prog: str | None = None,
+) -> None:
+    """`workers` processes (uvicorn's supervisor) accepting on one listening socket.
+
+    The app is built once here, only so a wrong configuration ends start-up with its message;
+    each worker then builds its own from `worker_app`. Everything in-process is per worker
+    (breakers, caches, budgets); metrics go through prometheus_client's multiprocess mode, in a
+    directory made here (unless PROMETHEUS_MULTIPROC_DIR is set) and removed at exit, so one
+    scrape of /metrics covers every worker."""
+    prepare_app(service, app_factory, settings, config_errors=config_errors, prog=prog)
+    own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if own_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{service}-metrics-")
+    try:
+        _uvicorn(worker_app, settings.host, port, workers)
+    finally:
+        if own_dir:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

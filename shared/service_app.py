@@ -1,7 +1,11 @@
 """The FastAPI app factory every service uses: health, readiness, metrics, errors, request ids.
 
 A service supplies its name, its lifespan (which opens its pools and clients and registers
-readiness checks) and its routers; the factory adds the endpoints every service has (docs/reference.md).
+readiness checks) and its routers; the factory adds the endpoints every service has (`/health`,
+`/ready`, `/metrics`, `/openapi.json`, `/docs`, `/redoc`; docs/reference.md) and the
+middlewares, from the outside in: request id, HTTP metrics, error envelope, operation timing,
+admin-token check, tracing. That order is what makes a crash anywhere below still answer with
+the envelope, carry `X-Request-ID` and be counted.
 """
 
 from __future__ import annotations
@@ -9,21 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.admin import AdminFirstMiddleware
 from shared.breaker.routes import router as breakers_router
-from shared.errors import install_error_handlers
+from shared.errors import ErrorEnvelopeMiddleware, install_error_handlers
 from shared.event_vocabulary import get_event_limits
+from shared.openapi import fleet_openapi, install_offline_docs
 from shared.performance.asgi import OperationTimingMiddleware
 from shared.performance.service import monitoring_lifespan
 from shared.request_context import request_id_var
@@ -78,6 +86,26 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    service: str
+    version: str
+
+
+class ReadinessError(BaseModel):
+    code: Literal["timeout", "unavailable"]
+    message: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "degraded"]
+    service: str
+    checks: dict[str, Literal["ok", "timeout", "unavailable"]] = Field(
+        description='per dependency: "ok", "timeout" or "unavailable" (the cause is logged)'
+    )
+    errors: dict[str, ReadinessError] | None = Field(None, description="only when degraded")
 
 
 def readiness_checks(app: FastAPI) -> dict[str, ReadinessCheck]:
@@ -135,38 +163,22 @@ def create_service_app(
         version=version,
         description=description,
         lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service_name = service
     app.state.settings = settings
     readiness_checks(app)
     install_error_handlers(app)
-    # Added before RequestIdMiddleware, so it runs inside it and its refusals carry the id.
+    _add_common_routes(app, service, version)
+    install_offline_docs(app)
+    app.openapi = lambda: fleet_openapi(app)  # type: ignore[method-assign]
+
+    # Middlewares run in the reverse order of addition: the last added is the outermost.
+    instrument_app(app)
     app.add_middleware(AdminFirstMiddleware)
     app.add_middleware(OperationTimingMiddleware)  # times admin refusals too
-    app.add_middleware(RequestIdMiddleware)
-
-    @app.get("/health", tags=["ops"])
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "service": service, "version": version}
-
-    @app.get("/ready", tags=["ops"], responses={503: {"description": "a dependency does not answer"}})
-    async def ready() -> JSONResponse:
-        checks = readiness_checks(app)
-        names = list(checks)
-        results = await asyncio.gather(*(_run_check(n, checks[n]) for n in names))
-        outcome: dict[str, Any] = dict(zip(names, results, strict=True))
-        healthy = all(r == "ok" for r in results)
-        body: dict[str, Any] = {
-            "status": "ok" if healthy else "degraded",
-            "service": service,
-            "checks": outcome,
-        }
-        if not healthy:
-            body["errors"] = {
-                n: {"code": r, "message": READINESS_MESSAGES[r]} for n, r in outcome.items() if r != "ok"
-            }
-        return JSONResponse(body, status_code=200 if healthy else 503)
-
+    app.add_middleware(ErrorEnvelopeMiddleware)
     # Each app gets its own registry for the HTTP metrics: the instrumentator silently records
     # nothing for a second app registering the same names in one process (tests build many).
     # /metrics serves that registry plus the process-wide one (breakers, caches, processor...).
@@ -177,12 +189,53 @@ def create_service_app(
         registry=http_registry,
     ).instrument(app, metric_namespace="", metric_subsystem="")
     app.state.http_metrics_registry = http_registry
+    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # A service running as several worker processes (shared.runner sets the directory):
+            # every metric lives in that directory's files, and one scrape sums the workers'
+            # counters and histograms (gauges carry a `pid` label).
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         body = generate_latest(REGISTRY) + generate_latest(http_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(breakers_router)
-    instrument_app(app)
     return app
+
+
+def _add_common_routes(app: FastAPI, service: str, version: str) -> None:
+    @app.get("/health", tags=["ops"], response_model=Health)
+    async def health() -> Health:
+        """Liveness: answers without touching any dependency."""
+        return Health(status="ok", service=service, version=version)
+
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "a dependency does not answer"}},
+    )
+    async def ready() -> JSONResponse:
+        """Readiness: every dependency is checked (within a timeout each)."""
+        checks = readiness_checks(app)
+        names = list(checks)
+        results = await asyncio.gather(*(_run_check(n, checks[n]) for n in names))
+        outcome = dict(zip(names, results, strict=True))
+        healthy = all(r == "ok" for r in results)
+        body = Readiness.model_validate(
+            {
+                "status": "ok" if healthy else "degraded",
+                "service": service,
+                "checks": outcome,
+                "errors": None
+                if healthy
+                else {
+                    n: {"code": r, "message": READINESS_MESSAGES[r]} for n, r in outcome.items() if r != "ok"
+                },
+            }
+        )
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if healthy else 503)

@@ -6,14 +6,26 @@ names below so one `.env` configures the whole fleet.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import types
+import typing
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+# The files the fleet reads at run time (route table, breaker and monitoring config). A wheel
+# carries them inside this package (pyproject.toml: force-include), so an installed fleet finds
+# them wherever it runs from; a checkout (and its editable install) reads them where they are
+# kept, at the top of the repository. Either way the path depends on the package, never on the
+# working directory.
+_BUNDLED = PACKAGE_DIR / "_bundled"
+DATA_ROOT = _BUNDLED if _BUNDLED.is_dir() else REPO_ROOT
+CONFIG_DIR = DATA_ROOT / "config"
 
 DEFAULT_PORTS = {
     "gateway": 8080,
@@ -22,6 +34,19 @@ DEFAULT_PORTS = {
     "optimizer": 8003,
     "replicator": 8004,
 }
+
+
+@cache
+def _optional_fields(cls: type[BaseSettings]) -> frozenset[str]:
+    """Names of the settings of `cls` whose type admits None."""
+
+    def admits_none(annotation: object) -> bool:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Union or origin is types.UnionType:
+            return type(None) in typing.get_args(annotation)
+        return annotation is None or annotation is type(None)
+
+    return frozenset(name for name, f in cls.model_fields.items() if admits_none(f.annotation))
 
 
 class MissingSetting(RuntimeError):
@@ -114,11 +139,9 @@ class FleetSettings(BaseSettings):
     )
 
     circuit_breaker_config: Path = Field(
-        REPO_ROOT / "config" / "circuit-breakers.yaml", validation_alias="CIRCUIT_BREAKER_CONFIG"
+        CONFIG_DIR / "circuit-breakers.yaml", validation_alias="CIRCUIT_BREAKER_CONFIG"
     )
-    monitoring_config: Path = Field(
-        REPO_ROOT / "config" / "monitoring.yaml", validation_alias="MONITORING_CONFIG"
-    )
+    monitoring_config: Path = Field(CONFIG_DIR / "monitoring.yaml", validation_alias="MONITORING_CONFIG")
 
     replication_interval: float = Field(1.0, gt=0, validation_alias="REPLICATION_INTERVAL")
     replication_batch_size: int = Field(50_000, ge=1, validation_alias="REPLICATION_BATCH_SIZE")
@@ -137,23 +160,17 @@ class FleetSettings(BaseSettings):
     admin_token: SecretStr | None = Field(None, validation_alias="ADMIN_TOKEN")
     api_keys: str | None = Field(None, validation_alias="API_KEYS")
 
-    @field_validator(
-        "database_url",
-        "timescale_url",
-        "kafka_bootstrap_servers",
-        "admin_token",
-        "api_keys",
-        "otel_exporter_otlp_endpoint",
-        "cache_l3_path",
-        "cache_username",
-        "cache_password",
-        "cache_tls_ca_file",
-        mode="before",
-    )
+    @field_validator("*", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `FOO=` in a compose file or .env means "not set", not "the empty string".
-        if isinstance(value, str) and not value.strip():
+    def _blank_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """`FOO=` in a compose file or .env means "not set", not "the empty string": for every
+        setting that may be unset (here and in each service's subclass), blank becomes None."""
+        if (
+            isinstance(value, str)
+            and not value.strip()
+            and info.field_name is not None
+            and info.field_name in _optional_fields(cls)
+        ):
             return None
         return value
 

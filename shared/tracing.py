@@ -19,6 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared._quiet_export import QuietExporter
 
@@ -111,6 +112,44 @@ def _instrument_libraries() -> None:
             log.warning("could not instrument %s: %s", type(instrumentor).__name__, exc)
 
 
+def _span_details(scope: Scope) -> tuple[str, dict[str, str]]:
+    """The span's first name is the method alone: the route template is only known once the router
+    has matched, and the raw path would give every event id its own span name."""
+    method = str(scope.get("method", "HTTP")).upper()
+    return (method if method in _KNOWN_METHODS else "HTTP"), {}
+
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class _RouteNamer:
+    """Inside the tracing middleware: once the router has matched, names the span `METHOD /route`.
+
+    FastAPI's own instrumentation resolves the route before routing by walking `app.routes`, and
+    fails (AttributeError, answered as a bare 500) on routers included with `include_router` when
+    the method does not match; reading the route the router actually chose avoids that walk.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_naming(message: Message) -> None:
+            # The server span ends with the answer: name it when the answer starts, by which time
+            # the router has chosen the route.
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                path = getattr(route, "path_format", None) or getattr(route, "path", None)
+                span = trace.get_current_span()
+                if path and span.is_recording():
+                    method, _ = _span_details(scope)
+                    span.update_name(f"{method} {path}")
+                    span.set_attribute("http.route", path)
+            await send(message)
+
+        await self.app(scope, receive, send_naming)
+
+
 def instrument_httpx_client(client: httpx.AsyncClient) -> None:
     """Client spans (and `traceparent` injection) for a client with its own transport.
 
@@ -128,9 +167,19 @@ def instrument_httpx_client(client: httpx.AsyncClient) -> None:
 
 
 def instrument_app(app: FastAPI) -> None:
-    """Trace every request of `app` (health and metrics excluded: they are scraped constantly)."""
+    """Trace every request of `app` (health, readiness and metrics excluded: they are scraped constantly).
+
+    Uses the ASGI middleware of OpenTelemetry directly (see :class:`_RouteNamer` for why not the
+    FastAPI instrumentor); it goes innermost, so its spans see the request id and the error
+    envelope of the middlewares around it.
+    """
     if not _initialised:
         return
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,ready,metrics")
+    app.add_middleware(_RouteNamer)
+    app.add_middleware(
+        OpenTelemetryMiddleware,
+        excluded_urls="health,ready,metrics",
+        default_span_details=_span_details,
+    )

@@ -2,49 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.analytics.tuning import AnalyticsTuning, TuningUpdate
+from services.analytics.deps import Cache, Tuning
+from services.analytics.responses import CacheInvalidated, CacheReport, InvalidationResult
+from services.analytics.tuning import AnalyticsTuningView, TuningUpdate
 from shared.admin import AdminOnly
-from shared.cache import HierarchicalCacheManager
 from shared.errors import ApiError
 
 router = APIRouter()
 
 
-def get_tuning(request: Request) -> AnalyticsTuning:
-    tuning: AnalyticsTuning = request.app.state.tuning
-    return tuning
-
-
-def get_cache(request: Request) -> HierarchicalCacheManager:
-    cache: HierarchicalCacheManager = request.app.state.cache
-    return cache
-
-
-Tuning = Annotated[AnalyticsTuning, Depends(get_tuning)]
-Cache = Annotated[HierarchicalCacheManager, Depends(get_cache)]
-
-
-@router.get("/admin/tuning", tags=["admin"])
-async def read_tuning(_: AdminOnly, tuning: Tuning) -> dict[str, Any]:
+@router.get("/admin/tuning", tags=["admin"], response_model=AnalyticsTuningView)
+async def read_tuning(_: AdminOnly, tuning: Tuning) -> AnalyticsTuningView:
     """Current chunk size, worker count and cache TTLs, with their bounds."""
     return tuning.current()
 
 
-@router.put("/admin/tuning", tags=["admin"])
-async def update_tuning(_: AdminOnly, tuning: Tuning, update: TuningUpdate) -> dict[str, Any]:
+@router.put("/admin/tuning", tags=["admin"], response_model=AnalyticsTuningView)
+async def update_tuning(_: AdminOnly, tuning: Tuning, update: TuningUpdate) -> AnalyticsTuningView:
     """Change any of the knobs; applied at once, without a restart."""
     return tuning.apply(update)
 
 
-@router.get("/api/v1/cache/report", tags=["cache"])
-async def cache_report(cache: Cache) -> dict[str, Any]:
+@router.get("/api/v1/cache/report", tags=["cache"], response_model=CacheReport)
+async def cache_report(cache: Cache) -> CacheReport:
     """Per tier: entries, hits, misses, evictions, promotions; per cache: hits and computations."""
-    return await cache.report()
+    return CacheReport.model_validate(await cache.report())
 
 
 class Invalidation(BaseModel):
@@ -54,8 +39,8 @@ class Invalidation(BaseModel):
     prefix: str | None = Field(None, min_length=1, max_length=200)
 
 
-@router.post("/api/v1/cache/invalidate", tags=["cache"])
-async def invalidate(_: AdminOnly, cache: Cache, body: Invalidation) -> dict[str, Any]:
+@router.post("/api/v1/cache/invalidate", tags=["cache"], response_model=InvalidationResult)
+async def invalidate(_: AdminOnly, cache: Cache, body: Invalidation) -> InvalidationResult:
     """Invalidate by tag(s) and/or key prefix, in every analytics process (admin only)."""
     if not body.tags and body.prefix is None:
         raise ApiError(422, "give `tags` or `prefix`")
@@ -63,4 +48,4 @@ async def invalidate(_: AdminOnly, cache: Cache, body: Invalidation) -> dict[str
         await cache.invalidate_tags(body.tags)
     if body.prefix is not None:
         await cache.invalidate_prefix(body.prefix)
-    return {"invalidated": {"tags": body.tags, "prefix": body.prefix}}
+    return InvalidationResult(invalidated=CacheInvalidated(tags=body.tags, prefix=body.prefix))

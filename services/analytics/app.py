@@ -21,7 +21,12 @@ from services.analytics.tuning import AnalyticsTuning
 from services.analytics.uploads import routes as upload_routes
 from services.analytics.worker_pool import WorkerPool
 from shared.breaker import CircuitBreakerOpen, get_breaker_registry
-from shared.cache import IntelligentCacheWarmer, build_cache_manager, set_cache_manager
+from shared.cache import (
+    HierarchicalCacheManager,
+    IntelligentCacheWarmer,
+    build_cache_manager,
+    set_cache_manager,
+)
 from shared.db import create_pool, ping
 from shared.errors import error_response
 from shared.resources import get_resource_guard
@@ -40,63 +45,9 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dsn = settings.require_database_url()
-        pool = await create_pool(
-            dsn,
-            min_size=1,
-            max_size=10,
-            command_timeout=settings.database_timeout_s,
-        )
-        app.state.pool = pool
-        readiness_checks(app)["database"] = lambda: ping(pool)
-        breakers = get_breaker_registry(settings.circuit_breaker_config)
-        workers = WorkerPool(settings.analytics_max_workers)
-        await workers.start()
-        app.state.workers = workers
-        cache = build_cache_manager(settings)
-        set_cache_manager(cache)
-        await cache.start()
-        app.state.cache = cache
-        for name in CACHE_TTLS:  # hit/miss series exist from the first scrape on
-            cache.register(name)
-        listener = EventsListener(dsn, cache)
-        listener.start()
-        app.state.events_listener = listener
-        refresher = RollupRefresher(pool)
-        refresher.start()
-        app.state.rollup_refresher = refresher
-        window = AnomalyWindow(
-            default=timedelta(days=settings.anomalies_default_window_days),
-            maximum=timedelta(
-                days=max(settings.anomalies_max_window_days, settings.anomalies_default_window_days)
-            ),
-        )
-        service = AnalyticsService(pool, workers, cache, breakers.get("database"), window)
-        app.state.analytics = service
-        app.state.tuning = AnalyticsTuning(
-            chunk_size=settings.analytics_chunk_size,
-            workers=workers,
-            cache=cache,
-            max_memory_mb=settings.analytics_max_memory_mb,
-        )
-        warmer: IntelligentCacheWarmer | None = None
-        if cache.l2 is not None or cache.l3 is not None:
-            warmer = IntelligentCacheWarmer(
-                cache, service.cached_functions(), should_pause=_background_paused
-            )
-            await warmer.start(warm=settings.cache_warm_on_start)
-        app.state.cache_warmer = warmer
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            await _open_resources(app, settings, stack)
             yield
-        finally:
-            if warmer is not None:
-                await warmer.stop()
-            await refresher.stop()
-            await listener.stop()
-            await cache.close()
-            set_cache_manager(None)
-            workers.close()
-            await pool.close()
 
     app = create_service_app(
         service="analytics",
@@ -105,6 +56,94 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Access analytics, uploads and performance intake.",
     )
+    _install_dependency_error_handlers(app)
+    app.include_router(routes.router)
+    app.include_router(admin_routes.router)
+    app.include_router(upload_routes.router)
+    app.include_router(performance_routes.router)
+    return app
+
+
+async def _open_resources(
+    app: FastAPI, settings: AnalyticsSettings, stack: contextlib.AsyncExitStack
+) -> None:
+    """Open everything the routes use, in dependency order; `stack` closes it in reverse."""
+    dsn = settings.require_database_url()
+    pool = await _open_database(app, dsn, settings, stack)
+    refresher = RollupRefresher(pool)  # keeps the rollups behind the stored events
+    refresher.start()
+    stack.push_async_callback(refresher.stop)
+    app.state.rollup_refresher = refresher
+    workers = WorkerPool(settings.analytics_max_workers)
+    await workers.start()
+    stack.callback(workers.close)
+    app.state.workers = workers
+    cache = await _open_cache(app, dsn, settings, stack)
+    breakers = get_breaker_registry(settings.circuit_breaker_config)
+    window = AnomalyWindow(
+        default=timedelta(days=settings.anomalies_default_window_days),
+        maximum=timedelta(
+            days=max(settings.anomalies_max_window_days, settings.anomalies_default_window_days)
+        ),
+    )
+    service = AnalyticsService(pool, workers, cache, breakers.get("database"), window)
+    app.state.analytics = service
+    app.state.tuning = AnalyticsTuning(
+        chunk_size=settings.analytics_chunk_size,
+        workers=workers,
+        cache=cache,
+        max_memory_mb=settings.analytics_max_memory_mb,
+    )
+    app.state.cache_warmer = await _start_warmer(cache, service, settings, stack)
+
+
+async def _open_database(
+    app: FastAPI, dsn: str, settings: AnalyticsSettings, stack: contextlib.AsyncExitStack
+) -> asyncpg.Pool:
+    pool = await create_pool(dsn, min_size=1, max_size=10, command_timeout=settings.database_timeout_s)
+    stack.push_async_callback(pool.close)
+    app.state.pool = pool
+    readiness_checks(app)["database"] = lambda: ping(pool)
+    return pool
+
+
+async def _open_cache(
+    app: FastAPI, dsn: str, settings: AnalyticsSettings, stack: contextlib.AsyncExitStack
+) -> HierarchicalCacheManager:
+    """The tiered cache, its metric series, and the listener that invalidates it on new events."""
+    cache = build_cache_manager(settings)
+    set_cache_manager(cache)
+    stack.callback(set_cache_manager, None)
+    await cache.start()
+    stack.push_async_callback(cache.close)
+    app.state.cache = cache
+    for name in CACHE_TTLS:  # hit/miss series exist from the first scrape on
+        cache.register(name)
+    listener = EventsListener(dsn, cache)
+    listener.start()
+    stack.push_async_callback(listener.stop)
+    app.state.events_listener = listener
+    return cache
+
+
+async def _start_warmer(
+    cache: HierarchicalCacheManager,
+    service: AnalyticsService,
+    settings: AnalyticsSettings,
+    stack: contextlib.AsyncExitStack,
+) -> IntelligentCacheWarmer | None:
+    """Warming pays off only with a tier that outlives the process (Redis or disk)."""
+    if cache.l2 is None and cache.l3 is None:
+        return None
+    warmer = IntelligentCacheWarmer(cache, service.cached_functions(), should_pause=_background_paused)
+    await warmer.start(warm=settings.cache_warm_on_start)
+    stack.push_async_callback(warmer.stop)
+    return warmer
+
+
+def _install_dependency_error_handlers(app: FastAPI) -> None:
+    """A dependency that cannot answer (open breaker, database down or failing) is a 503 with
+    `Retry-After`, never a 500: the client's request was fine."""
 
     @app.exception_handler(CircuitBreakerOpen)
     async def _breaker_open(_: Request, exc: CircuitBreakerOpen) -> JSONResponse:
@@ -141,9 +180,3 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             headers={"Retry-After": "5"},
             details={"dependency": "database"},
         )
-
-    app.include_router(routes.router)
-    app.include_router(admin_routes.router)
-    app.include_router(upload_routes.router)
-    app.include_router(performance_routes.router)  # its lifespan runs the snapshots and alerts
-    return app

@@ -14,9 +14,18 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from services.analytics.deps import Tracker
+from services.analytics.responses import (
+    AlertsView,
+    PerformanceSummary,
+    UiAccepted,
+    UiMetrics,
+    VitalRating,
+    VitalsAccepted,
+    VitalSummary,
+)
 from shared.errors import ApiError, validation_details
 from shared.performance import export_history_csv, export_history_json, get_performance_monitor
-from shared.performance.realtime import RealTimePerformanceTracker
 from shared.request_body import read_body_limited
 
 MAX_BODY_BYTES = 256 * 1024
@@ -29,7 +38,8 @@ class VitalReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: Literal["LCP", "CLS", "INP", "FCP", "TTFB"]
-    value: float = Field(ge=0)
+    # Times are in milliseconds (CLS is a small unitless score): an hour bounds every real one.
+    value: float = Field(ge=0, le=3_600_000, strict=True)
     page: str = Field("", max_length=512)
 
     @field_validator("value")
@@ -43,14 +53,14 @@ class VitalReport(BaseModel):
 class FrameReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    frame_time_ms: float = Field(ge=0, le=60_000)
+    frame_time_ms: float = Field(ge=0, le=60_000, strict=True)
 
 
 class CallbackReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     callback: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    duration_s: float = Field(ge=0, le=3600)
+    duration_s: float = Field(ge=0, le=3600, strict=True)
 
 
 _VITALS = TypeAdapter(VitalReport | list[VitalReport])
@@ -77,47 +87,39 @@ async def _parse(request: Request, adapter: TypeAdapter[Any]) -> list[Any]:
     return items
 
 
-def _tracker(request: Request) -> RealTimePerformanceTracker:
-    tracker: RealTimePerformanceTracker | None = getattr(request.app.state, "performance_tracker", None)
-    if tracker is None:
-        raise ApiError(503, "performance tracking is starting", headers={"Retry-After": "1"})
-    return tracker
-
-
 router = APIRouter(prefix="/api/v1/performance", tags=["performance"])
 
 _VITALS_BODY = {"requestBody": {"content": {"application/json": {"schema": _VITALS.json_schema()}}}}
 _UI_BODY = {"requestBody": {"content": {"application/json": {"schema": _UI.json_schema()}}}}
 
 
-@router.get("/summary")
-async def summary() -> dict[str, Any]:
+@router.get("/summary", response_model=PerformanceSummary)
+async def summary() -> PerformanceSummary:
     """Per operation count, mean, min, max, p50, p95, p99 since start, and the latest resources."""
-    return get_performance_monitor().get_metrics_summary()
+    return PerformanceSummary.model_validate(get_performance_monitor().get_metrics_summary())
 
 
-@router.post("/vitals", status_code=202, openapi_extra=_VITALS_BODY)
-async def vitals(request: Request) -> dict[str, Any]:
+@router.post("/vitals", status_code=202, openapi_extra=_VITALS_BODY, response_model=VitalsAccepted)
+async def vitals(request: Request, tracker: Tracker) -> VitalsAccepted:
     """Core Web Vitals beacons, one or a list; each is rated by web.dev's boundaries."""
     reports: list[VitalReport] = await _parse(request, _VITALS)
-    tracker = _tracker(request)
-    ratings = [{"name": r.name, "rating": tracker.record_web_vital(r.name, r.value)} for r in reports]
-    return {"accepted": len(reports), "ratings": ratings}
+    ratings = [VitalRating(name=r.name, rating=tracker.record_web_vital(r.name, r.value)) for r in reports]
+    return VitalsAccepted(accepted=len(reports), ratings=ratings)
 
 
-@router.get("/vitals")
+@router.get("/vitals", response_model=dict[str, VitalSummary])
 async def vitals_summary(
-    request: Request, window_seconds: Annotated[float, Query(gt=0, le=86_400)] = 300
-) -> dict[str, Any]:
+    tracker: Tracker, window_seconds: Annotated[float, Query(gt=0, le=86_400)] = 300
+) -> dict[str, VitalSummary]:
     """p75 of each vital over the window, with its rating."""
-    return _tracker(request).vitals_summary(window_seconds)
+    summary = tracker.vitals_summary(window_seconds)
+    return {name: VitalSummary.model_validate(v) for name, v in summary.items()}
 
 
-@router.post("/ui", status_code=202, openapi_extra=_UI_BODY)
-async def ui(request: Request) -> dict[str, Any]:
+@router.post("/ui", status_code=202, openapi_extra=_UI_BODY, response_model=UiAccepted)
+async def ui(request: Request, tracker: Tracker) -> UiAccepted:
     """Frame times (`{"frame_time_ms"}`) and callback durations (`{"callback", "duration_s"}`)."""
     reports: list[FrameReport | CallbackReport] = await _parse(request, _UI)
-    tracker = _tracker(request)
     frames = callbacks = 0
     for r in reports:
         if isinstance(r, FrameReport):
@@ -126,24 +128,25 @@ async def ui(request: Request) -> dict[str, Any]:
         else:
             tracker.record_callback_duration(r.callback, r.duration_s)
             callbacks += 1
-    return {"accepted": len(reports), "frames": frames, "callbacks": callbacks}
+    return UiAccepted(accepted=len(reports), frames=frames, callbacks=callbacks)
 
 
-@router.get("/ui")
-async def ui_metrics(request: Request) -> dict[str, Any]:
+@router.get("/ui", response_model=UiMetrics)
+async def ui_metrics(tracker: Tracker) -> UiMetrics:
     """Recent frame times and callback durations (ring buffers) with totals since start."""
-    return _tracker(request).ui.get_ui_metrics()
+    return UiMetrics.model_validate(tracker.ui.get_ui_metrics())
 
 
-@router.get("/alerts")
-async def alerts(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+@router.get("/alerts", response_model=AlertsView)
+async def alerts(tracker: Tracker, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> AlertsView:
     """The most recent alerts (newest first) and the state of every threshold."""
-    tracker = _tracker(request)
-    return {
-        "alerts": tracker.dispatcher.recent_alerts(limit),
-        "thresholds": tracker.thresholds_state(),
-        "channels": [c.name for c in tracker.dispatcher.channels],
-    }
+    return AlertsView.model_validate(
+        {
+            "alerts": tracker.dispatcher.recent_alerts(limit),
+            "thresholds": tracker.thresholds_state(),
+            "channels": [c.name for c in tracker.dispatcher.channels],
+        }
+    )
 
 
 @router.get("/history", responses={200: {"content": {"text/csv": {}, "application/json": {}}}})

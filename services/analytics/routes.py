@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
-from services.analytics.analyses import AnalyticsService
 from services.analytics.anomalies import AnomalyParameters
+from services.analytics.deps import Service
 from services.analytics.filters import Filters
+from services.analytics.responses import AccessSummary, AnomalyReport, PatternsAnalysis
 from shared.cache import last_cache_result
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
-
-
-def get_service(request: Request) -> AnalyticsService:
-    service: AnalyticsService = request.app.state.analytics
-    return service
-
-
-Service = Annotated[AnalyticsService, Depends(get_service)]
 
 
 def _cache_headers(response: Response) -> None:
@@ -35,23 +28,23 @@ def _cache_headers(response: Response) -> None:
         response.headers["Warning"] = '110 - "Response is Stale"'
 
 
-@router.get("/patterns")
-async def unique_patterns(service: Service, flt: Filters, response: Response) -> dict[str, Any]:
+@router.get("/patterns", response_model=PatternsAnalysis)
+async def unique_patterns(service: Service, flt: Filters, response: Response) -> PatternsAnalysis:
     """The unique-patterns analysis: users, doors, pairs, time, results, recommendations."""
     result = await service.get_unique_patterns_analysis(flt)
     _cache_headers(response)
-    return result
+    return PatternsAnalysis.model_validate(result)
 
 
-@router.get("/summary")
-async def summary(service: Service, flt: Filters, response: Response) -> dict[str, Any]:
+@router.get("/summary", response_model=AccessSummary)
+async def summary(service: Service, flt: Filters, response: Response) -> AccessSummary:
     """Totals, success rate, events per hour (UTC) and the busiest doors."""
     result = await service.get_summary(flt)
     _cache_headers(response)
-    return result
+    return AccessSummary.model_validate(result)
 
 
-@router.get("/anomalies")
+@router.get("/anomalies", response_model=AnomalyReport)
 async def detected_anomalies(
     service: Service,
     flt: Filters,
@@ -62,7 +55,7 @@ async def detected_anomalies(
     unusual_hour_max_share: Annotated[float, Query(gt=0, lt=1)] = 0.02,
     held_open_threshold_s: Annotated[float, Query(ge=0, le=86400)] = 30.0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-) -> dict[str, Any]:
+) -> AnomalyReport:
     """Denial bursts, unusual hours, invalid badges granted, doors held open, entries without badge.
 
     Over at most ANOMALIES_MAX_WINDOW_DAYS (422 beyond); without `start`, the
@@ -80,4 +73,4 @@ async def detected_anomalies(
         service.anomaly_filter(flt, None)
     result = await service.get_anomalies(flt, params)
     _cache_headers(response)
-    return result
+    return AnomalyReport.model_validate(result)

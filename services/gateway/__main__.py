@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from services.gateway.routes_table import RouteConfigError
 from services.gateway.settings import GatewaySettings, get_settings
-from shared.runner import run_service
+from shared.runner import load_settings, prepare_app, run_service
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -26,6 +26,15 @@ def _create_app(settings: GatewaySettings) -> FastAPI:
     return create_app(settings)
 
 
+PROG = "python -m services.gateway"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process when GATEWAY_WORKERS > 1 (uvicorn imports this by name)."""
+    settings = load_settings(PROG, get_settings, _require)
+    return prepare_app("gateway", lambda: _create_app(settings), settings, config_errors=(RouteConfigError,))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return run_service(
         "gateway",
@@ -38,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         require=_require,
         config_errors=(RouteConfigError,),
         argv=argv,
+        workers=lambda s: s.workers,
+        worker_app="services.gateway.__main__:worker_app",
     )
 
 

@@ -85,11 +85,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         breakers.get(route.route.breaker)
     app.state.kafka_breaker = breakers.get("kafka")
     app.state.ingest_limiter = limiter
-    app.state.ingest_budget = MemoryBudget(settings.ingest_memory_budget_mb * 1024 * 1024)
+    app.state.ingest_budget = MemoryBudget(settings.ingest_budget_bytes_per_worker)
     app.state.routes = routes
     app.include_router(ingest.router)
     app.include_router(breaker_routes.router)
     app.include_router(dashboard.router)
     app.include_router(proxy.build_router(routes))
-    app.include_router(processor_tuning.router)
+    if settings.run_event_processor:  # its tuning is served (and documented) where it runs
+        app.include_router(processor_tuning.router)
     return app

@@ -9,31 +9,27 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from services.gateway.breaker_board import breaker_board, upstream_services
+from services.gateway.deps import Breakers, get_breakers
 from services.gateway.settings import GatewaySettings
 from shared.admin import AdminOnly
-from shared.breaker import BreakerRegistry
+from shared.breaker import BreakerBoard, BreakerSnapshot
 from shared.errors import ApiError
 
 router = APIRouter(tags=["breakers"])
-
-
-def _registry(request: Request) -> BreakerRegistry:
-    registry: BreakerRegistry = request.app.state.breakers
-    return registry
 
 
 async def board(request: Request) -> dict[str, Any]:
     """What `GET /breaker` answers (the live page shows the same)."""
     settings: GatewaySettings = request.app.state.settings
     return await breaker_board(
-        _registry(request),
+        await get_breakers(request),
         request.app.state.http,
         upstream_services(settings),
         settings.breaker_board_timeout_s,
     )
 
 
-@router.get("/breaker")
+@router.get("/breaker", response_model=BreakerBoard)
 async def list_breakers(request: Request) -> dict[str, Any]:
     """Per breaker the gateway calls through: state, transitions into each state since start
     (`open`, `half_open`, `closed`), failure and slow-call rates (null until the window holds the
@@ -43,9 +39,8 @@ async def list_breakers(request: Request) -> dict[str, Any]:
     return await board(request)
 
 
-@router.get("/breaker/{name}")
-async def get_breaker(name: str, request: Request) -> dict[str, Any]:
-    registry = _registry(request)
+@router.get("/breaker/{name}", response_model=BreakerSnapshot)
+async def get_breaker(name: str, registry: Breakers) -> dict[str, Any]:
     if name not in registry:
         raise ApiError(
             404, f"no circuit breaker named {name!r}", details={"known": sorted(registry.snapshot())}
@@ -53,10 +48,9 @@ async def get_breaker(name: str, request: Request) -> dict[str, Any]:
     return registry.get(name).snapshot()
 
 
-@router.post("/breaker/{name}/reset")
-async def reset_breaker(name: str, request: Request, _: AdminOnly) -> dict[str, Any]:
+@router.post("/breaker/{name}/reset", response_model=BreakerSnapshot)
+async def reset_breaker(name: str, registry: Breakers, _: AdminOnly) -> dict[str, Any]:
     """Close a breaker by hand (bearer `ADMIN_TOKEN`), e.g. after fixing the dependency."""
-    registry = _registry(request)
     if name not in registry:
         raise ApiError(404, f"no circuit breaker named {name!r}")
     breaker = registry.get(name)

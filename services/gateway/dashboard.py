@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 
 from services.gateway.dashboard_data import DashboardSources, DashboardState
 from shared.errors import ApiError
@@ -43,7 +44,27 @@ async def performance_page() -> FileResponse:
     )
 
 
-@router.get("/dashboard/performance/data")
+class DashboardSection(BaseModel):
+    """One source of the page: its data, or why it could not be read."""
+
+    ok: bool
+    data: Any = None
+    error: str | None = None
+    fetched_ms: float | None = None
+
+
+class DashboardData(BaseModel):
+    breakers: DashboardSection
+    events: DashboardSection
+    cache: DashboardSection
+    replication: DashboardSection
+    optimizer: DashboardSection
+    alerts: DashboardSection
+    requests: DashboardSection
+    generated_at: float
+
+
+@router.get("/dashboard/performance/data", response_model=DashboardData)
 async def performance_data(request: Request) -> dict[str, Any]:
     """Breakers, event throughput and latency, request latency per service, cache hit ratios,
     replication, optimizer settings and recent alerts; a section whose source is down carries

@@ -12,14 +12,16 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
 from opentelemetry import propagate
 from prometheus_client import Counter
 from starlette.responses import Response, StreamingResponse
 
+from services.gateway.deps import ProxyDep
 from services.gateway.routes_table import ResolvedRoute, Route, UnsafePath, normalise_path
 from services.gateway.stale_cache import StaleCache
 from shared.api_keys import authenticate
@@ -324,21 +326,40 @@ async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
 
 
 def build_router(routes: list[ResolvedRoute]) -> APIRouter:
-    """One catch-all route per prefix; the handler finds its Proxy on `app.state.proxy`."""
+    """Catch-all routes per prefix, forwarding through the app's Proxy (a typed dependency).
+
+    Each method is its own route so that every operation of the OpenAPI document has its own id.
+    """
     router = APIRouter(tags=["proxy"])
     for target in routes:
 
-        def make_handler(bound: ResolvedRoute) -> Any:
-            async def forward(request: Request) -> Response:
-                proxy: Proxy = request.app.state.proxy
+        def make_handlers(bound: ResolvedRoute) -> tuple[Any, Any]:
+            async def forward_prefix(request: Request, proxy: ProxyDep) -> Response:
                 return await proxy.forward(request, bound)
 
-            forward.__name__ = "proxy_" + bound.route.prefix.strip("/").replace("/", "_")
-            return forward
+            async def forward(
+                request: Request,
+                proxy: ProxyDep,
+                path: Annotated[str, PathParam(description="the rest of the path, sent upstream as is")],
+            ) -> Response:
+                return await proxy.forward(request, bound)
 
-        handler = make_handler(target)
-        summary = f"Proxy to {target.route.upstream.removesuffix('_url')} (breaker {target.route.breaker})"
+            return forward_prefix, forward
+
+        prefix_handler, path_handler = make_handlers(target)
+        upstream = target.route.upstream.removesuffix("_url")
+        summary = f"Proxy to {upstream} (breaker {target.route.breaker})"
         prefix = target.route.prefix
-        router.add_api_route(prefix, handler, methods=METHODS, summary=summary, include_in_schema=False)
-        router.add_api_route(prefix + "/{path:path}", handler, methods=METHODS, summary=summary)
+        slug = "proxy_" + prefix.strip("/").replace("/", "_")
+        router.add_api_route(prefix, prefix_handler, methods=METHODS, include_in_schema=False)
+        for method in METHODS:
+            router.add_api_route(
+                prefix + "/{path:path}",
+                path_handler,
+                methods=[method],
+                summary=summary,
+                operation_id=f"{slug}_{method.lower()}",
+                response_class=Response,
+                responses={200: {"description": f"the answer of {upstream}, passed through"}},
+            )
     return router

@@ -103,7 +103,12 @@ class EventPublisher:
         """Send every message and wait for acks=all; returns how many, or raises PublishIncomplete.
 
         Sending stops at the first message the producer refuses; the ones before it are still
-        awaited, so the outcome is exact for every index."""
+        awaited, so the outcome is exact for every index.
+
+        One `send` per message rather than a `send_batch` per partition: the latter costs a
+        fifth less CPU per event alone, but aiokafka queues at most one pending batch per
+        partition, so 50 concurrent requests waited on each other until the kafka breaker opened
+        (measured with `bench ingest_http`), while `send` fills the open batches of all of them."""
         producer = await self._ensure_producer(len(messages))
         futures: list[asyncio.Future[object]] = []
         send_error: BaseException | None = None

@@ -11,11 +11,19 @@ from pydantic import Field, field_validator, model_validator
 
 from services.gateway.admission import request_cost
 from services.gateway.event_processor.settings import EventProcessorSettings
-from shared.settings import REPO_ROOT
+from shared.settings import CONFIG_DIR
 
 
 class GatewaySettings(EventProcessorSettings):
     run_event_processor: bool = Field(True, validation_alias="GATEWAY_RUN_EVENT_PROCESSOR")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=32,
+        validation_alias="GATEWAY_WORKERS",
+        description="gateway processes sharing GATEWAY_PORT (uvicorn workers); more than 1 needs "
+        "GATEWAY_RUN_EVENT_PROCESSOR=false and, with rate limits, a shared RATE_LIMIT_STORAGE_URI",
+    )
 
     # Ingestion (POST /api/v1/events).
     max_events_per_request: int = Field(10_000, ge=1, validation_alias="MAX_EVENTS_PER_REQUEST")
@@ -60,9 +68,7 @@ class GatewaySettings(EventProcessorSettings):
     )
 
     # Proxy.
-    routes_config: Path = Field(
-        REPO_ROOT / "config" / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG"
-    )
+    routes_config: Path = Field(CONFIG_DIR / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG")
     proxy_timeout_s: float = Field(10.0, gt=0, validation_alias="PROXY_TIMEOUT")
     proxy_http_transport: Literal["aiohttp", "httpcore"] = Field(
         "aiohttp",
@@ -98,12 +104,38 @@ class GatewaySettings(EventProcessorSettings):
     @model_validator(mode="after")
     def _one_request_fits_the_budget(self) -> GatewaySettings:
         cost = request_cost(self.max_request_bytes)
-        if cost > self.ingest_memory_budget_mb * 1024 * 1024:
+        if cost > self.ingest_budget_bytes_per_worker:
+            per_worker = f" shared by GATEWAY_WORKERS={self.workers}" if self.workers > 1 else ""
             raise ValueError(
-                f"INGEST_MEMORY_BUDGET_MB={self.ingest_memory_budget_mb} cannot hold one request of "
-                f"MAX_REQUEST_BYTES={self.max_request_bytes} (it may cost {cost // 2**20} MiB)"
+                f"INGEST_MEMORY_BUDGET_MB={self.ingest_memory_budget_mb}{per_worker} cannot hold one "
+                f"request of MAX_REQUEST_BYTES={self.max_request_bytes} (it may cost {cost // 2**20} MiB)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _workers_share_what_must_be_shared(self) -> GatewaySettings:
+        """Several workers are several processes: whatever must hold across them is refused
+        when it would silently hold per process only."""
+        if self.workers == 1:
+            return self
+        if self.run_event_processor:
+            raise ValueError(
+                f"GATEWAY_WORKERS={self.workers} needs GATEWAY_RUN_EVENT_PROCESSOR=false: run the "
+                "event processor as its own process (python -m services.gateway.event_processor)"
+            )
+        limited = self.ingest_rate_limit or self.ingest_events_rate_limit
+        if limited and self.rate_limit_storage_uri.removeprefix("async+").startswith("memory://"):
+            raise ValueError(
+                f"GATEWAY_WORKERS={self.workers} with ingest rate limits needs a shared "
+                "RATE_LIMIT_STORAGE_URI (e.g. redis://host:6379): memory:// counts per worker, "
+                f"which would allow {self.workers}x the limit"
+            )
+        return self
+
+    @property
+    def ingest_budget_bytes_per_worker(self) -> int:
+        """INGEST_MEMORY_BUDGET_MB is the gateway's whole budget; each worker holds its share."""
+        return self.ingest_memory_budget_mb * 1024 * 1024 // self.workers
 
     @property
     def trusted_proxy_list(self) -> list[str]:

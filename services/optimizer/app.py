@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 
 from services.optimizer import __version__
+from services.optimizer.deps import OptimizerDep
 from services.optimizer.optimizer import Optimizer
 from services.optimizer.settings import OptimizerSettings, get_settings
+from services.optimizer.status import OptimizerStatus
 from shared.service_app import create_service_app
-
-
-def _optimizer(request: Request) -> Optimizer:
-    optimizer: Optimizer = request.app.state.optimizer
-    return optimizer
-
-
-OptimizerDep = Annotated[Optimizer, Depends(_optimizer)]
 
 
 def create_app(settings: OptimizerSettings | None = None) -> FastAPI:
@@ -42,9 +35,21 @@ def create_app(settings: OptimizerSettings | None = None) -> FastAPI:
         description="Reads the fleet's metrics and host resources; tunes analytics and the event processor.",
     )
 
-    @app.get("/api/v1/optimizer/status", tags=["optimizer"])
-    async def status(optimizer: OptimizerDep) -> dict[str, Any]:
+    @app.get("/status", tags=["status"], response_model=OptimizerStatus)
+    async def status(optimizer: OptimizerDep) -> OptimizerStatus:
         """Current settings per service, the signals read, and the last decisions with their reasons."""
         return optimizer.status()
+
+    # The same answer under the optimizer's API prefix: the path the gateway proxies
+    # (`/api/v1/optimizer/...`), and the one dashboards and operators already use.
+    app.add_api_route(
+        "/api/v1/optimizer/status",
+        status,
+        methods=["GET"],
+        tags=["status"],
+        response_model=OptimizerStatus,
+        operation_id="optimizer_status_alias",
+        summary="Status (alias of GET /status)",
+    )
 
     return app

@@ -83,7 +83,7 @@ class Knob:
         return {
             "value": _num(self.value),
             "default": _num(self.default),
-            "bounds": [_num(self.low), _num(self.high)],
+            "bounds": {"min": _num(self.low), "max": _num(self.high)},
             "recommended": _num(self.recommended) if self.recommended is not None else None,
             "last_change": self.last_change,
         }

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from services.optimizer.index_optimizer import IdentifierError, IndexOptimizer
+from shared.runner import load_settings
 from shared.settings import FleetSettings
 
 
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--dry-run", action="store_true", help="print the statement, run nothing")
     args = parser.parse_args(argv)
 
-    dsn = args.database_url or FleetSettings().database_url
+    dsn = (
+        args.database_url
+        or load_settings("python -m services.optimizer.index_cli", FleetSettings).database_url
+    )
     if not dsn:
         print("error: set DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge
 from services.optimizer.controller import Controller, ControllerConfig, Decision, Knob
 from services.optimizer.settings import OptimizerSettings, get_settings
 from services.optimizer.signals import PrometheusReader, ScrapeReader, Signals
+from services.optimizer.status import OptimizerStatus
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ class Optimizer:
         bounds = body.get("bounds", {})
 
         def limits(name: str, fallback: tuple[float, float]) -> tuple[float, float]:
-            b = bounds.get(name, fallback)
-            return (float(b["min"]), float(b["max"])) if isinstance(b, dict) else (float(b[0]), float(b[1]))
+            b = bounds.get(name)  # {"min", "max"}: the one shape of every /admin/tuning
+            return fallback if b is None else (float(b["min"]), float(b["max"]))
 
         defaults = body.get("defaults", {})
 
@@ -253,7 +254,7 @@ class Optimizer:
         if self._own_http:
             await self.http.aclose()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> OptimizerStatus:
         services: dict[str, Any] = {}
         for (service, setting), knob in sorted(self.knobs.items()):
             entry = services.setdefault(
@@ -261,20 +262,22 @@ class Optimizer:
                 {"url": self.urls[service], "source": self.settings_source.get(service), "settings": {}},
             )
             entry["settings"][setting] = knob.as_dict()
-        return {
-            "enabled": self.enabled,
-            "mode": "apply" if self.enabled else "recommend",
-            "signal_source": "prometheus" if isinstance(self.reader, PrometheusReader) else "scrape",
-            "interval_seconds": self.settings.optimizer_interval_s,
-            "cooldown_seconds": self.controller.config.cooldown_s,
-            "confirmations": self.controller.config.confirmations,
-            "latency_target_ms": self.controller.config.latency_target_s * 1000,
-            "cycles": self.cycles,
-            "last_cycle_at": self.last_cycle_at,
-            "services": services,
-            "signals": self.signals.as_dict(),
-            "decisions": [d.as_dict() for d in reversed(self.decisions)],
-        }
+        return OptimizerStatus.model_validate(
+            {
+                "enabled": self.enabled,
+                "mode": "apply" if self.enabled else "recommend",
+                "signal_source": "prometheus" if isinstance(self.reader, PrometheusReader) else "scrape",
+                "interval_seconds": self.settings.optimizer_interval_s,
+                "cooldown_seconds": self.controller.config.cooldown_s,
+                "confirmations": self.controller.config.confirmations,
+                "latency_target_ms": self.controller.config.latency_target_s * 1000,
+                "cycles": self.cycles,
+                "last_cycle_at": self.last_cycle_at,
+                "services": services,
+                "signals": self.signals.as_dict(),
+                "decisions": [d.as_dict() for d in reversed(self.decisions)],
+            }
+        )
 
 
 def start(settings: OptimizerSettings | None = None) -> Optimizer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from shared.settings import FleetSettings
 
@@ -29,13 +29,6 @@ class OptimizerSettings(FleetSettings):
     # runs the processor in-process), or a standalone processor.
     optimizer_processor_url: str | None = Field(None, validation_alias="OPTIMIZER_PROCESSOR_URL")
     prometheus_url: str | None = Field(None, validation_alias="PROMETHEUS_URL")
-
-    @field_validator("optimizer_processor_url", "prometheus_url", mode="before")
-    @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
 
     @property
     def processor_url(self) -> str:

@@ -28,7 +28,7 @@ async def _once(settings: ReplicatorSettings) -> int:
     log.info(
         "replication catch-up done: %d rows inserted",
         inserted,
-        extra={"rows_inserted": inserted, "watermark": status["watermark"]},
+        extra={"rows_inserted": inserted, "watermark": status.watermark.model_dump()},
     )
     return inserted
 

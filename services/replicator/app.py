@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from services.replicator import __version__
-from services.replicator.service import ReplicatorService, replicator_of
+from services.replicator.deps import Replicator
+from services.replicator.service import ReplicatorService, ReplicatorStatus
 from services.replicator.settings import ReplicatorSettings, get_settings
 from services.replicator.tuning import router as tuning_router
 from shared.service_app import create_service_app, readiness_checks
-
-Replicator = Annotated[ReplicatorService, Depends(replicator_of)]
 
 
 def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
@@ -44,8 +42,8 @@ def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
 
     app.include_router(tuning_router)
 
-    @app.get("/status", tags=["replication"])
-    async def status(service: Replicator) -> dict[str, Any]:
+    @app.get("/status", tags=["status"], response_model=ReplicatorStatus)
+    async def status(service: Replicator) -> ReplicatorStatus:
         """Watermark (commit-order position), rows replicated, backlog and lag, last batch, errors."""
         return service.status()
 

@@ -18,11 +18,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-from fastapi import Request
+from pydantic import BaseModel, Field
 
 from services.replicator import metrics
 from services.replicator.replication import (
@@ -77,6 +76,42 @@ class ReplicatorState:
     errors: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(DATABASES))
     schema: SchemaReport | None = None
     throttled_since: float | None = None
+
+
+class WatermarkView(BaseModel):
+    last_xid: str | None = Field(description="transaction id (xid8, as text) of the last replicated row")
+    last_seq: int | None
+
+
+class LastBatch(BaseModel):
+    rows_read: int
+    rows_inserted: int
+    seconds: float
+    newest_event_time: str | None
+    at: float | None = Field(description="Unix time the batch finished")
+
+
+class TimescaleInfo(BaseModel):
+    enabled: bool
+    compress_after: str | None
+    retention: str | None
+
+
+class ReplicatorStatus(BaseModel):
+    """`GET /status` of the replicator: watermark, rows replicated, backlog, lag, errors."""
+
+    watermark: WatermarkView = Field(description="commit-order position of the last replicated row")
+    rows_replicated: int | None = Field(description="rows replicated since the stream began")
+    rows_replicated_this_run: int
+    backlog_seconds: float | None = Field(description="age of the oldest event not yet replicated")
+    lag_seconds: float | None = Field(description="now minus the time of the newest replicated event")
+    batch_size: int
+    interval_seconds: float
+    last_batch: LastBatch | None
+    errors: dict[str, str | None] = Field(description="last error per database (source, target)")
+    breakers: dict[str, str] = Field(description="state of the breaker of each database")
+    throttled: bool = Field(description="paused by the resource guard")
+    timescaledb: TimescaleInfo | None
 
 
 class ReplicatorService:
@@ -331,41 +366,41 @@ class ReplicatorService:
         assert self.target is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
         await self.target.fetchval("SELECT 1")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ReplicatorStatus:
         state = self.state
         watermark = state.watermark
         last = state.last_batch
-        return {
-            "watermark": {
-                "last_xid": watermark.last_xid if watermark else None,
-                "last_seq": watermark.last_seq if watermark else None,
-            },
-            "rows_replicated": watermark.rows_total if watermark else None,
-            "rows_replicated_this_run": state.rows_this_run,
-            "backlog_seconds": state.backlog_seconds,
-            "lag_seconds": state.lag_seconds,
-            "batch_size": self.batch_size,
-            "interval_seconds": self.interval_s,
-            "last_batch": None
+        return ReplicatorStatus(
+            watermark=WatermarkView(
+                last_xid=watermark.last_xid if watermark else None,
+                last_seq=watermark.last_seq if watermark else None,
+            ),
+            rows_replicated=watermark.rows_total if watermark else None,
+            rows_replicated_this_run=state.rows_this_run,
+            backlog_seconds=state.backlog_seconds,
+            lag_seconds=state.lag_seconds,
+            batch_size=self.batch_size,
+            interval_seconds=self.interval_s,
+            last_batch=None
             if last is None
-            else {
-                "rows_read": last.rows_read,
-                "rows_inserted": last.rows_inserted,
-                "seconds": round(last.seconds, 4),
-                "newest_event_time": _iso(last.newest_time),
-                "at": state.last_batch_at,
-            },
-            "errors": dict(state.errors),
-            "breakers": {db: breaker.state for db, breaker in self.breakers.items()},
-            "throttled": state.throttled_since is not None,
-            "timescaledb": None
+            else LastBatch(
+                rows_read=last.rows_read,
+                rows_inserted=last.rows_inserted,
+                seconds=round(last.seconds, 4),
+                newest_event_time=_iso(last.newest_time),
+                at=state.last_batch_at,
+            ),
+            errors=dict(state.errors),
+            breakers={db: breaker.state for db, breaker in self.breakers.items()},
+            throttled=state.throttled_since is not None,
+            timescaledb=None
             if state.schema is None
-            else {
-                "enabled": state.schema.timescale,
-                "compress_after": state.schema.compression_after,
-                "retention": state.schema.retention,
-            },
-        }
+            else TimescaleInfo(
+                enabled=state.schema.timescale,
+                compress_after=state.schema.compression_after,
+                retention=state.schema.retention,
+            ),
+        )
 
 
 @contextlib.asynccontextmanager
@@ -382,12 +417,6 @@ async def _acquire(
     finally:
         with contextlib.suppress(Exception):
             await pool.release(conn, timeout=5)
-
-
-def replicator_of(request: Request) -> ReplicatorService:
-    """The app's running replicator (a FastAPI dependency)."""
-    service: ReplicatorService = request.app.state.replicator
-    return service
 
 
 def _iso(value: datetime | None) -> str | None:

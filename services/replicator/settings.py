@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from shared.settings import FleetSettings
 
@@ -20,13 +20,6 @@ class ReplicatorSettings(FleetSettings):
     timescale_chunk_interval: str = Field("7 days", validation_alias="TIMESCALE_CHUNK_INTERVAL")
     timescale_compress_after: str | None = Field("30 days", validation_alias="TIMESCALE_COMPRESS_AFTER")
     timescale_retention: str | None = Field(None, validation_alias="TIMESCALE_RETENTION")
-
-    @field_validator("timescale_compress_after", "timescale_retention", mode="before")
-    @classmethod
-    def _empty_is_off(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
 
 
 @lru_cache(maxsize=1)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from prometheus_client import Gauge
-from pydantic import BaseModel, Field
 
-from services.replicator.service import ReplicatorService, replicator_of
-from shared.admin import AdminOnly, PartialUpdate
+from services.replicator.deps import Replicator
+from services.replicator.service import ReplicatorService
+from shared.admin import AdminOnly, Knob, PartialUpdate, TuningView, bounds_of
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE_BOUNDS = (100, 1_000_000)
-INTERVAL_SECONDS_BOUNDS = (0.05, 3_600.0)
+KNOBS = {
+    "batch_size": Knob(100, 1_000_000, "rows per replication batch"),
+    "interval_seconds": Knob(0.05, 3_600.0, "pause between catch-ups"),
+}
 
 SETTING = Gauge("replication_setting", "Live tuning value of the replicator", ["setting"])
 
@@ -30,22 +32,13 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 class ReplicatorTuningUpdate(PartialUpdate):
     """Fields left out keep their current value."""
 
-    batch_size: int | None = Field(
-        None, ge=BATCH_SIZE_BOUNDS[0], le=BATCH_SIZE_BOUNDS[1], description="rows per replication batch"
-    )
-    interval_seconds: float | None = Field(
-        None,
-        ge=INTERVAL_SECONDS_BOUNDS[0],
-        le=INTERVAL_SECONDS_BOUNDS[1],
-        description="pause between catch-ups",
-    )
+    batch_size: int | None = KNOBS["batch_size"].update_field()
+    interval_seconds: float | None = KNOBS["interval_seconds"].update_field()
 
 
-class ReplicatorTuningView(BaseModel):
+class ReplicatorTuningView(TuningView):
     batch_size: int
     interval_seconds: float
-    defaults: dict[str, float]
-    bounds: dict[str, tuple[float, float]]
 
 
 def _view(service: ReplicatorService) -> ReplicatorTuningView:
@@ -58,20 +51,21 @@ def _view(service: ReplicatorService) -> ReplicatorTuningView:
             "batch_size": service.settings.replication_batch_size,
             "interval_seconds": service.settings.replication_interval,
         },
-        bounds={"batch_size": BATCH_SIZE_BOUNDS, "interval_seconds": INTERVAL_SECONDS_BOUNDS},
+        bounds=bounds_of(KNOBS),
     )
 
 
 @router.get("/tuning", response_model=ReplicatorTuningView)
-async def get_tuning(request: Request, _: AdminOnly) -> ReplicatorTuningView:
+async def get_tuning(_: AdminOnly, service: Replicator) -> ReplicatorTuningView:
     """The replicator's live batch size and interval, their configured defaults and bounds."""
-    return _view(replicator_of(request))
+    return _view(service)
 
 
 @router.put("/tuning", response_model=ReplicatorTuningView)
-async def put_tuning(request: Request, update: ReplicatorTuningUpdate, _: AdminOnly) -> ReplicatorTuningView:
+async def put_tuning(
+    _: AdminOnly, service: Replicator, update: ReplicatorTuningUpdate
+) -> ReplicatorTuningView:
     """Change the batch size and/or interval; a waiting loop wakes and uses them at once."""
-    service = replicator_of(request)
     before = {"batch_size": service.batch_size, "interval_seconds": service.interval_s}
     service.retune(batch_size=update.batch_size, interval_s=update.interval_seconds)
     after = {"batch_size": service.batch_size, "interval_seconds": service.interval_s}

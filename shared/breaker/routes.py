@@ -12,11 +12,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from shared.breaker.circuit import get_breaker_registry
+from shared.breaker.snapshot import BreakerSnapshot
 
 router = APIRouter(tags=["breakers"])
 
 
-@router.get("/breakers")
+@router.get("/breakers", response_model=dict[str, BreakerSnapshot])
 async def breakers_in_use(request: Request) -> dict[str, dict[str, Any]]:
     """Every breaker this service has called through since start, with state and transition counts."""
     return get_breaker_registry(request.app.state.settings.circuit_breaker_config).in_use()

@@ -90,6 +90,11 @@ class Series:
     def record(self, value: float) -> None:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"observation must be a finite number >= 0, got {value!r}")
+        # Clamp into the trackable range: 0 becomes the smallest bucket, huge values the largest
+        # (scaled before anything is counted: a value whose scaled form overflows to infinity
+        # must not leave the window counted but the histogram without it).
+        scaled_f = value * self._scale
+        scaled = _HIGHEST_TRACKABLE if scaled_f >= _HIGHEST_TRACKABLE else max(1, round(scaled_f))
         w = self._interval
         w.count += 1
         w.total += value
@@ -97,9 +102,7 @@ class Series:
             w.min = value
         if value > w.max:
             w.max = value
-        # Clamp into the trackable range: 0 becomes the smallest bucket, huge values the largest.
-        scaled = round(value * self._scale)
-        self._interval_hist.record_value(1 if scaled < 1 else min(scaled, _HIGHEST_TRACKABLE))
+        self._interval_hist.record_value(scaled)
 
     def close_interval(self) -> SeriesStats | None:
         """Statistics of the interval just ended (None when nothing ran), folded into the total."""

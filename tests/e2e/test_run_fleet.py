@@ -146,7 +146,7 @@ def test_make_run_with_embedded_servers_keeps_data_and_leaves_nothing_behind(
     data_dir = tmp_path / "data"
     first = FleetRun(tmp_path, {}, data_dir).start()
     fleet_runs.append(first)
-    first.wait_all_ready(timeout_s=30)
+    first.wait_all_ready(timeout_s=90)
     assert "embedded PostgreSQL" in first.logs(tail=None)
     assert "embedded Kafka broker" in first.logs(tail=None)
     _post_and_wait_for_summary(first, expected_total=1)
@@ -158,7 +158,7 @@ def test_make_run_with_embedded_servers_keeps_data_and_leaves_nothing_behind(
 
     second = FleetRun(tmp_path, {}, data_dir).start()
     fleet_runs.append(second)
-    second.wait_all_ready(timeout_s=30)
+    second.wait_all_ready(timeout_s=90)
     # The first run's event is still there: the embedded database's data survives a restart.
     _post_and_wait_for_summary(second, expected_total=2)
     pids = second.fleet_pids()
@@ -173,7 +173,7 @@ def test_make_run_uses_the_configured_database_and_starts_none(
     data_dir = tmp_path / "data"
     run = FleetRun(tmp_path, {"DATABASE_URL": database_url}, data_dir).start()
     fleet_runs.append(run)
-    run.wait_all_ready(timeout_s=30)
+    run.wait_all_ready(timeout_s=90)
     assert "embedded PostgreSQL" not in run.logs(tail=None)
     assert not (data_dir / "postgres").exists()
     _post_and_wait_for_summary(run, expected_total=1)

@@ -54,6 +54,14 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _accepts(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -90,6 +98,7 @@ class EmbeddedPostgres:
             raise ValueError(f"not PostgreSQL setting names: {bad}")
         self._user: str | None = None
         self._started_here = False
+        self._ever_started = False
 
     @property
     def dsn(self) -> str:
@@ -97,14 +106,21 @@ class EmbeddedPostgres:
 
     def _pg(self, program: str, args: list[str], timeout: float = 60) -> None:
         cmd = [str(_postgres_bin_path() / program), "-D", str(self.data_dir), *args]
-        subprocess.run(
-            cmd,
-            check=True,
-            user=self._user,
-            timeout=timeout,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        try:
+            subprocess.run(
+                cmd,
+                check=True,
+                user=self._user,
+                timeout=timeout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except subprocess.CalledProcessError as exc:
+            # Say why: the program's own message, not only its exit status.
+            reason = (exc.stderr or b"").decode(errors="replace").strip()
+            log.error("%s failed (exit %s): %s", program, exc.returncode, reason or "no message")
+            exc.add_note(f"{program}: {reason or 'no message'}")
+            raise
 
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
@@ -145,6 +161,21 @@ class EmbeddedPostgres:
             raise RuntimeError(
                 f"an embedded PostgreSQL already runs on {self.data_dir}; stop the other fleet first"
             )
+        try:
+            self._pg_start()
+        except subprocess.CalledProcessError:
+            # Another process may have bound the port between the check and the start; on a
+            # first start any free port will do (a restart keeps its port: clients know it).
+            if self._ever_started or port_is_free(self.port):
+                raise
+            log.warning("port %s was taken meanwhile; starting on another", self.port)
+            self.port = free_port()
+            self._pg_start()
+        self._started_here = self._ever_started = True
+        wait_for_port(self.port)
+        return self
+
+    def _pg_start(self) -> None:
         log.info("starting embedded PostgreSQL on 127.0.0.1:%s", self.port)
         # pg_ctl hands its -o string to /bin/sh, so each `name=value` is shell-quoted.
         options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} " + " ".join(
@@ -155,9 +186,6 @@ class EmbeddedPostgres:
             ["-w", "-t", "60", "-o", options, "-l", str(self.data_dir / "server.log"), "start"],
             timeout=90,
         )
-        self._started_here = True
-        wait_for_port(self.port)
-        return self
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; `mode` as pg_ctl's: `fast` (clients cut off) or `immediate` (a crash)."""
@@ -241,7 +269,15 @@ class EmbeddedKafka:
         )
         if not isinstance(out, int):
             out.close()
-        wait_for_port(self._store_port, timeout_s=20)
+        deadline = time.monotonic() + 20
+        while not _accepts(self._store_port):
+            if self._store.poll() is not None:
+                where = f" (see {self.log_path})" if self.log_path else ""
+                raise RuntimeError(f"the broker's store for {self.storage_dir} did not start{where}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"the broker's store for {self.storage_dir} does not listen after 20s")
+            time.sleep(0.05)
 
     def start(self) -> EmbeddedKafka:
         """Start the broker (and its storage, when durable and not running yet)."""

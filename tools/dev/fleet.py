@@ -28,11 +28,25 @@ PORT_SETTING = {
 class ServiceProcess:
     """One service process; its output goes to a log file shown when a test fails."""
 
-    def __init__(self, module: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        env: dict[str, str],
+        log_dir: Path,
+        port: int | None = None,
+        *,
+        python: str = sys.executable,
+        cwd: Path = REPO_ROOT,
+        inherit_env: bool = True,
+    ) -> None:
+        """`python` and `cwd` default to this checkout; an installed copy of the fleet gives its
+        own interpreter, a directory of its own and `inherit_env=False` (only `env` is passed)."""
         self.module = module
         self.port = port or free_port()
+        self.python = python
+        self.cwd = cwd
         self.env = {
-            **os.environ,
+            **(os.environ if inherit_env else {}),
             "TRACING_ENABLED": "false",
             "HOST": "127.0.0.1",
             **env,
@@ -48,8 +62,8 @@ class ServiceProcess:
     def start(self, wait_ready: bool = False, timeout_s: float = 30.0) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            cwd=REPO_ROOT,
+            [self.python, "-m", self.module],
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import hashlib
 import os
 import re
@@ -259,6 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bucket", action="append", default=[], help="bucket to create at start (repeatable)"
     )
     args = parser.parse_args(argv)
+    args.root.mkdir(parents=True, exist_ok=True)
+    # One store per directory: two would each believe their conditional writes are atomic.
+    lock = (args.root / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(
+            f"python -m tools.dev.object_store: another store serves {args.root}; stop that fleet first",
+            file=sys.stderr,
+        )
+        return 1
     store = FileObjectStore(args.root)
     for bucket in args.bucket:
         store.bucket_dir(bucket).mkdir(parents=True, exist_ok=True)

@@ -20,19 +20,45 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from services.analytics.settings import AnalyticsSettings
+from services.analytics.deps import Pool, Service, Settings, Tuning, Workers
+from services.analytics.responses import UploadReport
 from services.analytics.tuning import AnalyticsTuning
 from services.analytics.uploads.async_file_processor import AsyncFileProcessor
 from services.analytics.uploads.csv_rows import HeaderError
 from services.analytics.uploads.uploads import store_upload
+from services.analytics.worker_pool import WorkerPool
 from shared.api_keys import ApiKey
 from shared.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["uploads"])
+
+# Declared for the OpenAPI document only: the multipart body is streamed to disk by hand below,
+# so that a large file never sits in memory.
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the CSV file: a header line, then one access event per row",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 CSV_TYPES = {
     "text/csv",
@@ -129,12 +155,20 @@ async def _receive_file(request: Request, path: str, max_bytes: int) -> _FilePar
     with open(path, "wb") as fh:  # noqa: ASYNC230 - opening a local temp file; writes go to a thread
         part = _FilePart(fh, max_bytes)
         parser = MultipartParser(params[b"boundary"], part.callbacks())  # type: ignore[arg-type]
-        async for data in request.stream():
-            parser.write(data)
-            if part.buffer:
-                pieces, part.buffer = part.buffer, []
-                await asyncio.to_thread(fh.writelines, pieces)
-        parser.finalize()
+        try:
+            async for data in request.stream():
+                parser.write(data)
+                if part.buffer:
+                    pieces, part.buffer = part.buffer, []
+                    await asyncio.to_thread(fh.writelines, pieces)
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise ApiError(
+                400,
+                f"the multipart/form-data body is malformed: {exc}",
+                code="malformed_multipart",
+                details={"offset": getattr(exc, "offset", None)},
+            ) from None
     if not part.found:
         raise ApiError(422, "no file in the upload: send the CSV in a multipart field named `file`")
     return part
@@ -169,16 +203,17 @@ def _spool_file(directory: Path | None) -> str:
     return path
 
 
-def _processor(request: Request) -> AsyncFileProcessor:
-    tuning: AnalyticsTuning = request.app.state.tuning
+def _processor(tuning: AnalyticsTuning, workers: WorkerPool) -> AsyncFileProcessor:
     return AsyncFileProcessor(
-        request.app.state.workers, chunk_size=lambda: tuning.chunk_size, max_memory_mb=tuning.max_memory_mb
+        workers, chunk_size=lambda: tuning.chunk_size, max_memory_mb=tuning.max_memory_mb
     )
 
 
 @router.post(
     "/uploads",
     status_code=201,
+    openapi_extra=UPLOAD_BODY,
+    response_model=UploadReport,
     responses={
         401: {"description": "API keys are configured and X-API-Key is missing"},
         403: {"description": "API keys are configured and X-API-Key is not one of them"},
@@ -188,10 +223,17 @@ def _processor(request: Request) -> AsyncFileProcessor:
         507: {"description": "the upload spool (UPLOAD_SPOOL_DIR) is full; retry later"},
     },
 )
-async def upload_csv(request: Request, _: ApiKey) -> JSONResponse:
+async def upload_csv(
+    request: Request,
+    settings: Settings,
+    tuning: Tuning,
+    workers: Workers,
+    pool: Pool,
+    service: Service,
+    _: ApiKey,
+) -> JSONResponse:
     """Store the access events of a CSV file. Each bad row is reported with the file line on which it
     starts (header = line 1) and the reason; good rows are stored; re-uploads store nothing twice."""
-    settings: AnalyticsSettings = request.app.state.settings
     try:
         path = await asyncio.to_thread(_spool_file, settings.upload_spool_dir)
     except OSError as exc:
@@ -220,17 +262,16 @@ async def upload_csv(request: Request, _: ApiKey) -> JSONResponse:
             raise ApiError(
                 415, f"{part.filename!r} is binary, not a CSV file", details={"filename": part.filename}
             )
-        processor = _processor(request)
+        processor = _processor(tuning, workers)
         try:
             header = await processor.read_header(path)
         except HeaderError as exc:
             raise ApiError(422, str(exc), code="invalid_header", details=exc.details) from None
-        report = await store_upload(
-            path, header, processor, request.app.state.pool, request.app.state.analytics.db
-        )
+        report = await store_upload(path, header, processor, pool, service.db)
         if report.rows_inserted + report.rows_duplicate + report.rows_rejected == 0:
             raise ApiError(422, "the file has a header but no rows", code="empty_file")
-        return JSONResponse(report.as_dict(), status_code=201)
+        body = UploadReport.model_validate(report.as_dict()).model_dump(mode="json")
+        return JSONResponse(body, status_code=201)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)

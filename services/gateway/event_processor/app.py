@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from services.gateway.event_processor import __version__
 from services.gateway.event_processor import tuning as processor_tuning
-from services.gateway.event_processor.breakers import DATABASE, breaker_router, processor_breakers
-from services.gateway.event_processor.service import ProcessorService, running_processor
+from services.gateway.event_processor.breakers import DATABASE, processor_breakers
+from services.gateway.event_processor.deps import Processor
+from services.gateway.event_processor.service import ProcessorStatus, running_processor
 from services.gateway.event_processor.settings import EventProcessorSettings, get_settings
 from shared.breaker import get_breaker_registry
 from shared.service_app import create_service_app, readiness_checks
@@ -41,12 +41,11 @@ def create_app(settings: EventProcessorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Consumes access events from Kafka and stores each exactly once in PostgreSQL.",
     )
-    app.include_router(breaker_router(breakers))
     app.include_router(processor_tuning.router)
 
-    @app.get("/status", tags=["processor"])
-    async def status(request: Request) -> dict[str, Any]:
-        processor: ProcessorService = request.app.state.processor
+    @app.get("/status", tags=["status"], response_model=ProcessorStatus)
+    async def status(processor: Processor) -> ProcessorStatus:
+        """The consumer, the live tuning, and counts since start (stored, duplicates, dead letters)."""
         return processor.status()
 
     return app

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,6 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link
 
 from services.gateway.event_processor import metrics
-from shared.events import AccessEvent
 from shared.tracing import tracing_active
 
 log = logging.getLogger(__name__)
@@ -85,14 +84,14 @@ def batch_links(records: Iterable[Any]) -> list[Link]:
     return links
 
 
-def observe_latencies(stored: Iterable[AccessEvent], received: Mapping[int, float | None]) -> None:
+def observe_latencies(stored: Iterable[tuple[datetime, float | None]]) -> None:
+    """Both latencies of each stored event, given as (event time, epoch seconds received or None)."""
     now = time.time()
     now_dt = datetime.fromtimestamp(now, UTC)
-    for event in stored:
-        got = received.get(id(event))
+    for event_time, got in stored:
         if got is not None:
             metrics.EVENT_LATENCY.observe(max(0.0, now - got))
-        metrics.EVENT_TIME_DELAY.observe(max(0.0, (now_dt - event.timestamp).total_seconds()))
+        metrics.EVENT_TIME_DELAY.observe(max(0.0, (now_dt - event_time).total_seconds()))
 
 
 class ConsumerLag:

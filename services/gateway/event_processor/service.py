@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import asyncpg
 from aiokafka.errors import KafkaError
+from pydantic import BaseModel, Field
 
 from services.gateway.event_processor.processor import EventProcessor, ProcessorTuning
 from services.gateway.event_processor.settings import EventProcessorSettings
@@ -20,6 +20,29 @@ from shared.event_vocabulary import get_event_limits
 from shared.kafka import create_consumer, create_producer, ensure_topics
 
 log = logging.getLogger(__name__)
+
+
+class ProcessorStatus(BaseModel):
+    """`GET /status` of the event processor: its consumer, live tuning and counts since start."""
+
+    consuming: bool = Field(description="joined the group and fetching")
+    group_id: str
+    topic: str
+    batch_size: int
+    flush_interval_ms: int
+    stored: int = Field(description="events newly stored")
+    duplicates: int = Field(description="events already stored (redeliveries, client retries)")
+    dead_lettered: int
+    batches: int
+    paused: bool = Field(description="consumption paused while the database is unavailable")
+    store_retries: int
+    commit_failures: int
+    stage_seconds: dict[str, float] | None = Field(
+        description="seconds per stage (decode, validate, store, store_wait, dead_letter, commit) of the "
+        "current consumer; none before it starts"
+    )
+    database_breaker: str = Field(description="closed, half_open or open")
+    last_error: str | None
 
 
 class ProcessorService:
@@ -133,24 +156,35 @@ class ProcessorService:
         if not self.consuming:
             raise RuntimeError(self.last_error or "not consuming yet")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ProcessorStatus:
         stats = self.processor.stats if self.processor else None
-        return {
-            "consuming": self.consuming,
-            "group_id": self.settings.processor_group_id,
-            "topic": self.settings.access_events_topic,
-            "batch_size": self.tuning.batch_size,
-            "flush_interval_ms": self.tuning.flush_interval_ms,
-            "stored": stats.stored if stats else 0,
-            "duplicates": stats.duplicates if stats else 0,
-            "dead_lettered": stats.dead_lettered if stats else 0,
-            "batches": stats.batches if stats else 0,
-            "paused": stats.paused if stats else False,
-            "store_retries": stats.store_retries if stats else 0,
-            "commit_failures": stats.commit_failures if stats else 0,
-            "database_breaker": self.sink.breaker.state,
-            "last_error": self.last_error or (stats.last_error if stats else None),
-        }
+        return ProcessorStatus(
+            consuming=self.consuming,
+            group_id=self.settings.processor_group_id,
+            topic=self.settings.access_events_topic,
+            batch_size=self.tuning.batch_size,
+            flush_interval_ms=self.tuning.flush_interval_ms,
+            stored=stats.stored if stats else 0,
+            duplicates=stats.duplicates if stats else 0,
+            dead_lettered=stats.dead_lettered if stats else 0,
+            batches=stats.batches if stats else 0,
+            paused=stats.paused if stats else False,
+            store_retries=stats.store_retries if stats else 0,
+            commit_failures=stats.commit_failures if stats else 0,
+            # Seconds spent per stage by the current consumer (since its last (re)start).
+            stage_seconds={
+                "decode": round(stats.decode_s, 3),
+                "validate": round(stats.validate_s, 3),
+                "store": round(stats.store_s, 3),
+                "store_wait": round(stats.store_wait_s, 3),
+                "dead_letter": round(stats.dead_letter_s, 3),
+                "commit": round(stats.commit_s, 3),
+            }
+            if stats
+            else None,
+            database_breaker=self.sink.breaker.state,
+            last_error=self.last_error or (stats.last_error if stats else None),
+        )
 
 
 @contextlib.asynccontextmanager

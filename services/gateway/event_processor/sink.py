@@ -1,23 +1,23 @@
-"""The processor's sink: one transaction per batch (COPY into staging, then INSERT ... ON
-CONFLICT) through the `database` breaker; single events go through `store_events`.
+"""The processor's sink: one COPY per batch through the `database` breaker.
 
 Only an unavailable database (`DATABASE_DOWN`) may hold a batch. A batch that fails for any
 other reason (PostgreSQL refusing a value, a value the driver cannot encode) would block the
 partition forever if retried as a whole, so it is stored event by event and the events that
-fail on their own are handed back for the dead-letter topic. The vocabulary's rules make this
+fail on their own are handed back (by index) for the dead-letter topic. The vocabulary's rules make this
 rare; this is the net under them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
-from shared.event_store import copy_events, store_events
-from shared.events import AccessEvent
+from shared.event_fastpath import EventRow
+from shared.event_store import store_event_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def is_database_down(exc: BaseException) -> bool:
 @dataclass
 class StoreOutcome:
     inserted: int
-    stored: list[AccessEvent]
-    refused: list[tuple[AccessEvent, str]] = field(default_factory=list)
+    # Rows the database refused on their own: (index in the batch, reason).
+    refused: list[tuple[int, str]] = field(default_factory=list)
 
 
 class EventSink:
@@ -59,29 +59,30 @@ class EventSink:
         self.pool = pool
         self.breaker = breaker
 
-    async def store(self, events: list[AccessEvent]) -> StoreOutcome:
-        """Store `events`; raises CircuitBreakerOpen or a connection error when the database is down."""
-        if not events:
-            return StoreOutcome(0, [])
+    async def _store(self, rows: Sequence[EventRow]) -> int:
+        async with self.pool.acquire() as conn:
+            return await store_event_rows(conn, rows)
+
+    async def store(self, rows: Sequence[EventRow]) -> StoreOutcome:
+        """Store validated rows; raises CircuitBreakerOpen or a connection error when the database is down."""
+        if not rows:
+            return StoreOutcome(0)
         try:
-            inserted = await self.breaker.call(copy_events, self.pool, events)
+            inserted = await self.breaker.call(self._store, rows)
         except Exception as exc:
             if is_database_down(exc):
                 raise
-            log.warning(
-                "database refused a batch of %d events (%s); storing them one by one", len(events), exc
-            )
-            return await self._one_by_one(events)
-        return StoreOutcome(inserted, events)
+            log.warning("database refused a batch of %d events (%s); storing them one by one", len(rows), exc)
+            return await self._one_by_one(rows)
+        return StoreOutcome(inserted)
 
-    async def _one_by_one(self, events: list[AccessEvent]) -> StoreOutcome:
-        outcome = StoreOutcome(0, [])
-        for event in events:
+    async def _one_by_one(self, rows: Sequence[EventRow]) -> StoreOutcome:
+        outcome = StoreOutcome(0)
+        for index, row in enumerate(rows):
             try:
-                outcome.inserted += await self.breaker.call(store_events, self.pool, [event])
-                outcome.stored.append(event)
+                outcome.inserted += await self.breaker.call(self._store, [row])
             except Exception as exc:
                 if is_database_down(exc):
                     raise
-                outcome.refused.append((event, f"{type(exc).__name__}: {exc}"))
+                outcome.refused.append((index, f"{type(exc).__name__}: {exc}"))
         return outcome

@@ -10,18 +10,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from prometheus_client import Gauge
-from pydantic import BaseModel, Field
 
+from services.gateway.event_processor.deps import Processor
 from services.gateway.event_processor.service import ProcessorService
-from shared.admin import AdminOnly, PartialUpdate
-from shared.errors import ApiError
+from shared.admin import AdminOnly, Knob, PartialUpdate, TuningView, bounds_of
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE_BOUNDS = (1, 100_000)
-FLUSH_INTERVAL_MS_BOUNDS = (1, 10_000)
+KNOBS = {
+    "batch_size": Knob(1, 100_000, "records per poll and insert"),
+    "flush_interval_ms": Knob(1, 10_000, "longest wait for a batch to fill"),
+}
 
 SETTING = Gauge("event_processor_setting", "Live tuning value of the event processor", ["setting"])
 
@@ -31,33 +32,13 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 class ProcessorTuningUpdate(PartialUpdate):
     """Fields left out keep their current value."""
 
-    batch_size: int | None = Field(
-        None, ge=BATCH_SIZE_BOUNDS[0], le=BATCH_SIZE_BOUNDS[1], description="records per poll and insert"
-    )
-    flush_interval_ms: int | None = Field(
-        None,
-        ge=FLUSH_INTERVAL_MS_BOUNDS[0],
-        le=FLUSH_INTERVAL_MS_BOUNDS[1],
-        description="longest wait for a batch to fill",
-    )
+    batch_size: int | None = KNOBS["batch_size"].update_field()
+    flush_interval_ms: int | None = KNOBS["flush_interval_ms"].update_field()
 
 
-class ProcessorTuningView(BaseModel):
+class ProcessorTuningView(TuningView):
     batch_size: int
     flush_interval_ms: int
-    defaults: dict[str, int]  # the configured values (the optimizer's ceiling and resting point)
-    bounds: dict[str, tuple[int, int]]
-
-
-def _processor(request: Request) -> ProcessorService:
-    processor: ProcessorService | None = getattr(request.app.state, "processor", None)
-    if processor is None:
-        raise ApiError(
-            404,
-            "this process runs no event processor (GATEWAY_RUN_EVENT_PROCESSOR=false)",
-            code="no_event_processor",
-        )
-    return processor
 
 
 def _view(processor: ProcessorService) -> ProcessorTuningView:
@@ -71,20 +52,21 @@ def _view(processor: ProcessorService) -> ProcessorTuningView:
             "batch_size": processor.settings.processor_batch_size,
             "flush_interval_ms": processor.settings.processor_flush_interval_ms,
         },
-        bounds={"batch_size": BATCH_SIZE_BOUNDS, "flush_interval_ms": FLUSH_INTERVAL_MS_BOUNDS},
+        bounds=bounds_of(KNOBS),
     )
 
 
 @router.get("/tuning", response_model=ProcessorTuningView)
-async def get_tuning(request: Request, _: AdminOnly) -> ProcessorTuningView:
+async def get_tuning(_: AdminOnly, processor: Processor) -> ProcessorTuningView:
     """The event processor's live batch size and flush interval, with their bounds."""
-    return _view(_processor(request))
+    return _view(processor)
 
 
 @router.put("/tuning", response_model=ProcessorTuningView)
-async def put_tuning(request: Request, update: ProcessorTuningUpdate, _: AdminOnly) -> ProcessorTuningView:
+async def put_tuning(
+    _: AdminOnly, processor: Processor, update: ProcessorTuningUpdate
+) -> ProcessorTuningView:
     """Change the batch size and/or flush interval; effective from the next poll."""
-    processor = _processor(request)
     tuning = processor.tuning
     before: dict[str, Any] = {"batch_size": tuning.batch_size, "flush_interval_ms": tuning.flush_interval_ms}
     if update.batch_size is not None:

@@ -239,7 +239,8 @@
   }
 
   // Settings per service as the optimizer reports them ({"services": {svc: {"settings": {name:
-  // {"value", "recommended", "default", "bounds"}}}}); anything else is listed as key → value.
+  // {"value", "recommended", "default", "bounds": {"min", "max"}}}}}); anything else is listed as
+  // key → value.
   function renderOptimizer(opt) {
     const rows = [];
     for (const [service, entry] of Object.entries(opt.services || {}).sort()) {
@@ -248,7 +249,8 @@
         rows.push([service, name, metric(`optimizer.${service}.${name}`, k.value, fmtPlain(k.value)),
           k.recommended === null || k.recommended === undefined ? "–" : fmtPlain(k.recommended),
           k.default === undefined ? "–" : fmtPlain(k.default),
-          Array.isArray(k.bounds) ? k.bounds.map((b) => fmtPlain(b)).join(" – ") : "–"]);
+          k.bounds && typeof k.bounds === "object" && "min" in k.bounds
+            ? `${fmtPlain(k.bounds.min)} – ${fmtPlain(k.bounds.max)}` : "–"]);
       }
     }
     // The optimizer repeats a recommendation every cycle while it stands; show each once.

@@ -170,8 +170,9 @@ def dead_letters(bootstrap: str, topic: str, idle_s: float = 2.0) -> int:
     return asyncio.run(_dead_letters(bootstrap, topic, idle_s))
 
 
-def breaker_states(url: str) -> dict[str, str]:
-    snapshot = httpx.get(url + "/breaker", timeout=5).json()
+def breaker_states(url: str, path: str = "/breaker") -> dict[str, str]:
+    """Breaker states by name: the gateway's board (`/breaker`) or a service's own (`/breakers`)."""
+    snapshot = httpx.get(url + path, timeout=5).json()
     return {
         name: value["state"]
         for name, value in snapshot.items()
@@ -179,12 +180,14 @@ def breaker_states(url: str) -> dict[str, str]:
     }
 
 
-def wait_breakers_closed(url: str, names: list[str], timeout_s: float = 30.0) -> dict[str, str]:
+def wait_breakers_closed(
+    url: str, names: list[str], timeout_s: float = 30.0, path: str = "/breaker"
+) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
-    states = breaker_states(url)
+    states = breaker_states(url, path)
     while any(states.get(n) != "closed" for n in names) and time.monotonic() < deadline:
         time.sleep(0.5)
-        states = breaker_states(url)
+        states = breaker_states(url, path)
     return {n: states.get(n, "missing") for n in names}
 
 

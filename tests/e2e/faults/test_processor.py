@@ -55,12 +55,12 @@ def test_processor_sigkilled_three_times_during_sustained_ingest(
         stored_rows=rows,
         stored_distinct=distinct,
         dead_lettered=dead_letters(kafka_bootstrap, topic_name + ".dlq"),
-        breakers=wait_breakers_closed(processor.url, ["database"]),
+        breakers=wait_breakers_closed(processor.url, ["database"], path="/breakers"),
         **{"5xx_during_outage": ledger.server_errors(fault_at, back_at)},
     )
     assert result["acknowledged"] > 0
     assert (result["lost"], result["duplicated"], result["dead_lettered"]) == (0, 0, 0), status
-    # The processor's own breaker wiring: its GET /breaker lists the one dependency it guards.
+    # The processor's own breaker wiring: its GET /breakers lists the one dependency it guards.
     assert result["breakers_after"] == {"database": "closed"}
     # The gateway does not depend on the processor: not one 5xx at any time.
     assert (result["5xx_before_fault"], result["5xx_during_outage"], result["5xx_after_recovery"]) == (

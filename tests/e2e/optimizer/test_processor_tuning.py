@@ -72,7 +72,7 @@ def test_tuning_is_guarded_validated_and_applied_live(
 
     current = httpx.get(url, headers=AUTH, timeout=5)
     assert current.status_code == 200
-    assert current.json()["bounds"]["batch_size"] == [1, 100_000]
+    assert current.json()["bounds"]["batch_size"] == {"min": 1, "max": 100_000}
 
     for bad in ({"batch_size": 0}, {"batch_size": 100_001}, {"flush_interval_ms": -1}, {}, {"batch": 5}):
         refused = httpx.put(url, json=bad, headers=AUTH, timeout=5)

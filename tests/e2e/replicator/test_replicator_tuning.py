@@ -32,7 +32,7 @@ def test_tuning_is_guarded_validated_and_applied_live(
     current = httpx.get(tuning, headers=AUTH, timeout=5).json()
     assert current["interval_seconds"] == 0.2
     assert current["defaults"] == {"batch_size": 50_000, "interval_seconds": 0.2}
-    assert current["bounds"]["interval_seconds"] == [0.05, 3600.0]
+    assert current["bounds"]["interval_seconds"] == {"min": 0.05, "max": 3600.0}
     for bad in ({"interval_seconds": 0}, {"interval_seconds": 7200}, {"batch_size": 10}, {}, {"x": 1}):
         answer = httpx.put(tuning, json=bad, headers=AUTH, timeout=5)
         assert answer.status_code == 422, (bad, answer.text)

@@ -144,8 +144,8 @@ async def test_malformed_messages_of_every_kind_are_dead_lettered_and_valid_ones
         assert headers["dlq.source.partition"] == "0"
         assert int(headers["dlq.source.offset"]) >= 0
         assert record.value == (malformed[key] or b"")  # the original bytes, untouched
-    assert running.status()["dead_lettered"] == len(malformed)
-    assert running.status()["stored"] == len(good)
+    assert running.status().dead_lettered == len(malformed)
+    assert running.status().stored == len(good)
 
 
 async def read_dead_letters(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
@@ -240,8 +240,8 @@ async def test_hostile_corpus_every_message_is_stored_or_dead_lettered_and_the_p
     assert bounds["lo"].year >= 1970
     assert bounds["hi"].year < 2100
     status = running.status()
-    assert status["dead_lettered"] == len(should_die)
-    assert status["stored"] == len(good) + len(should_store)
+    assert status.dead_lettered == len(should_die)
+    assert status.stored == len(good) + len(should_store)
 
 
 async def test_a_batch_with_a_hundred_long_facility_ids_is_stored_in_one_statement(
@@ -274,7 +274,7 @@ async def test_a_batch_with_a_hundred_long_facility_ids_is_stored_in_one_stateme
     # Stored as one batch (not event by event after a refused statement), signalled once.
     assert [p["rows"] for p in payloads] == [100]
     assert payloads[0]["facilities"] is None
-    assert service.status()["dead_lettered"] == 0
+    assert service.status().dead_lettered == 0
 
 
 async def test_database_outage_pauses_commits_nothing_and_resumes(
@@ -311,10 +311,10 @@ async def test_database_outage_pauses_commits_nothing_and_resumes(
         for event in second:
             await producer.send(topic_name, orjson.dumps(event), key=event["door_id"].encode())
         await producer.flush()
-        await eventually(lambda: service.status()["paused"] and breaker.snapshot()["open"] >= 1, 15)
+        await eventually(lambda: service.status().paused and breaker.snapshot()["open"] >= 1, 15)
         status = service.status()
-        assert status["paused"] is True
-        assert status["store_retries"] >= 2
+        assert status.paused is True
+        assert status.store_retries >= 2
         assert breaker.snapshot()["open"] >= 1
         assert await count_rows(database_url) == (50, 50)
         await asyncio.sleep(1.0)  # still down: nothing stored, nothing lost
@@ -323,8 +323,8 @@ async def test_database_outage_pauses_commits_nothing_and_resumes(
         await link.open()
         assert await wait_rows(database_url, 100) == 100
         assert await count_rows(database_url) == (100, 100)
-        await eventually(lambda: not service.status()["paused"], 5)
-        assert service.status()["paused"] is False
+        await eventually(lambda: not service.status().paused, 5)
+        assert service.status().paused is False
         assert breaker.state == "closed"
     finally:
         await producer.stop()
@@ -339,7 +339,7 @@ async def test_database_outage_pauses_commits_nothing_and_resumes(
     again.start()
     try:
         await asyncio.sleep(3)
-        assert again.status()["stored"] == 0
+        assert again.status().stored == 0
     finally:
         await again.stop()
         await pool.close()
@@ -363,17 +363,17 @@ async def test_graceful_stop_drains_and_commits(
     service = ProcessorService(settings, pool, registry.get("database"))
     service.start()
     try:
-        await eventually(lambda: service.status()["stored"] > 0, 20, interval_s=0.01)
+        await eventually(lambda: service.status().stored > 0, 20, interval_s=0.01)
     finally:
         await service.stop()
     stored_first = (await count_rows(database_url))[0]
-    assert stored_first == service.status()["stored"]
+    assert stored_first == service.status().stored
     # A second run resumes at the committed offsets: it stores the rest, never re-reads stored ones.
     service = ProcessorService(settings, pool, registry.get("database"))
     service.start()
     try:
         assert await wait_rows(database_url, len(events)) == len(events)
-        assert service.status()["duplicates"] == 0
+        assert service.status().duplicates == 0
     finally:
         await service.stop()
         await pool.close()

@@ -103,6 +103,13 @@ async def test_bad_reports_get_a_clear_4xx(client: httpx.AsyncClient) -> None:
     assert bad_ui.status_code == 422
     bad_format = await client.get("/api/v1/performance/history?format=xml")
     assert bad_format.status_code == 422
+    # Found by fuzzing: a value near the float maximum overflowed the histogram (500), and
+    # `false` or "3" passed as numbers.
+    for value in (1.7976931348623157e308, False, "3"):
+        odd = await client.post("/api/v1/performance/vitals", json=[{"name": "LCP", "value": value}])
+        assert odd.status_code == 422, value
+    flag = await client.post("/api/v1/performance/ui", json={"callback": "x", "duration_s": True})
+    assert flag.status_code == 422
 
 
 async def test_ui_batches_reach_the_ui_monitor(client: httpx.AsyncClient) -> None:

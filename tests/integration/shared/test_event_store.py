@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from shared.db import apply_migrations, migration_files
-from shared.event_store import store_events
-from shared.events import AccessEvent
+from shared.event_store import store_event_rows, store_events
+from shared.events import AccessEvent, event_record
 from tests.factories import event_dict
 
 
@@ -75,3 +77,24 @@ async def test_replica_schema_has_the_reference_primary_key(replica_url: str) ->
     finally:
         await conn.close()
     assert {r["attname"] for r in cols} == {"time", "event_id"}
+
+
+async def test_the_processor_path_stores_a_redelivered_overlapping_batch_once(database_url: str) -> None:
+    rows = [event_record(AccessEvent.model_validate(event_dict())) for _ in range(60)]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("LISTEN access_events_written")
+        notified: list[str] = []
+        await conn.add_listener("access_events_written", lambda *args: notified.append(args[-1]))
+        assert await store_event_rows(conn, rows[:40]) == 40  # straight COPY
+        # A redelivery overlapping stored rows, with a duplicate inside the batch: the COPY fails
+        # as a whole and the staging path stores only the 20 new rows.
+        assert await store_event_rows(conn, rows[20:] + rows[50:51]) == 20
+        assert await store_event_rows(conn, rows) == 0
+        assert await conn.fetchval("SELECT count(*) FROM access_events") == 60
+        assert await conn.fetchval("SELECT count(DISTINCT event_id) FROM access_events") == 60
+        await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    # The written-rows signal fired for both paths (listeners invalidate caches on it).
+    assert len(notified) >= 2

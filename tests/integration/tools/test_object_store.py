@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from xml.etree import ElementTree
@@ -10,6 +13,8 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from shared.settings import REPO_ROOT
+from tools.dev.embedded import free_port
 from tools.dev.object_store import FileObjectStore, build_app
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -95,3 +100,27 @@ async def test_hostile_paths_are_refused_and_write_nothing_outside(
     assert response.status_code in (400, 404), (path, response.status_code)
     assert not (tmp_path / "escape").exists()
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["tansu"]
+
+
+def test_a_second_store_on_the_same_directory_refuses_to_start(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "tools.dev.object_store", "--root", str(tmp_path / "root"), "--port"]
+    first = subprocess.Popen([*command, str(free_port())], cwd=REPO_ROOT)
+    try:
+        port = free_port()
+        deadline = time.monotonic() + 20
+        second = None
+        while time.monotonic() < deadline:
+            if (tmp_path / "root" / ".lock").exists():
+                second = subprocess.run(
+                    [*command, str(port)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+                )
+                if second.returncode != 0 or first.poll() is not None:
+                    break
+            time.sleep(0.1)
+        assert second is not None
+        assert second.returncode == 1
+        assert "another store serves" in second.stderr
+        assert first.poll() is None  # the first one keeps serving
+    finally:
+        first.terminate()
+        first.wait(timeout=10)

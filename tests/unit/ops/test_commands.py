@@ -135,6 +135,8 @@ BAD_SETTINGS: list[tuple[str, dict[str, str], str]] = [
     ("services.optimizer", {"OPTIMIZER_INTERVAL": "-1"}, "OPTIMIZER_INTERVAL"),
     ("services.replicator", {"DATABASE_URL": "postgresql://x@127.0.0.1:9/x"}, "TIMESCALE_URL"),
     ("services.replicator", {"REPLICATION_INTERVAL": "soon"}, "REPLICATION_INTERVAL"),
+    ("shared.migrate", {"DATABASE_POOL_MAX": "x"}, "DATABASE_POOL_MAX"),
+    ("services.optimizer.index_cli analyze", {"DATABASE_TIMEOUT": "-1"}, "DATABASE_TIMEOUT"),
     (
         "services.gateway.event_processor",
         {
@@ -164,7 +166,7 @@ def test_a_bad_or_missing_setting_is_one_line_naming_it(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert setting in lines[0]
-    assert lines[0].startswith(f"python -m {command}: ")
+    assert lines[0].startswith(f"python -m {command.split()[0]}: ")
     assert result.stdout == ""  # nothing started, nothing logged
 
 

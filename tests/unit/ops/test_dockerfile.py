@@ -2,7 +2,8 @@
 
 The build stage's `pip install .` is replayed for real: the files the Dockerfile copies (and
 .dockerignore lets through) are put in an empty directory and built into a wheel, which must
-hold every module and data file the containers start.
+hold every module and data file the containers start. `make compose-test` builds and runs the
+image itself.
 """
 
 from __future__ import annotations
@@ -98,7 +99,32 @@ def test_multi_stage_build_runs_as_an_unprivileged_user() -> None:
     # The compiler-free runtime gets the finished virtual environment, not pip's build inputs.
     assert not any(k == "COPY" and a.split()[0] in ("shared", "services") for k, a in runtime)
     build_runs = " ".join(a for k, a in all_stages["build"] if k == "RUN")
-    assert re.search(r"pip install \.(\s|$)", build_runs), "the build stage must `pip install .` the project"
+    assert re.search(r"pip install \$offline --no-deps \.(\s|;|$)", build_runs), (
+        "the project: `pip install .`"
+    )
+    # Exactly the runtime set of the lock, no more: uv exports it, pip installs it as listed.
+    assert "uv export --frozen --no-dev --no-emit-project" in build_runs
+    assert "pip install $offline --no-deps -r /tmp/runtime.txt" in build_runs
+    assert "pip check" in build_runs
+    assert "/opt/uv" not in " ".join(a for k, a in all_stages["runtime"] if k == "COPY")
+    # Offline when the wheelhouse holds wheels: no index at all.
+    assert "--no-index --find-links=/wheelhouse" in build_runs
+    assert ("COPY", "deploy/wheelhouse /wheelhouse") in all_stages["build"]
+
+
+def test_base_image_is_a_build_argument_defaulting_to_the_public_python_image() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.12-slim$", text, re.MULTILINE)
+    froms = [args for keyword, args in instructions() if keyword == "FROM"]
+    assert froms
+    assert all(args.startswith("${BASE_IMAGE} AS ") for args in froms)
+
+
+def test_image_has_a_healthcheck_that_works_for_every_service() -> None:
+    runtime = stages()["runtime"]
+    (check,) = [args for keyword, args in runtime if keyword == "HEALTHCHECK"]
+    assert check.endswith('CMD ["python", "-m", "shared.healthcheck"]')
+    assert importlib.util.find_spec("shared.healthcheck") is not None
 
 
 def test_everything_the_dockerfile_copies_exists_and_is_in_the_build_context() -> None:
@@ -128,6 +154,7 @@ def test_dockerignore_keeps_local_state_out() -> None:
         "services/gateway/app.py",
         "config/monitoring.yaml",
         "tools/load_test.py",
+        "deploy/wheelhouse/README.md",
     ):
         assert not ignored(path), path
 
@@ -155,18 +182,14 @@ def test_modules_the_image_runs_exist() -> None:
         assert importlib.util.find_spec(module) is not None, f"no module {module}"
 
 
-def test_config_paths_set_in_the_image_are_files_it_copies() -> None:
+def test_the_image_relies_on_the_packaged_config_files() -> None:
+    """The files come with the package (the build stage copies config/ for the wheel); the
+    runtime stage neither copies them nor points a setting at a path of its own."""
     env_lines = " ".join(a for k, a in stages()["runtime"] if k == "ENV")
-    config_dest = next(
-        dest for stage, sources, dest in copy_sources() if stage == "runtime" and sources == ["config"]
-    )
-    workdir = next(a for k, a in stages()["runtime"] if k == "WORKDIR")
-    for name in ("CIRCUIT_BREAKER_CONFIG", "MONITORING_CONFIG"):
-        match = re.search(rf"{name}=(\S+)", env_lines)
-        assert match, name
-        in_image = Path(match.group(1))
-        relative = in_image.relative_to(Path(workdir) / config_dest.removeprefix("./"))
-        assert (REPO_ROOT / "config" / relative).is_file(), f"{name} points at {in_image}, not in config/"
+    for name in ("CIRCUIT_BREAKER_CONFIG", "MONITORING_CONFIG", "GATEWAY_ROUTES_CONFIG"):
+        assert name not in env_lines, name
+    assert not any(sources == ["config"] for stage, sources, _ in copy_sources() if stage == "runtime")
+    assert any(sources == ["config"] for stage, sources, _ in copy_sources() if stage == "build")
 
 
 def test_the_build_stage_produces_a_complete_package(tmp_path: Path) -> None:
@@ -185,14 +208,11 @@ def test_the_build_stage_produces_a_complete_package(tmp_path: Path) -> None:
                 shutil.copy(origin, context / source)
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
+            str(Path(sys.executable).parent / "uv"),
+            "build",
+            "--wheel",
             "--quiet",
-            "--wheel-dir",
+            "--out-dir",
             str(tmp_path / "dist"),
             str(context),
         ],
@@ -211,9 +231,18 @@ def test_the_build_stage_produces_a_complete_package(tmp_path: Path) -> None:
         "services/optimizer/__main__.py",
         "services/replicator/__main__.py",
         "shared/migrate.py",
+        "shared/healthcheck.py",
         "shared/py.typed",
     ):
         assert module in names, module
+    # What the services read at run time, inside the packages.
+    for config in (REPO_ROOT / "config").glob("*.yaml"):
+        assert f"shared/_bundled/config/{config.name}" in names, config.name
+    for static in (REPO_ROOT / "services/gateway/static").iterdir():
+        assert f"services/gateway/static/{static.name}" in names, static.name
+    # The load generator ships; the laptop and test helpers never do.
+    assert "tools/load_test.py" in names
+    assert not [n for n in names if n.startswith(("tools/dev/", "tools/compose_test/"))]
     for target in ("primary", "replica"):
         shipped = {n for n in names if n.startswith(f"shared/migrations/{target}/") and n.endswith(".sql")}
         in_repo = {

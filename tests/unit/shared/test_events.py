@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import jsonschema
 import orjson
 import pytest
 from pydantic import ValidationError
@@ -74,6 +75,7 @@ def test_unknown_fields_are_kept_and_travel_on_the_wire() -> None:
         ({"timestamp": True}, "timestamp"),
         ({"badge_status": "Lost"}, "badge_status"),
         ({"door_held_open_time": -1}, "door_held_open_time"),
+        ({"door_held_open_time": False}, "door_held_open_time"),
     ],
 )
 def test_invalid_fields_are_rejected_with_their_name(patch: dict[str, object], field: str) -> None:
@@ -105,3 +107,22 @@ def test_derived_event_id_is_deterministic_and_order_independent() -> None:
     row = {"Timestamp": "2025-01-01 10:00", "Person ID": "p1", "Device name": "d1"}
     assert derive_event_id(row) == derive_event_id(dict(reversed(list(row.items()))))
     assert derive_event_id(row) != derive_event_id({**row, "Person ID": "p2"})
+
+
+def test_the_documented_schema_admits_every_lenient_form_the_model_accepts() -> None:
+    """The OpenAPI document of `POST /api/v1/events` is this schema: what the model accepts
+    (numeric ids, epoch milliseconds, 0/1 and yes/no flags, null for defaults) must validate."""
+    schema = AccessEvent.model_json_schema()
+    lenient = {
+        "event_id": 7,
+        "timestamp": 1735732800000,
+        "person_id": 12,
+        "door_id": 3,
+        "access_result": "Granted",
+        "entry_without_badge": "yes",
+        "door_held_open_time": None,
+        "device_status": None,
+    }
+    AccessEvent.model_validate(lenient)
+    jsonschema.validate(lenient, schema)
+    jsonschema.validate({**lenient, "entry_without_badge": 0, "door_held_open_time": "2.5"}, schema)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import sys
 import time
 
 import numpy as np
@@ -200,3 +201,15 @@ async def test_background_snapshots_fill_the_history() -> None:
     await asyncio.sleep(0.05)
     assert len(monitor.history()) == n
     assert not monitor.running
+
+
+def test_a_value_too_large_to_scale_is_clamped_not_half_recorded() -> None:
+    """The largest float overflows once scaled to the histogram's integer units; it used to raise after the
+    window had counted it, and every later snapshot of that series failed (KeyError)."""
+    monitor = PerformanceMonitor()
+    monitor.record("huge", sys.float_info.max)
+    monitor.record("huge", 0.5)
+    monitor.take_snapshot()
+    stats = monitor.get_metrics_summary()["operations"]["huge"]
+    assert stats["count"] == 2
+    assert stats["max"] == sys.float_info.max

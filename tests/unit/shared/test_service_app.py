@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
+from shared import tracing
 from shared.errors import ApiError
 from shared.service_app import create_service_app, readiness_checks
 from shared.settings import FleetSettings
@@ -138,3 +139,61 @@ async def test_metrics_are_exposed_in_prometheus_format() -> None:
             text = (await client.get("/metrics")).text
     assert "http_requests_total" in text
     assert 'handler="/items"' in text
+
+
+def build_traced_app(monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+    """An app built as with TRACING_ENABLED=true (no exporter needed: the span machinery and the
+    route lookup run all the same), its routes on an included router, as the services' are."""
+    monkeypatch.setattr(tracing, "_initialised", True)
+    app = create_service_app(service="probe", version="1.2.3", settings=FleetSettings())
+    router = APIRouter()
+
+    @router.get("/things")
+    async def things() -> dict[str, int]:
+        return {"n": 1}
+
+    @router.put("/things")
+    async def replace_things() -> dict[str, int]:
+        return {"n": 2}
+
+    @router.get("/crash")
+    async def crash() -> None:
+        raise RuntimeError("secret internals")
+
+    app.include_router(router)
+    return app
+
+
+@pytest.mark.parametrize("method", ["TRACE", "DELETE", "POST", "OPTIONS"])
+async def test_an_undeclared_method_on_a_router_route_is_405_listing_the_allowed_ones(
+    monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    response = await call(build_traced_app(monkeypatch), method, "/things")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PUT"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_a_crash_is_a_500_envelope_with_a_request_id_and_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = build_traced_app(monkeypatch)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+            crashed = await client.get("/crash", headers={"X-Request-ID": "crash-1"})
+            await client.request("TRACE", "/things")
+            text = (await client.get("/metrics")).text
+    assert crashed.status_code == 500
+    assert crashed.headers["x-request-id"] == "crash-1"
+    assert crashed.headers["content-type"] == "application/json"
+    assert crashed.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "internal error; the incident was logged",
+            "details": None,
+        }
+    }
+    assert 'http_requests_total{handler="/crash",method="GET",status="500"} 1.0' in text
+    assert 'http_requests_total{handler="/things",method="TRACE",status="405"} 1.0' in text

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.optimizer.settings import OptimizerSettings
+from services.replicator.settings import ReplicatorSettings
 from shared.settings import FleetSettings
 
 
@@ -45,6 +47,26 @@ def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = FleetSettings(_env_file=None)  # type: ignore[call-arg]
     assert settings.database_url is None
     assert settings.admin_token is None
+
+
+def test_blank_means_unset_for_every_optional_setting_of_every_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One validator in the base covers the subclasses' optional settings too; a blank value of
+    a setting that cannot be unset is still refused."""
+    for name in ("PROMETHEUS_URL", "OPTIMIZER_PROCESSOR_URL", "TIMESCALE_RETENTION", "CACHE_L3_PATH"):
+        monkeypatch.setenv(name, "  ")
+    monkeypatch.setenv("TIMESCALE_COMPRESS_AFTER", "")
+    optimizer = OptimizerSettings(_env_file=None)  # type: ignore[call-arg]
+    assert optimizer.prometheus_url is None
+    assert optimizer.optimizer_processor_url is None
+    replicator = ReplicatorSettings(_env_file=None)  # type: ignore[call-arg]
+    assert replicator.timescale_retention is None
+    assert replicator.timescale_compress_after is None
+    assert replicator.cache_l3_path is None
+    monkeypatch.setenv("CACHE_L1_SIZE", " ")
+    with pytest.raises(ValueError, match="CACHE_L1_SIZE"):
+        FleetSettings(_env_file=None)  # type: ignore[call-arg]
 
 
 def test_bad_values_fail_with_the_setting_name(monkeypatch: pytest.MonkeyPatch) -> None:

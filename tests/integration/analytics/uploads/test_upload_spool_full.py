@@ -26,16 +26,19 @@ SERVER = textwrap.dedent(
     """
     import sys
     import uvicorn
+    from services.analytics.app import create_app
     from services.analytics.settings import AnalyticsSettings
-    from services.analytics.uploads import routes
-    from shared.service_app import create_service_app
 
-    settings = AnalyticsSettings(
-        upload_spool_dir=sys.argv[1], upload_max_bytes=8 << 20, tracing_enabled=False
-    )
-    app = create_service_app(service="analytics", version="0", settings=settings)
-    app.include_router(routes.router)
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    if __name__ == "__main__":  # the worker pool's processes import this file too
+        settings = AnalyticsSettings(
+            upload_spool_dir=sys.argv[1],
+            upload_max_bytes=8 << 20,
+            tracing_enabled=False,
+            database_url=sys.argv[3],
+            analytics_max_workers=1,
+            cache_warm_on_start=False,
+        )
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
     """
 )
 
@@ -52,7 +55,7 @@ def _namespaces_work() -> bool:
     return probe.returncode == 0
 
 
-def test_a_full_spool_is_507_and_the_service_stays_up(tmp_path: Path) -> None:
+def test_a_full_spool_is_507_and_the_service_stays_up(tmp_path: Path, database_url: str) -> None:
     if not _namespaces_work():
         unavailable("a private mount namespace (unshare -rm) for a small tmpfs")
     spool = tmp_path / "spool"
@@ -61,7 +64,8 @@ def test_a_full_spool_is_507_and_the_service_stays_up(tmp_path: Path) -> None:
     script.write_text(SERVER)
     port = free_port()
     command = (
-        f'mount -t tmpfs -o size=256k none "{spool}" && exec "{sys.executable}" "{script}" "{spool}" {port}'
+        f'mount -t tmpfs -o size=256k none "{spool}" && '
+        f'exec "{sys.executable}" "{script}" "{spool}" {port} "{database_url}"'
     )
     process = subprocess.Popen(
         ["unshare", "-rm", "sh", "-c", command],

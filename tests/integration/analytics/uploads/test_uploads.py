@@ -166,6 +166,21 @@ async def test_every_kind_of_bad_file_gets_a_clear_answer(client: Client) -> Non
     assert no_file.status_code in {415, 422}
 
 
+async def test_a_malformed_body_or_header_line_is_a_4xx_not_a_500(client: Client) -> None:
+    """Both were 500s found by fuzzing: a multipart body whose part headers are garbage, and a
+    header line the csv module refuses (a bare carriage return inside a field)."""
+    garbage = await client.post(
+        "/api/v1/uploads",
+        content=b"--b\r\n[{'x': [None, 5.9e-08]}]--b--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert garbage.status_code == 400
+    assert garbage.json()["error"]["code"] == "malformed_multipart"
+    answer = await _upload(client, b"\x0c\xffE\r\xfeL\x13}OQ\x11c\x0e\x0b?\x16\r\n", name="file")
+    assert answer["status"] == 422
+    assert answer["error"]["code"] == "invalid_header"
+
+
 async def test_extra_columns_are_kept_and_field_names_accepted(client: Client, database_url: str) -> None:
     body = (
         b"event_id,timestamp,person_id,door_id,access_result,badge_status,door_held_open_time,"

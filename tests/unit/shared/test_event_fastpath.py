@@ -1,0 +1,237 @@
+"""The fast validation path agrees with `AccessEvent` on every message: same row, same refusal."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.event_fastpath import fast_record, parse_message, record_of
+from shared.events import EventParseError, event_record, parse_event_bytes, validate_event
+from tests.hostile import hostile_messages
+
+MAX_BYTES = 64 * 1024
+
+# Values that sit on every rule's edge: words in any case with spaces, blank and whitespace-only
+# text, non-ASCII and odd whitespace, NUL and lone surrogates, limits +-1, numbers of each kind.
+_edge_text = st.sampled_from(
+    [
+        "",
+        " ",
+        "\t",
+        " a",
+        "a ",
+        "\x1c",
+        "\x1ca",
+        "a\x1f",
+        "a\x85",
+        "\u00a0b",
+        "é",
+        "a\x00b",
+        "\x00",
+        "x" * 100,
+        "x" * 101,
+        "x" * 200,
+        "x" * 201,
+        " " + "x" * 200,
+        "a\ud800",
+        "door-7",
+        "p1",
+    ]
+)
+_text = st.one_of(
+    _edge_text,
+    st.text(max_size=12),
+    st.text(alphabet=st.characters(codec="ascii"), min_size=1, max_size=8),
+)
+_number = st.one_of(
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, -1, 0.0, -0.0, 2**53, 2**53 + 1, 1e308]),
+)
+_scalar = st.one_of(st.none(), st.booleans(), _number, _text)
+_json = st.recursive(
+    _scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_text, inner, max_size=3)),
+    max_leaves=6,
+)
+_now = datetime.now(UTC)
+_timestamps = st.one_of(
+    st.datetimes(timezones=st.none() | st.just(UTC)).map(lambda d: d.isoformat()),
+    st.sampled_from(
+        [
+            "2025-01-01T12:00:00.123456",
+            "2025-01-01T12:00:00Z",
+            "2025-01-01T12:00:00z",
+            " 2025-01-01T12:00:00+05:00 ",
+            "9999-12-31T23:59:59-05:00",
+            "1969-12-31T23:59:59Z",
+            (_now + timedelta(days=2)).isoformat(),
+            (_now - timedelta(minutes=1)).isoformat(),
+            "1735732800000",
+            "-5",
+            "",
+            "yesterday",
+        ]
+    ),
+    st.integers(min_value=-(2**63), max_value=2**63),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+)
+_fields: dict[str, st.SearchStrategy[Any]] = {
+    "event_id": st.one_of(_edge_text, _text, _scalar),
+    "timestamp": _timestamps,
+    "person_id": st.one_of(_edge_text, _text, _scalar),
+    "door_id": st.one_of(_edge_text, _text, _scalar),
+    "badge_id": st.one_of(_edge_text, _scalar),
+    "access_result": st.one_of(
+        st.sampled_from(["Granted", "denied", " TIMEOUT ", "error", "Maybe", "", "granted\x00"]), _scalar
+    ),
+    "badge_status": st.one_of(
+        st.sampled_from(["Valid", " expired", "SUSPENDED", "invalid", "Lost", " "]), _scalar
+    ),
+    "door_held_open_time": st.one_of(
+        st.sampled_from([-1, -0.5, -0.0, float("nan"), float("inf"), True, "1.5", 2**53 + 1]), _scalar
+    ),
+    "entry_without_badge": st.one_of(st.sampled_from(["yes", " F ", "0", "maybe", "", "TRUE"]), _scalar),
+    "device_status": st.one_of(_edge_text, _scalar),
+    "facility_id": st.one_of(_edge_text, _scalar),
+}
+_extra_keys = st.one_of(
+    st.sampled_from(["site", "extra", "model_config", "_private", "to_wire", "zone", "a\x00b", "\ud800"]),
+    st.text(max_size=6),
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid message (optional fields present or not) with up to three fields made hostile or
+    removed, and maybe extra fields: every rule gets hit while the rest of the message is good."""
+    data: dict[str, Any] = {
+        "event_id": draw(st.uuids().map(str)),
+        "timestamp": draw(
+            st.sampled_from(["2025-01-01T12:00:00.123456", "2025-06-01T08:00:00Z", 1735732800000])
+        ),
+        "person_id": "p1",
+        "door_id": "d1",
+        "access_result": draw(st.sampled_from(["Granted", "denied"])),
+    }
+    optional = {
+        "badge_id": "b1",
+        "badge_status": "Valid",
+        "door_held_open_time": 2.5,
+        "entry_without_badge": False,
+        "device_status": "normal",
+        "facility_id": "hq",
+    }
+    for name, value in optional.items():
+        if draw(st.booleans()):
+            data[name] = value
+    for name in draw(st.lists(st.sampled_from(sorted(_fields)), min_size=1, max_size=2, unique=True)):
+        if draw(st.integers(0, 4)) == 0:
+            data.pop(name, None)
+        else:
+            data[name] = draw(_fields[name])
+    for key in draw(st.lists(_extra_keys, max_size=2)):
+        data[key] = draw(_json)
+    return data
+
+
+def _model_verdict(data: dict[str, Any]) -> tuple[Any, ...] | tuple[str, str]:
+    try:
+        return event_record(validate_event(copy.deepcopy(data)))
+    except EventParseError as exc:
+        return ("refused", exc.reason, exc.message)
+
+
+def _same_row(fast: tuple[Any, ...], model: tuple[Any, ...]) -> None:
+    assert fast == model
+    assert [type(v) for v in fast] == [type(v) for v in model]
+    assert fast[1].utcoffset() == model[1].utcoffset() == timedelta(0)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages())
+def test_a_row_from_the_fast_path_is_the_row_the_model_stores(data: dict[str, Any]) -> None:
+    model = _model_verdict(data)
+    fast = fast_record(copy.deepcopy(data))
+    if fast is not None:
+        assert model[0] != "refused", f"fast path accepted what the model refuses: {model}"
+        _same_row(fast, model)
+    # Through the fallback, the verdict is the model's in every case, reason and message included.
+    try:
+        combined: tuple[Any, ...] = record_of(copy.deepcopy(data))
+    except EventParseError as exc:
+        combined = ("refused", exc.reason, exc.message)
+    assert combined == model
+
+
+@settings(max_examples=500, deadline=None)
+@given(messages())
+def test_the_bytes_verdict_is_the_one_of_parse_event_bytes(data: dict[str, Any]) -> None:
+    try:
+        raw = orjson.dumps(data)
+    except TypeError:  # an integer beyond 64 bits: not a message anyone can send
+        return
+    _compare_bytes(raw)
+
+
+def _compare_bytes(raw: bytes) -> None:
+    try:
+        expected: Any = event_record(parse_event_bytes(raw, max_bytes=MAX_BYTES))
+    except EventParseError as exc:
+        expected = (exc.reason, exc.message)
+    assert parse_message(raw, MAX_BYTES) == expected
+
+
+@pytest.mark.parametrize("message", hostile_messages(), ids=lambda m: m.name)
+def test_every_hostile_message_gets_the_verdict_of_the_model(message: Any) -> None:
+    _compare_bytes(message.value or b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # The original load generator's message: no key, naive timestamp.
+        {
+            "event_id": "x1",
+            "timestamp": "2025-01-01T12:00:00.123456",
+            "person_id": "p1",
+            "door_id": "d1",
+            "access_result": "Granted",
+        },
+        {
+            "event_id": "x2",
+            "timestamp": 1735732800000,
+            "person_id": "p1",
+            "door_id": "d1",
+            "badge_id": "b1",
+            "access_result": "denied",
+            "badge_status": "valid",
+            "door_held_open_time": 3,
+            "entry_without_badge": "no",
+            "device_status": "normal",
+            "facility_id": "hq",
+            "site": {"floor": 2},
+        },
+        {
+            "event_id": "x3",
+            "timestamp": "2025-01-01T12:00:00+02:00",
+            "person_id": "p1",
+            "door_id": "d1",
+            "access_result": "Granted",
+            "badge_id": None,
+            "badge_status": None,
+            "door_held_open_time": None,
+        },
+    ],
+)
+def test_what_producers_send_takes_the_fast_path(data: dict[str, Any]) -> None:
+    fast = fast_record(copy.deepcopy(data))
+    assert fast is not None
+    _same_row(fast, event_record(validate_event(data)))
