@@ -404,8 +404,8 @@ async def test_stop_during_an_outage_commits_no_batch_fetched_behind_the_held_on
     service = ProcessorService(settings, pool, registry.get("database"))
     service.start()
     try:
-        await eventually(lambda: service.status()["store_retries"] >= 2, 20)
-        assert service.status()["store_retries"] >= 2
+        await eventually(lambda: service.status().store_retries >= 2, 20)
+        assert service.status().store_retries >= 2
     finally:
         await service.stop()
         await pool.close()
