@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.db import ensure_database, with_database
 from shared.settings import REPO_ROOT
@@ -207,10 +208,12 @@ def test_metrics_and_status_when_caught_up(
     wait_for(lambda: status(service)["rows_replicated"] == 500, 30, "500 rows")
     wait_for(lambda: status(service)["backlog_seconds"] == 0.0, 10, "backlog 0")
     text = httpx.get(service.url + "/metrics", timeout=5).text
+    # prometheus_client's own parser: label values may hold spaces (operation names do).
     values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
     }
     assert values["replication_rows_total"] == 500
     assert values["replication_backlog_seconds"] == 0.0
