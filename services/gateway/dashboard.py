@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.gateway.dashboard_data import DashboardSources, DashboardState
 from shared.errors import ApiError
@@ -60,6 +60,7 @@ class DashboardData(BaseModel):
     replication: DashboardSection
     optimizer: DashboardSection
     alerts: DashboardSection
+    operations: DashboardSection = Field(description="the fleet's slowest timed operations (p95)")
     requests: DashboardSection
     generated_at: float
 
@@ -67,8 +68,8 @@ class DashboardData(BaseModel):
 @router.get("/dashboard/performance/data", response_model=DashboardData)
 async def performance_data(request: Request) -> dict[str, Any]:
     """Breakers, event throughput and latency, request latency per service, cache hit ratios,
-    replication, optimizer settings and recent alerts; a section whose source is down carries
-    `ok: false` and the reason."""
+    replication, optimizer settings, recent alerts and the fleet's slowest operations; a section
+    whose source is down carries `ok: false` and the reason."""
     app = request.app
     http: httpx.AsyncClient | None = getattr(app.state, "http", None)
     if http is None:

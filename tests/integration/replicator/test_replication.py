@@ -169,7 +169,7 @@ async def test_service_catch_up_reports_watermark_backlog_and_lag(
     await service.open()
     try:
         assert await service.run_once() == 100
-        status = service.status()
+        status = service.status().model_dump()
     finally:
         await service.close()
     assert status["rows_replicated"] == 100
