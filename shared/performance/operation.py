@@ -59,3 +59,37 @@ def named_operation(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable
         return wrapper
 
     return decorate
+
+
+class OpenOperation:
+    """An operation begun in one place and ended in another: a pipelined batch whose store runs
+    in a task created before the code that finishes the batch. Work done `inside()` (and tasks
+    created there, which copy the context) is under its span; `end()` times it once."""
+
+    def __init__(self, name: str, links: Sequence[Link], attributes: dict[str, str | int | float | bool]):
+        self.name = name
+        self._start = time.perf_counter()
+        self._span: trace.Span = trace.INVALID_SPAN
+        if tracing_active():
+            self._span = _tracer.start_span(name, links=links, attributes=attributes)
+        self._ended = False
+
+    @contextmanager
+    def inside(self) -> Iterator[trace.Span]:
+        """Make the span current for the block without ending it."""
+        with trace.use_span(self._span, end_on_exit=False, record_exception=False) as span:
+            yield span
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._span.end()
+        get_performance_monitor().record(self.name, time.perf_counter() - self._start)
+
+
+def open_operation(
+    name: str, *, links: Sequence[Link] = (), **attributes: str | int | float | bool
+) -> OpenOperation:
+    """Begin `name` now and end it with `OpenOperation.end()`, possibly from other code."""
+    return OpenOperation(name, links, attributes)

@@ -39,7 +39,7 @@ from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
 from shared.event_fastpath import EventRow, record_of
 from shared.events import EventParseError, decode_event_bytes
 from shared.performance import get_performance_monitor
-from shared.performance.operation import operation
+from shared.performance.operation import OpenOperation, open_operation, operation
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,15 @@ class Batch:
     dead: list[tuple[Record, str, str]]
 
 
+@dataclass
+class InFlight:
+    """A batch being stored in the background, and the open operation it is finished under."""
+
+    batch: Batch
+    storing: asyncio.Task[StoreOutcome]
+    span: OpenOperation
+
+
 def _unexpected(exc: Exception) -> tuple[str, str]:
     # Nothing a message holds may escape the parse: an exception would make the supervisor
     # re-read the same batch for ever.
@@ -130,27 +139,29 @@ class EventProcessor:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        inflight: tuple[Batch, asyncio.Task[StoreOutcome]] | None = None
+        inflight: InFlight | None = None
         try:
             while not self.stopping:
                 records = await self._next_batch()
                 batch = await self.prepare(records) if records else None
                 if inflight is not None:
-                    done = await self._finish(*inflight)
+                    done = await self._finish(inflight)
                     inflight = None
                     if not done:
                         return
                 if batch is not None:
-                    inflight = (batch, asyncio.create_task(self._store_once(batch.rows)))
+                    inflight = self._begin(batch)
             if inflight is not None:
-                await self._finish(*inflight)
+                await self._finish(inflight)
                 inflight = None
         finally:
-            if inflight is not None and not inflight[1].done():
+            if inflight is not None:
                 # Leaving on an error: the batch is not committed, its next owner re-reads it.
-                inflight[1].cancel()
-                with contextlib.suppress(BaseException):
-                    await inflight[1]
+                if not inflight.storing.done():
+                    inflight.storing.cancel()
+                    with contextlib.suppress(BaseException):
+                        await inflight.storing
+                inflight.span.end()
 
     async def _next_batch(self) -> list[Record]:
         """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one arrived."""
@@ -213,8 +224,21 @@ class EventProcessor:
         """Store, dead-letter, then commit `records` (no pipelining); returns events newly stored."""
         batch = await self.prepare(records)
         before = self.stats.stored
-        await self._finish(batch, asyncio.create_task(self._store_once(batch.rows)))
+        await self._finish(self._begin(batch))
         return self.stats.stored - before
+
+    def _begin(self, batch: Batch) -> InFlight:
+        """Open the batch's operation (one span linked to the trace of every message, timed as
+        `processor.batch`) and start storing under it, so the store's database spans are its
+        children even though the batch is finished later, after the next one is decoded."""
+        span = open_operation("processor.batch", links=batch_links(batch.records), records=len(batch.records))
+        with span.inside():
+            storing = asyncio.create_task(self._store_timed(batch.rows))
+        return InFlight(batch, storing, span)
+
+    async def _store_timed(self, rows: list[EventRow]) -> StoreOutcome:
+        with operation("processor.store", events=len(rows)):
+            return await self._store_once(rows)
 
     async def _store_once(self, rows: list[EventRow]) -> StoreOutcome:
         started = time.perf_counter()
@@ -224,22 +248,24 @@ class EventProcessor:
         metrics.STORE_SECONDS.observe(elapsed)
         return outcome
 
-    async def _finish(self, batch: Batch, storing: asyncio.Task[StoreOutcome]) -> bool:
-        """`_complete` under one span linked to the trace of every message, timed as `processor.batch`."""
-        with operation("processor.batch", links=batch_links(batch.records), records=len(batch.records)):
-            return await self._complete(batch, storing)
+    async def _finish(self, inflight: InFlight) -> bool:
+        """`_complete` under the batch's span, which ends with it."""
+        try:
+            with inflight.span.inside():
+                return await self._complete(inflight.batch, inflight.storing)
+        finally:
+            inflight.span.end()
 
     async def _complete(self, batch: Batch, storing: asyncio.Task[StoreOutcome]) -> bool:
         """Wait for `batch` to be stored, dead-letter what must be, commit; False when asked to
         stop while the database is down (nothing committed: the batch is redelivered)."""
         started = time.perf_counter()
-        with operation("processor.store", events=len(batch.rows)):
-            try:
-                outcome: StoreOutcome | None = await storing
-            except Exception as exc:
-                if not is_database_down(exc):
-                    raise  # the sink hands back rows it cannot store; this is a bug
-                outcome = await self._store_until_done(batch.rows, exc)
+        try:
+            outcome: StoreOutcome | None = await storing
+        except Exception as exc:
+            if not is_database_down(exc):
+                raise  # the sink hands back rows it cannot store; this is a bug
+            outcome = await self._store_until_done(batch.rows, exc)
         self.stats.store_wait_s += time.perf_counter() - started
         if outcome is None:
             return False
@@ -292,7 +318,7 @@ class EventProcessor:
                 return None
             delay = min(delay * 2, self.retry_backoff_max_s)
             try:
-                return await self._store_once(rows)
+                return await self._store_timed(rows)
             except Exception as exc:
                 if not is_database_down(exc):
                     raise

@@ -69,11 +69,6 @@ def _sql_child(spans: list[Span], parent: Span) -> Span:
     return sql[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the pipelined processor starts storing a batch before that batch's span "
-    "exists, so the store's database spans are not yet under processor.batch",
-)
 def test_each_path_is_one_trace_across_processes(
     otlp_receiver: OtlpReceiver,
     database_url: str,
