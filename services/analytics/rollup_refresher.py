@@ -2,7 +2,7 @@
 
 Every `interval_s` (and straight away again while a batch came back full) it rolls up the rows
 stored since the last refresh, in commit order (`access_rollups_refresh`, primary migration
-0005). Large, infrequent batches are cheaper per row: the count of a person at a door is
+0006, extended by 0007). Large, infrequent batches are cheaper per row: the count of a person at a door is
 updated once per batch, however many of their events the batch holds (measured by
 `python -m bench patterns`). Answers never depend on it being current: readers take the rows
 not rolled up yet from `access_events`, so a stopped refresher only makes cold answers slower,

@@ -1,8 +1,8 @@
-"""Reading the rollups (primary migration 0006): a range is split into whole buckets, read from
+"""Reading the rollups (primary migrations 0006 and 0007): a range is split into whole buckets, read from
 the rollups, and partial buckets at its ends, read from raw rows.
 
-A rollup holds counts per bucket of event time at a coarse level (a month) and a fine one (a
-day or an hour). `cover()` splits `[start, end)` greedily: whole months from the month table,
+A rollup holds counts per bucket of event time at a coarse level (a month or an ISO week) and
+a fine one (a day or an hour). `cover()` splits `[start, end)` greedily: whole months from the month table,
 then whole fine buckets for what is left at either end, then raw rows for the rest (less than
 one fine bucket at each end). Rows stored after the rollup's watermark (not rolled up yet) are
 read raw too, for the part of the range the rollups cover. The watermark, the rollups and the
@@ -27,7 +27,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from services.analytics.filters import EventFilter
 
-Level = Literal["month", "day", "hour"]
+Level = Literal["month", "week", "day", "hour"]
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 HOUR_SQL = "extract(hour FROM time AT TIME ZONE 'UTC')::smallint"
@@ -44,6 +44,9 @@ class Rollup:
     # measure -> (expression over the rollup table, expression over raw rows); both are partial
     # aggregates that the caller merges (sum of counts, min of minimums, max of maximums)
     measures: dict[str, tuple[str, str]] = field(default_factory=lambda: {"n": ("n", "count(*)")})
+    # what the raw expressions read: access_events, or a subquery of it adding computed columns
+    # (with time, facility_id, ingest_xid and seq, which the range and watermark clauses use)
+    raw_from: str = "access_events"
 
     def table(self, level: Level) -> str:
         return f"access_rollup_{self.name}_{level}"
@@ -65,6 +68,21 @@ PEOPLE = Rollup(
     {"person_id": "person_id", "door_id": "door_id", "access_result": "access_result"},
 )
 
+HOURS_OF_DAY = tuple(f"h{hr:02d}" for hr in range(24))
+# Per person, how many of their events fall in each UTC hour of the day: the anomaly
+# detector's hour profiles (one column per hour; see migration 0007 for why not one row each).
+HOURS = Rollup(
+    "hours",
+    ("week", "day"),
+    {"person_id": "person_id"},
+    # integer like the rollup columns: a union with bigint counts would make every sum numeric
+    {c: (c, f"(count(*) FILTER (WHERE hr = {hr}))::integer") for hr, c in enumerate(HOURS_OF_DAY)},
+    raw_from=(
+        f"(SELECT time, facility_id, person_id, ingest_xid, seq, {HOUR_SQL} AS hr "  # noqa: S608  fixed SQL text
+        "FROM access_events) AS access_events"
+    ),
+)
+
 
 def floor_to(t: datetime, level: Level) -> datetime:
     """The start of the UTC bucket holding `t`."""
@@ -73,6 +91,8 @@ def floor_to(t: datetime, level: Level) -> datetime:
         return t.replace(minute=0, second=0, microsecond=0)
     if level == "day":
         return t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if level == "week":  # ISO weeks begin on Monday, like date_trunc('week', ...)
+        return t.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=t.weekday())
     return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
@@ -81,6 +101,8 @@ def _next(bucket: datetime, level: Level) -> datetime:
         return bucket + timedelta(hours=1)
     if level == "day":
         return bucket + timedelta(days=1)
+    if level == "week":
+        return bucket + timedelta(days=7)
     return (
         bucket.replace(year=bucket.year + 1, month=1)
         if bucket.month == 12
@@ -184,7 +206,7 @@ def parts(
 
     def raw(condition: list[str]) -> str:
         where = _where(condition + facility)
-        return f"SELECT {select_raw_dims}{raw_measures} FROM access_events{where}{group_by}"  # noqa: S608  fixed SQL fragments; every value is a $n parameter
+        return f"SELECT {select_raw_dims}{raw_measures} FROM {rollup.raw_from}{where}{group_by}"  # noqa: S608  fixed SQL fragments; every value is a $n parameter
 
     if watermark is None:
         return raw(_range_sql("time", flt.start, flt.end, params))
