@@ -1,5 +1,5 @@
-"""The rollups give the same answers as the raw rows: summary and patterns, on planted and on
-random data, with ranges that start and end inside buckets, rows
+"""The rollups give the same answers as the raw rows: summary, patterns and anomalies, on
+planted and on random data, with ranges that start and end inside buckets, rows
 not rolled up yet, redelivered events and uploads."""
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.analytics import patterns, rollups
+from services.analytics import anomalies, patterns, rollups
+from services.analytics.anomalies import AnomalyParameters, AnomalyWindow
 from services.analytics.filters import EventFilter
+from services.analytics.responses import AnomalyReport
 from services.analytics.rollup_refresher import RollupRefresher
 from services.analytics.summary import access_summary
+from shared.db import apply_migrations, migration_files
 from shared.event_store import copy_event_records, store_events
 from shared.events import AccessEvent, event_record
 from tests.integration.analytics.planted import planted_events
@@ -26,6 +29,41 @@ from tests.integration.analytics.planted import planted_events
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 _UTC = UTC
+
+
+# Wide enough for every filter below: the service's 92-day limit is not what is tested here.
+_ANOMALY_WINDOW = AnomalyWindow(maximum=timedelta(days=400))
+_NO_EVENT_END = datetime(2025, 6, 1, tzinfo=_UTC)
+# The defaults (the held-open query answered by its partial index), and parameters that find
+# more on small data: bursts over days, short histories, a threshold below the index's bound.
+ANOMALY_PARAMETERS = [
+    AnomalyParameters(),
+    AnomalyParameters(
+        burst_min_denials=2,
+        burst_window_s=3 * 86400,
+        history_min_events=5,
+        unusual_hour_max_share=0.2,
+        held_open_threshold_s=5.0,
+        limit=3,
+    ),
+]
+
+
+async def _anomalies(
+    pool: asyncpg.Pool, flt: EventFilter, params: AnomalyParameters, *, use_rollups: bool
+) -> dict[str, Any]:
+    newest = await anomalies.newest_event(pool, flt) if flt.end is None else None
+    # Without a matching event the window would end now, which differs between two calls.
+    bounded = anomalies.bounded_filter(flt, newest or _NO_EVENT_END, _ANOMALY_WINDOW)
+    inputs = await anomalies.fetch_inputs(pool, bounded, params, use_rollups=use_rollups)
+    detected = anomalies.detect_in_frames(inputs["denials"], inputs["profile"], params)
+    unusual = await anomalies.fetch_unusual_events(pool, bounded, detected["cells"])
+    answer = anomalies.assemble(inputs, detected, unusual, params, bounded)
+    return {
+        "answer": answer,
+        "json": AnomalyReport.model_validate(answer).model_dump_json(),  # what the service sends
+        "profile": sorted(map(tuple, inputs["profile"].itertuples(index=False))),
+    }
 
 
 async def _answers(pool: asyncpg.Pool, flt: EventFilter, *, use_rollups: bool) -> dict[str, Any]:
@@ -36,6 +74,9 @@ async def _answers(pool: asyncpg.Pool, flt: EventFilter, *, use_rollups: bool) -
         "patterns": patterns.build_patterns(aggregates),
         "hour_weekday": sorted(map(tuple, aggregates.hour_weekday.itertuples(index=False))),
         "pairs": sorted(map(tuple, aggregates.pairs.itertuples(index=False))),
+        "anomalies": [
+            await _anomalies(pool, flt, params, use_rollups=use_rollups) for params in ANOMALY_PARAMETERS
+        ],
     }
 
 
@@ -61,8 +102,16 @@ async def _refresh_until(pool: asyncpg.Pool, rows_total: int, max_rows: int = 50
             await asyncio.sleep(0.2)
 
 
+_HOURS_TOTAL = " + ".join(rollups.HOURS_OF_DAY)
+
+
 async def _rollup_total(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT coalesce(sum(n), 0) FROM access_rollup_time_month"))
+    """Events counted by the rollups, checked the same in every table that holds them all."""
+    total = int(await pool.fetchval("SELECT coalesce(sum(n), 0) FROM access_rollup_time_month"))
+    for level in rollups.HOURS.levels:
+        table = rollups.HOURS.table(level)
+        assert int(await pool.fetchval(f"SELECT coalesce(sum({_HOURS_TOTAL}), 0) FROM {table}")) == total
+    return total
 
 
 @pytest.fixture
@@ -164,6 +213,8 @@ def _random_events(seed: int, count: int) -> list[AccessEvent]:
                     "access_result": rng.choice(["Granted", "Granted", "Denied", "Timeout", "Error"]),
                     "badge_status": rng.choice([None, "Valid", "Valid", "Expired", "Suspended", "Invalid"]),
                     "facility_id": rng.choice([None, "hq", "annex"]),
+                    "door_held_open_time": rng.choice([0.0, 2.0, rng.uniform(0, 60)]),
+                    "entry_without_badge": rng.random() < 0.05,
                 }
             )
         )
@@ -189,8 +240,8 @@ async def _reset(conn: asyncpg.Connection) -> None:
         "access_events",
         *(
             f"access_rollup_{name}_{level}"
-            for name in ("time", "people")
-            for level in ("month", "day", "hour")
+            for name in ("time", "people", "hours")
+            for level in ("month", "week", "day", "hour")
         ),
     ):
         if await conn.fetchval("SELECT to_regclass($1)", table) is not None:
@@ -221,6 +272,38 @@ def test_random_data_and_ranges(
                 await rollups.refresh(pool, max_rows=refresh_rows)
                 await store_events(pool, events[: i // 2])  # redeliveries
             await _assert_same(pool, filters)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_rows_rolled_up_before_the_hour_rollups_existed_are_counted_once(
+    make_database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0007 fills the hour rollups with what the refresh of 0006 had rolled up."""
+    dsn = make_database("primary", migrate=False)
+    everything = migration_files("primary")
+    before = [p for p in everything if p.name < "0007"]
+    events = [AccessEvent.model_validate(e) for e in planted_events()]
+
+    async def run() -> None:
+        monkeypatch.setattr("shared.db.migration_files", lambda target: before)
+        await apply_migrations(dsn, "primary")
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        assert pool is not None
+        try:
+            await store_events(pool, events[:1000])
+            await _refresh_until(pool, 700, max_rows=350)
+            assert await pool.fetchval("SELECT to_regclass('access_rollup_hours_week')") is None
+            monkeypatch.setattr("shared.db.migration_files", lambda target: everything)
+            assert await apply_migrations(dsn, "primary") == [p.name for p in everything[len(before) :]]
+            assert await _rolled_up(pool) == 700
+            await store_events(pool, events[1000:])
+            await _assert_same(pool, PLANTED_FILTERS[:5])
+            await _refresh_until(pool, len(events))
+            assert await _rollup_total(pool) == len(events)
+            await _assert_same(pool, PLANTED_FILTERS[:5])
         finally:
             await pool.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,9 +24,12 @@ def _aligned(t: datetime | None, level: str) -> bool:
     return t is None or floor_to(t, level) == t  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("levels", [LEVELS, ("week", "day")])
 @given(start=bounds, end=bounds)
-def test_pieces_partition_the_range(start: datetime | None, end: datetime | None) -> None:
-    pieces = cover(start, end, LEVELS)
+def test_pieces_partition_the_range(
+    levels: tuple[str, ...], start: datetime | None, end: datetime | None
+) -> None:
+    pieces = cover(start, end, levels)  # type: ignore[arg-type]
     if start is not None and end is not None and start >= end:
         assert pieces == []
         return
@@ -67,3 +71,17 @@ def test_naive_times_are_utc() -> None:
     assert pieces[0] == Piece(None, datetime(2025, 1, 15, 12, tzinfo=UTC), datetime(2025, 1, 16, tzinfo=UTC))
     assert Piece("month", datetime(2025, 2, 1, tzinfo=UTC), datetime(2025, 3, 1, tzinfo=UTC)) in pieces
     assert pieces[-1] == Piece("day", datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 3, 2, tzinfo=UTC))
+
+
+@given(start=instants, end=instants)
+def test_weeks_are_iso_weeks_and_whole_ones_come_from_the_week_level(start: datetime, end: datetime) -> None:
+    pieces = cover(start, end, ("week", "day"))
+    weeks = [p for p in pieces if p.level == "week"]
+    first, last = ceil_to(start, "week"), floor_to(end, "week")
+    if first < last:
+        assert weeks == [Piece("week", first, last)]
+        assert first.weekday() == 0
+        assert first.time() == datetime.min.time()
+    else:
+        assert weeks == []
+    assert all(p.end - p.start < timedelta(days=7) for p in pieces if p.level == "day" and p.start and p.end)
