@@ -7,6 +7,11 @@ Measures, in one run on the same data (the same 28 days of a site: 5,000 people,
 - `cold_summary_s` / `cold_patterns_s`: the answers as served on a cache miss (median of 3),
   from the rollups; `raw_*`: the same answers from raw rows only (the previous plan: one scan
   of every event), checked equal;
+- `cold_anomalies_s` / `cold_anomaly_inputs_s`: the anomaly analysis over its default window
+  (31 days up to the newest event: all 28 days), the whole answer and its database inputs
+  (`db.anomaly_inputs`), with hour profiles from the hour rollups and the denials of people with
+  a burst; `raw_anomalies_s` / `raw_anomaly_inputs_s`: the previous plan (profiles from raw rows,
+  every denial), checked equal (both use the partial indexes on denials and flagged rows);
 - `cold_pandas_s` (small size only): every row moved into pandas instead (the reason SQL
   aggregation was chosen);
 - the rollups' cost to ingestion: the processor's store path (batches of 1,000 events) with
@@ -35,7 +40,7 @@ import httpx
 import pandas as pd
 
 from bench._gateway_bench import fresh_database, servers
-from services.analytics import patterns, rollups
+from services.analytics import anomalies, patterns, rollups
 from services.analytics.filters import EventFilter
 from services.analytics.rollup_refresher import RollupRefresher
 from services.analytics.summary import access_summary
@@ -144,6 +149,34 @@ async def _cold(dsn: str, *, raw_patterns: bool) -> dict[str, Any]:
             raw_patterns_s, raw_doc = await _timed(lambda: patterns_doc(False), runs=1)
             assert raw_doc == doc, "patterns: rollups and raw rows disagree"
             out["raw_patterns_s"] = round(raw_patterns_s, 3)
+        inputs_s: dict[bool, list[float]] = {True: [], False: []}
+        params = anomalies.AnomalyParameters()
+
+        async def anomaly_doc(use_rollups: bool = True) -> dict[str, Any]:
+            bounded = anomalies.bounded_filter(
+                flt, await anomalies.newest_event(pool, flt), anomalies.AnomalyWindow()
+            )
+            t0 = time.perf_counter()
+            inputs = await anomalies.fetch_inputs(pool, bounded, params, use_rollups=use_rollups)
+            inputs_s[use_rollups].append(time.perf_counter() - t0)
+            detected = await workers.run(
+                anomalies.detect_in_frames, inputs["denials"], inputs["profile"], params
+            )
+            unusual = await anomalies.fetch_unusual_events(pool, bounded, detected["cells"])
+            return anomalies.assemble(inputs, detected, unusual, params, bounded)
+
+        anomalies_s, anomalies_doc = await _timed(anomaly_doc)
+        raw_anomalies_s, raw_anomalies_doc = await _timed(lambda: anomaly_doc(False), runs=1)
+        assert raw_anomalies_doc == anomalies_doc, "anomalies: rollups and raw rows disagree"
+        out.update(
+            {
+                "cold_anomalies_s": round(anomalies_s, 3),
+                "cold_anomaly_inputs_s": round(statistics.median(inputs_s[True]), 3),
+                "raw_anomalies_s": round(raw_anomalies_s, 3),
+                "raw_anomaly_inputs_s": round(inputs_s[False][0], 3),
+                "anomaly_findings": anomalies_doc["counts"],
+            }
+        )
         return out
     finally:
         workers.close()
@@ -330,6 +363,15 @@ def run(quick: bool) -> dict[str, Any]:
         ),
         "cold_summary_large_over_small": round(large_doc["cold_summary_s"] / small_doc["cold_summary_s"], 2),
         "raw_over_rollup_summary_large": round(large_doc["raw_summary_s"] / large_doc["cold_summary_s"], 1),
+        "raw_over_rollup_anomaly_inputs_small": round(
+            small_doc["raw_anomaly_inputs_s"] / small_doc["cold_anomaly_inputs_s"], 1
+        ),
+        "raw_over_rollup_anomaly_inputs_large": round(
+            large_doc["raw_anomaly_inputs_s"] / large_doc["cold_anomaly_inputs_s"], 1
+        ),
+        "cold_anomalies_large_over_small": round(
+            large_doc["cold_anomalies_s"] / small_doc["cold_anomalies_s"], 2
+        ),
         "raw_over_rollup_patterns_large": round(
             large_doc["raw_patterns_s"] / large_doc["cold_patterns_s"], 1
         ),
