@@ -87,8 +87,9 @@ class BatchCoalescer:
         if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
             self._seal(state)
             batch = self._start(state)
-            # A fresh batch takes any one message under the request size.
-            batch.builder.append(key=key, value=value, timestamp=None, headers=headers)
+            # A fresh batch takes any one message (aiokafka always adds the first).
+            if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise MessageSizeTooLargeError(f"the message of {size} bytes fits no batch")
         batch.count += 1
         if alone:
             self._seal(state)
