@@ -22,6 +22,7 @@ import csv
 import io
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -380,6 +381,11 @@ def run(timings: Timings, workdir: Path) -> None:
                 project.dump_logs(("gateway", "analytics"))
             raise
         finally:
+            # The clean-up is bounded by its own commands' timeouts; a second signal or the
+            # bound must not cut it short.
+            signal.alarm(0)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
             with timings.step(
                 "clean up: compose down -v, then anything left with the project's label"
             ) as notes:
@@ -526,29 +532,40 @@ def exercise(
         )
 
 
+class Stopped(BaseException):
+    """The run's bound passed, or a signal asked it to stop: clean up, then fail."""
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    if signum == signal.SIGALRM:
+        raise Stopped("its time bound passed")
+    raise Stopped(f"{signal.Signals(signum).name} received")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.compose_test", description=__doc__.split("\n")[0])
-    parser.add_argument("--timeout", type=float, default=1500, help="bound on the whole run in seconds")
+    parser.add_argument("--timeout", type=int, default=1500, help="bound on the whole run in seconds")
     args = parser.parse_args(argv)
     timings = Timings()
-    # The bound: a timer that interrupts the main thread; cleanup still runs in `finally`.
-    timer = threading.Timer(args.timeout, lambda: os.kill(os.getpid(), 2))
-    timer.daemon = True
-    timer.start()
+    # The bound and a CI job's SIGTERM both end the run through `Stopped`, so the clean-up in
+    # `run`'s `finally` still removes every container, network and volume of the project.
+    for signum in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _stop_on)
+    signal.alarm(args.timeout)
     status = 1
     try:
         with tempfile.TemporaryDirectory(prefix="sentinel-compose-test-") as tmp:
             run(timings, Path(tmp))
         status = 0
-    except KeyboardInterrupt:
-        print(f"compose test: stopped after its bound of {args.timeout:.0f} s", file=sys.stderr)
+    except Stopped as exc:
+        print(f"compose test STOPPED: {exc} (bound {args.timeout} s)", file=sys.stderr)
     except Exception as exc:
         # Every failure with its type: an httpx timeout's str() is empty.
         print(f"compose test FAILED: {describe(exc)}", file=sys.stderr)
         if not isinstance(exc, StepFailed):
             traceback.print_exc()
     finally:
-        timer.cancel()
+        signal.alarm(0)
         timings.report()
     return status
 
