@@ -122,6 +122,9 @@ class Podman:
             ["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: a signal to the run's process group (a CI job cancelled) must
+            # leave the API up for the clean-up's `compose down`; __exit__ stops it after that.
+            start_new_session=True,
         )
         wait_for("podman API socket", lambda: self.socket.exists(), timeout_s=30, interval_s=0.2)
         return self
