@@ -65,9 +65,12 @@ _REQUEST_DROP = _HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
 }
+_FORWARDING_INPUTS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"host"})
 # The gateway's server adds its own `date` and `server`, and its middleware the X-Request-ID:
 # the upstream's would appear twice.
 _ANSWER_DROP = frozenset({b"date", b"server", b"x-request-id"})
+_ANSWER_DROP_STREAMED = _HOP_BY_HOP | _ANSWER_DROP
+_ANSWER_DROP_READ = _ANSWER_DROP_STREAMED | {b"content-length"}  # the gateway sets its own
 # Replaced on stale answers.
 _FRESHNESS = frozenset({b"x-cache", b"age"})
 # Answers up to this size are read whole (cheaper than streaming, and cacheable); larger ones
@@ -89,21 +92,23 @@ def _connection_listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
 
 
 def forward_headers(request: Request) -> list[tuple[bytes, bytes]]:
-    raw: list[tuple[bytes, bytes]] = request.scope["headers"]
-    drop = _REQUEST_DROP | _connection_listed(raw)
+    scope = request.scope
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    listed = _connection_listed(raw)
+    drop = _REQUEST_DROP | listed if listed else _REQUEST_DROP
     headers = [(name, value) for name, value in raw if name not in drop]
-    client = request.client.host if request.client else ""
-    prior = request.headers.get("x-forwarded-for")
-    headers.append((b"x-forwarded-for", (f"{prior}, {client}" if prior else client).encode("latin-1")))
-    headers.append(
-        (b"x-forwarded-proto", request.headers.get("x-forwarded-proto", request.url.scheme).encode())
-    )
-    headers.append(
-        (
-            b"x-forwarded-host",
-            request.headers.get("x-forwarded-host", request.headers.get("host", "")).encode("latin-1"),
-        )
-    )
+    # One pass for the values the X-Forwarded-* headers build on (the first of each, as
+    # `Request.headers.get` would give), without building the request's header and URL objects.
+    seen: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in _FORWARDING_INPUTS and name not in seen:
+            seen[name] = value
+    client = scope.get("client")
+    address = client[0].encode("latin-1") if client else b""
+    prior = seen.get(b"x-forwarded-for")
+    headers.append((b"x-forwarded-for", prior + b", " + address if prior else address))
+    headers.append((b"x-forwarded-proto", seen.get(b"x-forwarded-proto", scope["scheme"].encode())))
+    headers.append((b"x-forwarded-host", seen.get(b"x-forwarded-host", seen.get(b"host", b""))))
     request_id = current_request_id()
     if request_id:
         headers.append((b"x-request-id", request_id.encode("latin-1")))
@@ -120,9 +125,10 @@ def forward_headers(request: Request) -> list[tuple[bytes, bytes]]:
 
 def _answer_headers(upstream: aiohttp.ClientResponse, *, keep_length: bool) -> list[tuple[bytes, bytes]]:
     raw = [(name.lower(), value) for name, value in upstream.raw_headers]
-    drop = _HOP_BY_HOP | _connection_listed(raw) | _ANSWER_DROP
-    if not keep_length:
-        drop = drop | {b"content-length"}
+    drop = _ANSWER_DROP_STREAMED if keep_length else _ANSWER_DROP_READ
+    listed = _connection_listed(raw)
+    if listed:
+        drop = drop | listed
     return [(name, value) for name, value in raw if name not in drop]
 
 
