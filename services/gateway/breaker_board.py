@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
+import aiohttp
 
+from services.gateway.http_client import UpstreamStatusError, get_json
 from services.gateway.settings import GatewaySettings
 from shared.breaker import BreakerRegistry
 
@@ -28,11 +29,10 @@ def upstream_services(settings: GatewaySettings) -> dict[str, str]:
     return services
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, timeout_s: float) -> dict[str, Any]:
+async def _fetch(client: aiohttp.ClientSession, url: str, timeout_s: float) -> dict[str, Any]:
     try:
-        response = await client.get(url.rstrip("/") + "/breakers", timeout=timeout_s)
-        body = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+        body = await get_json(client, url.rstrip("/") + "/breakers", timeout_s)
+    except (aiohttp.ClientError, TimeoutError, OSError, UpstreamStatusError, ValueError):
         body = None
     if not isinstance(body, dict):
         return {"unreachable": True}
@@ -40,7 +40,7 @@ async def _fetch(client: httpx.AsyncClient, url: str, timeout_s: float) -> dict[
 
 
 async def breaker_board(
-    registry: BreakerRegistry, client: httpx.AsyncClient, services: dict[str, str], timeout_s: float
+    registry: BreakerRegistry, client: aiohttp.ClientSession, services: dict[str, str], timeout_s: float
 ) -> dict[str, Any]:
     names = list(services)
     answers = await asyncio.gather(*(_fetch(client, services[n], timeout_s) for n in names))
