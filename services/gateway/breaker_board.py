@@ -11,10 +11,11 @@ import asyncio
 from typing import Any
 
 import aiohttp
+from pydantic import TypeAdapter, ValidationError
 
 from services.gateway.http_client import UpstreamStatusError, get_json
 from services.gateway.settings import GatewaySettings
-from shared.breaker import BreakerRegistry
+from shared.breaker import BreakerRegistry, BreakerSnapshot
 
 
 def upstream_services(settings: GatewaySettings) -> dict[str, str]:
@@ -29,14 +30,26 @@ def upstream_services(settings: GatewaySettings) -> dict[str, str]:
     return services
 
 
+_SNAPSHOTS = TypeAdapter(dict[str, BreakerSnapshot])
+
+
 async def _fetch(client: aiohttp.ClientSession, url: str, timeout_s: float) -> dict[str, Any]:
+    """The service's breakers, each checked against the board's shape: an answer that is not
+    one (a wrong or hostile upstream) is reported like a silent service, never passed on."""
     try:
         body = await get_json(client, url.rstrip("/") + "/breakers", timeout_s)
-    except (aiohttp.ClientError, TimeoutError, OSError, UpstreamStatusError, ValueError):
-        body = None
-    if not isinstance(body, dict):
-        return {"unreachable": True}
-    return body
+    except TimeoutError:
+        return {"unreachable": True, "reason": f"no answer within {timeout_s:g} s"}
+    except UpstreamStatusError as exc:
+        return {"unreachable": True, "reason": f"answered {exc}"}
+    except (aiohttp.ClientError, OSError) as exc:
+        return {"unreachable": True, "reason": f"connection failed ({type(exc).__name__})"}
+    except ValueError:
+        return {"unreachable": True, "reason": "the answer is not JSON"}
+    try:
+        return {name: s.model_dump() for name, s in _SNAPSHOTS.validate_python(body).items()}
+    except ValidationError:
+        return {"unreachable": True, "reason": "the answer is not a list of breakers"}
 
 
 async def breaker_board(
