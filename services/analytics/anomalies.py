@@ -87,20 +87,18 @@ _DENIALS_SQL = """
 SELECT event_id, person_id, door_id, time FROM access_events
 WHERE access_result = 'Denied'{and_where} ORDER BY person_id, time, event_id
 """
-# The denials of the people with at least one burst only: a burst starts at a denial when the
-# person's (burst_min_denials - 1)-th next denial is at most burst_window_s later (what
-# `find_denial_bursts` tests), and no finding involves anyone else. The window is whole
-# microseconds, rounded down like the detector's nanoseconds compared with microsecond times.
-_BURST_DENIALS_SQL = """
-WITH d AS (
-    SELECT event_id, person_id, door_id, time,
-           lead(time, {k}) OVER (PARTITION BY person_id ORDER BY time, event_id)
-             <= time + {w}::bigint * interval '1 microsecond' AS starts_burst
+# The people with at least one burst: a burst starts at a denial when the person's
+# (burst_min_denials - 1)-th next denial is at most burst_window_s later (what
+# `find_denial_bursts` tests; the order of equal times does not change which times follow).
+# Only their denials are fetched: no finding involves anyone else. Two narrow columns are
+# sorted rather than whole rows. The window is whole microseconds, rounded down like the
+# detector's nanoseconds compared with microsecond times.
+_BURST_PEOPLE_SQL = """
+SELECT DISTINCT person_id FROM (
+    SELECT person_id, time, lead(time, {k}) OVER (PARTITION BY person_id ORDER BY time) AS kth
     FROM access_events WHERE access_result = 'Denied'{and_where}
-)
-SELECT event_id, person_id, door_id, time FROM d
-WHERE person_id IN (SELECT person_id FROM d WHERE starts_burst)
-ORDER BY person_id, time, event_id
+) AS d
+WHERE kth <= time + {w}::bigint * interval '1 microsecond'
 """
 _HOUR_PROFILE_SQL = """
 SELECT person_id, extract(hour FROM time AT TIME ZONE 'UTC')::int AS hr, count(*) AS n
@@ -312,12 +310,18 @@ async def fetch_inputs(
             denial_rows = await conn.fetch(_DENIALS_SQL.format(and_where=_and(where)), *args)
         else:
             k, w = f"${len(args) + 1}", f"${len(args) + 2}"
-            denial_rows = await conn.fetch(
-                _BURST_DENIALS_SQL.format(k=k, w=w, and_where=_and(where)),
+            people = await conn.fetch(
+                _BURST_PEOPLE_SQL.format(k=k, w=w, and_where=_and(where)),
                 *args,
                 params.burst_min_denials - 1,
                 int(params.burst_window_s * 1e9) // 1000,
             )
+            denial_rows = []
+            if people:
+                only = f" AND person_id = ANY(${len(args) + 1}::text[])" + _and(where)
+                denial_rows = await conn.fetch(
+                    _DENIALS_SQL.format(and_where=only), *args, [r["person_id"] for r in people]
+                )
         if mark is None:
             profile_rows = await conn.fetch(_HOUR_PROFILE_SQL.format(where=where), *args)
         else:
