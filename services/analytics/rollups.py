@@ -143,6 +143,10 @@ def cover(start: datetime | None, end: datetime | None, levels: tuple[Level, ...
     first = ceil_to(start, level) if start is not None else None
     last = floor_to(end, level) if end is not None else None
     if first is not None and last is not None and first >= last:
+        if start is not None and end is not None and first == last and start < first < end:
+            # No whole bucket, but a bucket boundary inside: a partial bucket on either side,
+            # so that no piece left to finer levels (or raw rows) spans a whole bucket.
+            return cover(start, first, finer) + cover(first, end, finer)
         return cover(start, end, finer)
     pieces = [Piece(level, first, last)]
     if start is not None and first is not None and start < first:

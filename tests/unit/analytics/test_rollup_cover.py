@@ -84,4 +84,5 @@ def test_weeks_are_iso_weeks_and_whole_ones_come_from_the_week_level(start: date
         assert first.time() == datetime.min.time()
     else:
         assert weeks == []
+    # days only for the partial weeks: less than a week at each end
     assert all(p.end - p.start < timedelta(days=7) for p in pieces if p.level == "day" and p.start and p.end)
