@@ -77,6 +77,13 @@ class ProcessorStats:
     commit_s: float = 0.0
 
 
+# A batch gathered while the database is idle is stored once it has waited this long (or is full,
+# or `flush_interval_ms` is up): long enough that a trickle of events does not become one
+# transaction per fetch, short against the latency budget.
+_EARLY_FLUSH_S = 0.005
+# While the previous batch is being stored, how often gathering looks whether it is done.
+_STORE_POLL_S = 0.005
+
 # Records decoded or validated between two hand-backs of the event loop (about 2-5 ms of CPU).
 _YIELD_EVERY = 500
 
@@ -135,7 +142,7 @@ class EventProcessor:
         inflight: InFlight | None = None
         try:
             while not self.stopping:
-                records = await self._next_batch()
+                records = await self._next_batch(inflight.storing if inflight is not None else None)
                 batch = await self.prepare(records) if records else None
                 if inflight is None:
                     if batch is not None:
@@ -163,16 +170,30 @@ class EventProcessor:
                         await inflight.storing
                 inflight.span.end()
 
-    async def _next_batch(self) -> list[Record]:
-        """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one arrived."""
+    async def _next_batch(self, storing: asyncio.Task[StoreOutcome] | None = None) -> list[Record]:
+        """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one
+        arrived, and no longer than the previous batch's store (`storing`) takes once at least
+        `_EARLY_FLUSH_S` has passed: a batch waiting for a database with nothing to do only
+        adds latency, while one gathered during a store costs no time at all."""
         size = max(1, self.tuning.batch_size)
         interval = self.tuning.flush_interval_ms / 1000
         records: list[Record] = []
-        deadline: float | None = None
+        first: float | None = None
         while len(records) < size and not self.stopping:
-            wait = interval if deadline is None else deadline - time.monotonic()
-            if deadline is not None and wait <= 0:
-                break
+            if first is None:
+                wait = interval
+            else:
+                now = time.monotonic()
+                wait = first + interval - now
+                if wait <= 0:
+                    break
+                if storing is None or storing.done():
+                    if now - first >= _EARLY_FLUSH_S:
+                        break
+                    wait = min(wait, first + _EARLY_FLUSH_S - now)
+                else:
+                    # Look at the store again soon: fetching returns at once only while records wait.
+                    wait = min(wait, _STORE_POLL_S)
             fetched = await self.consumer.getmany(
                 timeout_ms=max(0, int(wait * 1000)), max_records=size - len(records)
             )
@@ -180,8 +201,8 @@ class EventProcessor:
                 records.extend(partition_records)
             if not records:
                 return records
-            if deadline is None:
-                deadline = time.monotonic() + interval
+            if first is None:
+                first = time.monotonic()
         return records
 
     async def prepare(self, records: list[Record]) -> Batch:

@@ -340,12 +340,18 @@ def raw_messages(draw: st.DrawFn) -> bytes:
             if not pairs:
                 break
         elif change == 2:
-            pairs.append((pairs[index][0], draw(st.sampled_from(_HOSTILE_VALUES + _GOOD_VALUES["person_id"]))))
+            pairs.append(
+                (pairs[index][0], draw(st.sampled_from(_HOSTILE_VALUES + _GOOD_VALUES["person_id"])))
+            )
         else:
-            pairs.append((draw(st.sampled_from(_KEYS)), draw(st.sampled_from(_HOSTILE_VALUES + [b"1"]))))
+            pairs.append((draw(st.sampled_from(_KEYS)), draw(st.sampled_from([*_HOSTILE_VALUES, b"1"]))))
     space = draw(st.sampled_from([b"", b" ", b"\n\t "]))
     body = b"{" + b",".join(space + b'"' + key + b'":' + space + value for key, value in pairs) + b"}"
-    wrap = draw(st.sampled_from([(b"", b""), (b"", b""), (b" ", b"\n"), (b"\xef\xbb\xbf", b""), (b"", b"x"), (b"[", b"]")]))
+    wrap = draw(
+        st.sampled_from(
+            [(b"", b""), (b"", b""), (b" ", b"\n"), (b"\xef\xbb\xbf", b""), (b"", b"x"), (b"[", b"]")]
+        )
+    )
     return wrap[0] + body + wrap[1]
 
 
