@@ -16,6 +16,11 @@ from aiokafka.errors import TopicAlreadyExistsError
 log = logging.getLogger(__name__)
 
 
+# Producer batch and request sizes: a batch of a partition holds ~900 typical events.
+PRODUCER_BATCH_BYTES = 256 * 1024
+PRODUCER_REQUEST_BYTES = 1024 * 1024
+
+
 def create_producer(
     bootstrap_servers: str, *, request_timeout_ms: int = 10_000, linger_ms: int = 2
 ) -> AIOKafkaProducer:
@@ -25,7 +30,8 @@ def create_producer(
         enable_idempotence=False,
         linger_ms=linger_ms,
         request_timeout_ms=request_timeout_ms,
-        max_batch_size=256 * 1024,
+        max_batch_size=PRODUCER_BATCH_BYTES,
+        max_request_size=PRODUCER_REQUEST_BYTES,
         compression_type=None,
         client_id="sentinel-fleet",
     )

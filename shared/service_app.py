@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -203,8 +203,22 @@ def create_service_app(
         body = generate_latest(REGISTRY) + generate_latest(http_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(breakers_router)
+    include_routes(app, breakers_router)
     return app
+
+
+def include_routes(app: FastAPI, router: APIRouter) -> None:
+    """Add the routes of `router` (which carry their full paths) to the app's own route list.
+
+    Instead of `app.include_router`: since FastAPI 0.137 that keeps the router as a node which
+    builds the matched route's request handler again on every request (about 6 % of the gateway's
+    CPU per ingest request, sampled under load), and makes route-name lookups walk it. Routes
+    added as they are get their handler built once. Router-level dependencies are not applied
+    here, so routers passed in must declare theirs on each route (none of the fleet's has any).
+    """
+    if router.dependencies:
+        raise ValueError("router-level dependencies would be lost; declare them per route")
+    app.router.routes.extend(router.routes)
 
 
 def _add_common_routes(app: FastAPI, service: str, version: str) -> None:

@@ -30,7 +30,7 @@ from shared.cache import (
 from shared.db import create_pool, ping
 from shared.errors import error_response
 from shared.resources import get_resource_guard
-from shared.service_app import create_service_app, readiness_checks
+from shared.service_app import create_service_app, include_routes, readiness_checks
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,10 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         description="Access analytics, uploads and performance intake.",
     )
     _install_dependency_error_handlers(app)
-    app.include_router(routes.router)
-    app.include_router(admin_routes.router)
-    app.include_router(upload_routes.router)
-    app.include_router(performance_routes.router)
+    include_routes(app, routes.router)
+    include_routes(app, admin_routes.router)
+    include_routes(app, upload_routes.router)
+    include_routes(app, performance_routes.router)
     return app
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from services.analytics.deps import Tracker
 from services.analytics.responses import (
     AlertsView,
+    PerformanceHistory,
     PerformanceSummary,
     UiAccepted,
     UiMetrics,
@@ -149,7 +150,16 @@ async def alerts(tracker: Tracker, limit: Annotated[int, Query(ge=1, le=1000)] =
     )
 
 
-@router.get("/history", responses={200: {"content": {"text/csv": {}, "application/json": {}}}})
+@router.get(
+    "/history",
+    responses={
+        200: {
+            "description": "JSON, or with `format=csv` one row per snapshot and operation",
+            "model": PerformanceHistory,
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def history(format: Annotated[Literal["json", "csv"], Query()] = "json") -> Response:
     """The snapshot history; `format=csv` gives one row per snapshot and operation."""
     monitor = get_performance_monitor()

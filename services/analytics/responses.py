@@ -231,6 +231,21 @@ class PerformanceSummary(BaseModel):
     history_length: int
 
 
+class HistoryPoint(Resources):
+    """One background snapshot: the resources then, and each operation that ran since the previous one."""
+
+    interval_s: float = Field(description="seconds since the previous snapshot")
+    operations: dict[str, OperationStats] = Field(description="per operation, over this interval only")
+
+
+class PerformanceHistory(BaseModel):
+    """`GET /api/v1/performance/history` (JSON): the snapshots kept, oldest first."""
+
+    snapshot_interval_s: float
+    history_size: int = Field(description="how many snapshots are kept at most")
+    history: list[HistoryPoint]
+
+
 class VitalRating(BaseModel):
     name: str
     rating: str = Field(description="good, needs-improvement or poor (web.dev boundaries)")

@@ -20,7 +20,7 @@ from services.gateway.settings import GatewaySettings, get_settings
 from services.gateway.stale_cache import StaleCache
 from shared.breaker import get_breaker_registry
 from shared.redis_options import redis_connection_options
-from shared.service_app import create_service_app, readiness_checks
+from shared.service_app import create_service_app, include_routes, readiness_checks
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -87,10 +87,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.ingest_limiter = limiter
     app.state.ingest_budget = MemoryBudget(settings.ingest_budget_bytes_per_worker)
     app.state.routes = routes
-    app.include_router(ingest.router)
-    app.include_router(breaker_routes.router)
-    app.include_router(dashboard.router)
-    app.include_router(proxy.build_router(routes))
+    include_routes(app, ingest.router)
+    include_routes(app, breaker_routes.router)
+    include_routes(app, dashboard.router)
+    include_routes(app, proxy.build_router(routes))
     if settings.run_event_processor:  # its tuning is served (and documented) where it runs
-        app.include_router(processor_tuning.router)
+        include_routes(app, processor_tuning.router)
     return app

@@ -12,7 +12,7 @@ from services.replicator.deps import Replicator
 from services.replicator.service import ReplicatorService, ReplicatorStatus
 from services.replicator.settings import ReplicatorSettings, get_settings
 from services.replicator.tuning import router as tuning_router
-from shared.service_app import create_service_app, readiness_checks
+from shared.service_app import create_service_app, include_routes, readiness_checks
 
 
 def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
@@ -40,7 +40,7 @@ def create_app(settings: ReplicatorSettings | None = None) -> FastAPI:
         description="Copies access events from the primary to the replica in commit order.",
     )
 
-    app.include_router(tuning_router)
+    include_routes(app, tuning_router)
 
     @app.get("/status", tags=["status"], response_model=ReplicatorStatus)
     async def status(service: Replicator) -> ReplicatorStatus:

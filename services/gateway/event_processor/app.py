@@ -18,7 +18,7 @@ from services.gateway.event_processor.deps import Processor
 from services.gateway.event_processor.service import ProcessorStatus, running_processor
 from services.gateway.event_processor.settings import EventProcessorSettings, get_settings
 from shared.breaker import get_breaker_registry
-from shared.service_app import create_service_app, readiness_checks
+from shared.service_app import create_service_app, include_routes, readiness_checks
 
 
 def create_app(settings: EventProcessorSettings | None = None) -> FastAPI:
@@ -41,7 +41,7 @@ def create_app(settings: EventProcessorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Consumes access events from Kafka and stores each exactly once in PostgreSQL.",
     )
-    app.include_router(processor_tuning.router)
+    include_routes(app, processor_tuning.router)
 
     @app.get("/status", tags=["status"], response_model=ProcessorStatus)
     async def status(processor: Processor) -> ProcessorStatus:

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.analytics.app import create_app
+from services.analytics.responses import PerformanceHistory
 from services.analytics.settings import AnalyticsSettings
 from tests.integration.performance.receivers import SlackReceiver
 
@@ -128,6 +129,7 @@ async def test_background_snapshots_are_exported_as_json_and_csv(client: httpx.A
     await client.post("/api/v1/performance/ui", json={"callback": "export_probe", "duration_s": 0.5})
     await asyncio.sleep(0.5)
     history = (await client.get("/api/v1/performance/history")).json()
+    PerformanceHistory.model_validate(history)  # the shape the OpenAPI document declares
     assert history["snapshot_interval_s"] == 0.1
     assert history["history_size"] == 50
     assert len(history["history"]) >= 2

@@ -35,11 +35,8 @@ BUILDERS: dict[str, Callable[[], FastAPI]] = {
     "replicator": lambda: replicator_app(ReplicatorSettings(TRACING_ENABLED=False)),
 }
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-# Answers that are not JSON documents of their own: the proxy passes the upstream's answer
-# through, and the history export is CSV or JSON by query.
-PASS_THROUGH = re.compile(
-    r"^(/api/v1/(analytics|performance|optimizer|uploads|cache)/\{path\}|/api/v1/performance/history)$"
-)
+# Answers that are not JSON documents of their own: the proxy passes the upstream's answer through.
+PASS_THROUGH = re.compile(r"^/api/v1/(analytics|performance|optimizer|uploads|cache)/\{path\}$")
 
 
 @functools.cache
