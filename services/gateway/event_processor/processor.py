@@ -9,10 +9,12 @@ processor pauses its partitions, keeps the batch in hand, retries with backoff a
 nothing; it resumes by itself.
 
 The batch is pipelined: while batch n is being stored (PostgreSQL's work, in its own process),
-batch n+1 is fetched, decoded and validated here. Batches are still stored, dead-lettered and
-committed one after the other, in order, and each batch's offsets only after it is stored. A
-message is decoded by orjson and validated by the fast path (`shared.event_fastpath`), which
-hands anything it is not sure of to `AccessEvent`, so a refusal carries the model's reason.
+batch n+1 is fetched, decoded and validated here; batch n+1's store starts as soon as batch n's
+ends, before batch n's dead letters and offset commit. Batches are still stored one after the
+other, and committed in order, each batch's offsets only after it is stored and its dead letters
+acknowledged. A message is decoded by msgspec and validated by the fast path
+(`shared.event_fastpath`), which hands anything it is not sure of to orjson and `AccessEvent`,
+so a refusal carries the model's reason.
 """
 
 from __future__ import annotations
