@@ -10,9 +10,15 @@ the reason the dead-letter topic records. So the fast path and the model never d
 verdict; `tests/unit/shared/test_event_fastpath.py` proves with generated messages that every
 row it builds is the row `AccessEvent` gives.
 
-Hand-written because no validation library reads these rules (case-insensitive enum words,
-true/false words, a moving time window, the storable-text rule) from the vocabulary; a second
-schema in msgspec would be a second copy of them.
+The processor reads the bytes with msgspec (:func:`decode_fast`): straight into the fields of
+that shape, JSON types checked on the way, no dict; anything else (an extra field, a wrong JSON
+type, broken JSON) it hands to orjson and :func:`fast_record`, and on to the model. The tests
+prove on generated hostile bytes that this path too stores exactly the model's row.
+
+The checks are hand-written because no validation library reads these rules (case-insensitive
+enum words, true/false words, a moving time window, the storable-text rule) from the
+vocabulary; msgspec constraints would be a second copy of them, and its pattern checks cost
+more than these (measured: 1.8 µs per event for the five text fields).
 """
 
 from __future__ import annotations
