@@ -19,6 +19,15 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MigrationTarget = Literal["primary", "replica"]
 _LOCK_KEY = 0x5E17_1E1  # any constant shared by every starter
 
+# A new connection's budget covers resolving the server's name, and the system resolver sends a
+# lost query again only after its `timeout` (resolv.conf; 5 s by default). With a budget of
+# 5 s, one lost UDP datagram is a failed connection; on a container network whose DNS server
+# drops queries while it reloads (podman's aardvark-dns does whenever a container starts or
+# stops) that made a request opening a new connection fail after exactly 5 s. 12 s outlasts
+# two lost queries and stays well inside what the gateway allows analytics' reads (30 s) and
+# uploads (5 min).
+CONNECT_TIMEOUT_S = 12.0
+
 
 async def create_pool(
     dsn: str,
@@ -26,15 +35,17 @@ async def create_pool(
     min_size: int = 1,
     max_size: int = 10,
     command_timeout: float = 10.0,
-    connect_timeout: float = 5.0,
+    connect_timeout: float | None = None,
 ) -> asyncpg.Pool:
-    """A pool whose every query has a timeout, so a hung server never hangs a request."""
+    """A pool whose every query has a timeout, so a hung server never hangs a request.
+    `connect_timeout` bounds each new connection, name resolution included (default
+    `CONNECT_TIMEOUT_S`)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
-        timeout=connect_timeout,
+        timeout=CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout,
         max_inactive_connection_lifetime=300,
     )
     assert pool is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it

@@ -23,7 +23,6 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,6 +30,7 @@ from shared.admin import AdminFirstMiddleware
 from shared.breaker.routes import router as breakers_router
 from shared.errors import ErrorEnvelopeMiddleware, install_error_handlers
 from shared.event_vocabulary import get_event_limits
+from shared.http_metrics import RouteTemplateMetricsMiddleware
 from shared.openapi import fleet_openapi, install_offline_docs
 from shared.performance.asgi import OperationTimingMiddleware
 from shared.performance.service import monitoring_lifespan
@@ -183,11 +183,14 @@ def create_service_app(
     # nothing for a second app registering the same names in one process (tests build many).
     # /metrics serves that registry plus the process-wide one (breakers, caches, processor...).
     http_registry = CollectorRegistry(auto_describe=True)
-    Instrumentator(
+    app.add_middleware(
+        RouteTemplateMetricsMiddleware,
         should_group_status_codes=False,
         excluded_handlers=["/metrics", "/health", "/ready"],
         registry=http_registry,
-    ).instrument(app, metric_namespace="", metric_subsystem="")
+        metric_namespace="",
+        metric_subsystem="",
+    )
     app.state.http_metrics_registry = http_registry
     app.add_middleware(RequestIdMiddleware)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -169,6 +170,21 @@ def _install_dependency_error_handlers(app: FastAPI) -> None:
             details={"sqlstate": getattr(exc, "sqlstate", None)},
         )
 
+    @app.exception_handler(TimeoutError)
+    async def _database_timeout(_: Request, exc: TimeoutError) -> JSONResponse:
+        # asyncpg's only error for a connection not made within its budget, or a query past
+        # DATABASE_TIMEOUT: the database did not answer in time, the request was fine.
+        log.error("database timeout: %r", exc)
+        return error_response(
+            503,
+            "the database did not answer in time and nothing is cached to serve",
+            code="dependency_unavailable",
+            headers={"Retry-After": "5"},
+            details={"dependency": "database"},
+        )
+
+    # A name that does not resolve (socket.gaierror) is an OSError, not a ConnectionError.
+    @app.exception_handler(socket.gaierror)
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(ConnectionError)

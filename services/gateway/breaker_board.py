@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
+import aiohttp
+from pydantic import TypeAdapter, ValidationError
 
+from services.gateway.http_client import UpstreamStatusError, get_json
 from services.gateway.settings import GatewaySettings
-from shared.breaker import BreakerRegistry
+from shared.breaker import BreakerRegistry, BreakerSnapshot
 
 
 def upstream_services(settings: GatewaySettings) -> dict[str, str]:
@@ -28,19 +30,30 @@ def upstream_services(settings: GatewaySettings) -> dict[str, str]:
     return services
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, timeout_s: float) -> dict[str, Any]:
+_SNAPSHOTS = TypeAdapter(dict[str, BreakerSnapshot])
+
+
+async def _fetch(client: aiohttp.ClientSession, url: str, timeout_s: float) -> dict[str, Any]:
+    """The service's breakers, each checked against the board's shape: an answer that is not
+    one (a wrong or hostile upstream) is reported like a silent service, never passed on."""
     try:
-        response = await client.get(url.rstrip("/") + "/breakers", timeout=timeout_s)
-        body = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        body = None
-    if not isinstance(body, dict):
-        return {"unreachable": True}
-    return body
+        body = await get_json(client, url.rstrip("/") + "/breakers", timeout_s)
+    except TimeoutError:
+        return {"unreachable": True, "reason": f"no answer within {timeout_s:g} s"}
+    except UpstreamStatusError as exc:
+        return {"unreachable": True, "reason": f"answered {exc}"}
+    except (aiohttp.ClientError, OSError) as exc:
+        return {"unreachable": True, "reason": f"connection failed ({type(exc).__name__})"}
+    except ValueError:
+        return {"unreachable": True, "reason": "the answer is not JSON"}
+    try:
+        return {name: s.model_dump() for name, s in _SNAPSHOTS.validate_python(body).items()}
+    except ValidationError:
+        return {"unreachable": True, "reason": "the answer is not a list of breakers"}
 
 
 async def breaker_board(
-    registry: BreakerRegistry, client: httpx.AsyncClient, services: dict[str, str], timeout_s: float
+    registry: BreakerRegistry, client: aiohttp.ClientSession, services: dict[str, str], timeout_s: float
 ) -> dict[str, Any]:
     names = list(services)
     answers = await asyncio.gather(*(_fetch(client, services[n], timeout_s) for n in names))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
@@ -71,7 +71,7 @@ async def performance_data(request: Request) -> dict[str, Any]:
     replication, optimizer settings, recent alerts and the fleet's slowest operations; a section
     whose source is down carries `ok: false` and the reason."""
     app = request.app
-    http: httpx.AsyncClient | None = getattr(app.state, "http", None)
+    http: aiohttp.ClientSession | None = getattr(app.state, "http", None)
     if http is None:
         raise ApiError(503, "the gateway is starting", headers={"Retry-After": "1"})
     settings = app.state.settings

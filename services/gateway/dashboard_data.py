@@ -17,11 +17,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from yarl import URL
 
+from services.gateway.http_client import UpstreamStatusError, get_body, get_json
 from shared.settings import FleetSettings
 
 SECTION_TIMEOUT_S = 2.0
@@ -142,9 +144,9 @@ async def _section(fetch: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
         data = await asyncio.wait_for(fetch(), SECTION_TIMEOUT_S)
     except TimeoutError:
         result: dict[str, Any] = {"ok": False, "error": f"no answer within {SECTION_TIMEOUT_S:g}s"}
-    except httpx.HTTPStatusError as exc:
-        result = {"ok": False, "error": f"HTTP {exc.response.status_code} from {exc.request.url.path}"}
-    except (httpx.HTTPError, OSError) as exc:
+    except UpstreamStatusError as exc:
+        result = {"ok": False, "error": f"HTTP {exc.status_code} from {exc.path}"}
+    except (aiohttp.ClientError, OSError) as exc:
         result = {"ok": False, "error": f"unreachable: {type(exc).__name__}"}
     except (ValueError, KeyError) as exc:
         result = {"ok": False, "error": f"unexpected answer: {exc}"}
@@ -160,7 +162,7 @@ class DashboardSources:
     def __init__(
         self,
         settings: FleetSettings,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         breakers: Callable[[], dict[str, Any]],
         http_registry: CollectorRegistry | None,
         processor_in_process: bool,
@@ -174,26 +176,24 @@ class DashboardSources:
         self.state = state
 
     async def _get_json(self, url: str) -> Any:
-        response = await self.http.get(url, timeout=SECTION_TIMEOUT_S)
-        response.raise_for_status()
-        return response.json()
+        return await get_json(self.http, url, SECTION_TIMEOUT_S)
 
     async def _get_metrics(self, base_url: str) -> Samples:
-        response = await self.http.get(base_url.rstrip("/") + "/metrics", timeout=SECTION_TIMEOUT_S)
-        response.raise_for_status()
-        return parse_metrics(response.text)
+        body = await get_body(self.http, base_url.rstrip("/") + "/metrics", SECTION_TIMEOUT_S)
+        return parse_metrics(body.decode("utf-8", "replace"))
 
     async def _processor_replicas(self) -> dict[str, Samples]:
         """The /metrics of every replica behind EVENT_PROCESSOR_URL (a DNS name of a scaled
         service resolves to all of them); replicas that do not answer are left out."""
-        url = httpx.URL(self.settings.event_processor_url)
+        url = URL(self.settings.event_processor_url)
+        host = url.host or ""
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
             infos = []
-        hosts = sorted({str(info[4][0]) for info in infos}) or [url.host]
-        bases = {h: str(url.copy_with(host=h, path="/")).rstrip("/") for h in hosts}
+        hosts = sorted({str(info[4][0]) for info in infos}) or [host]
+        bases = {h: str(url.with_host(h).with_path("/")).rstrip("/") for h in hosts}
         scraped = await asyncio.gather(
             *(self._get_metrics(b) for b in bases.values()), return_exceptions=True
         )

@@ -66,6 +66,8 @@ _ENCODED_SEPARATORS = re.compile(rb"%(2e|2f|5c|00)", re.IGNORECASE)
 # RFC 3986 `pchar` minus `%` plus `/`: left as is by httpx's URL parser and by yarl's requoter,
 # so the bytes the proxy builds are the bytes the upstream receives.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
+# A path made only of characters `quote(..., safe=_PATH_SAFE)` leaves alone.
+_PLAIN_PATH = re.compile(rb"/[A-Za-z0-9/:@!$&'()*+,;=\-._~]*")
 
 
 def normalise_path(raw_path: bytes) -> NormalisedPath:
@@ -75,6 +77,18 @@ def normalise_path(raw_path: bytes) -> NormalisedPath:
     slashes, backslashes and NUL, backslashes, control characters, invalid percent-encoding and
     paths that are not UTF-8. Everything else is re-encoded canonically.
     """
+    if _PLAIN_PATH.fullmatch(raw_path):
+        # The common case, decided without decoding: nothing percent-encoded, nothing `quote`
+        # would change, so the path is its own canonical form; only dot segments remain to check.
+        decoded = raw_path.decode("ascii")
+        if "/." in decoded and any(segment in {".", ".."} for segment in decoded.split("/")):
+            raise UnsafePath("a '.' or '..' segment in the path")
+        return NormalisedPath(decoded=decoded, encoded=decoded)
+    return normalise_any_path(raw_path)
+
+
+def normalise_any_path(raw_path: bytes) -> NormalisedPath:
+    """:func:`normalise_path` without its shortcut for plain paths (which must agree with it)."""
     if b"\\" in raw_path:
         raise UnsafePath("a backslash in the path")
     if _ENCODED_SEPARATORS.search(raw_path):

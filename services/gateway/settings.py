@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -70,13 +69,7 @@ class GatewaySettings(EventProcessorSettings):
     # Proxy.
     routes_config: Path = Field(CONFIG_DIR / "routes.yaml", validation_alias="GATEWAY_ROUTES_CONFIG")
     proxy_timeout_s: float = Field(10.0, gt=0, validation_alias="PROXY_TIMEOUT")
-    proxy_http_transport: Literal["aiohttp", "httpcore"] = Field(
-        "aiohttp",
-        validation_alias="PROXY_HTTP_TRANSPORT",
-        description="connection pool under the shared httpx client",
-    )
     proxy_max_connections: int = Field(200, ge=1, validation_alias="PROXY_MAX_CONNECTIONS")
-    proxy_max_keepalive: int = Field(100, ge=0, validation_alias="PROXY_MAX_KEEPALIVE")
     proxy_stale_entries: int = Field(1024, ge=0, validation_alias="PROXY_STALE_ENTRIES")
     proxy_stale_max_bytes: int = Field(64 * 1024 * 1024, ge=0, validation_alias="PROXY_STALE_MAX_BYTES")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import aiohttp
 import asyncpg
 import httpx
 import redis.exceptions
@@ -54,6 +55,8 @@ TIMEOUTS: tuple[type[BaseException], ...] = (
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     httpx.TransportError,
+    aiohttp.ClientConnectionError,  # refused, reset, closed before answering
+    aiohttp.ClientPayloadError,  # an answer that broke off
     redis.exceptions.ConnectionError,
     KafkaConnectionError,
     asyncpg.InterfaceError,
@@ -108,11 +111,13 @@ class Classifier:
 
     def result(self, value: object) -> Verdict:
         """A returned HTTP response with a 5xx status is a failure even though nothing raised."""
-        if (
-            isinstance(value, httpx.Response)
-            and is_server_fault(value.status_code)
-            and self.config.record_server_errors
-        ):
+        if isinstance(value, httpx.Response):
+            status = value.status_code
+        elif isinstance(value, aiohttp.ClientResponse):
+            status = value.status
+        else:
+            return "success"
+        if is_server_fault(status) and self.config.record_server_errors:
             return "failure"
         return "success"
 

@@ -39,6 +39,7 @@ class BreakerSnapshot(BaseModel):
 
 class Unreachable(BaseModel):
     unreachable: Literal[True]
+    reason: str | None = Field(None, description="no answer in time, an error status, an unreadable answer")
 
 
 class BreakerBoard(BaseModel):

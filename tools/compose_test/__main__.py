@@ -22,11 +22,13 @@ import csv
 import io
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,8 +69,10 @@ class Timings:
         print(f"-> {name}", flush=True)
         try:
             yield notes
-        except BaseException:
-            self.record(name, began, "FAILED " + "; ".join(notes))
+        except BaseException as exc:
+            # The note is the failure's first line; main() prints the whole of it.
+            first = describe(exc).splitlines()[0]
+            self.record(name, began, "; ".join(["FAILED: " + first[:300], *notes]))
             raise
         self.record(name, began, "; ".join(notes))
 
@@ -83,6 +87,13 @@ class Timings:
         for name, elapsed, note in self.steps:
             print(f"  {elapsed:7.1f} s  {name}{'  (' + note + ')' if note else ''}")
         print(f"  {total:7.1f} s  total")
+
+
+def describe(exc: BaseException) -> str:
+    """The exception's type and message; its repr when the message is empty (httpx's timeouts
+    and several aiohttp errors have an empty str())."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text if text.strip() else repr(exc)}"
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, interval_s: float = 1.0) -> T:
@@ -111,6 +122,9 @@ class Podman:
             ["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: a signal to the run's process group (a CI job cancelled) must
+            # leave the API up for the clean-up's `compose down`; __exit__ stops it after that.
+            start_new_session=True,
         )
         wait_for("podman API socket", lambda: self.socket.exists(), timeout_s=30, interval_s=0.2)
         return self
@@ -154,7 +168,11 @@ class Project:
             check=False,
         )
         if check and result.returncode != 0:
-            raise StepFailed(f"docker-compose {' '.join(args)}: {result.returncode}\n{result.stderr[-4000:]}")
+            lines = result.stderr.strip().splitlines() or [""]
+            raise StepFailed(
+                f"docker-compose {' '.join(args)}: exit {result.returncode}: {lines[-1]}\n"
+                + "\n".join(lines[-40:])
+            )
         return result.stdout
 
     def containers(self) -> list[str]:
@@ -199,6 +217,23 @@ class Project:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=60)
+
+    def dump_logs(self, services: tuple[str, ...], lines: int = 80) -> None:
+        """The last lines of each service's containers, on stderr: what a failed step needs."""
+        names = subprocess.run(
+            ["podman", "ps", "-a", "--filter", f"label=com.docker.compose.project={self.name}",
+             "--format", "{{.Names}}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout.split()  # fmt: skip
+        for name in names:
+            if not any(name == f"{self.name}-{s}-1" for s in services):
+                continue
+            logs = subprocess.run(
+                ["podman", "logs", "--tail", str(lines), name],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            print(f"\n--- last {lines} log lines of {name} ---", file=sys.stderr)
+            print(logs.stdout + logs.stderr, file=sys.stderr, flush=True)
 
     def remove_everything(self) -> list[str]:
         """Containers, networks and volumes labelled with the project, whatever state they are in."""
@@ -343,7 +378,17 @@ def run(timings: Timings, workdir: Path) -> None:
         try:
             with project:
                 exercise(timings, project, http, gateway, key, prometheus_port)
+        except BaseException:
+            # Before clean-up removes them: the containers' own account of the failure.
+            with contextlib.suppress(Exception):
+                project.dump_logs(("gateway", "analytics"))
+            raise
         finally:
+            # The clean-up is bounded by its own commands' timeouts; a second signal or the
+            # bound must not cut it short.
+            signal.alarm(0)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
             with timings.step(
                 "clean up: compose down -v, then anything left with the project's label"
             ) as notes:
@@ -490,26 +535,40 @@ def exercise(
         )
 
 
+class Stopped(BaseException):
+    """The run's bound passed, or a signal asked it to stop: clean up, then fail."""
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    if signum == signal.SIGALRM:
+        raise Stopped("its time bound passed")
+    raise Stopped(f"{signal.Signals(signum).name} received")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.compose_test", description=__doc__.split("\n")[0])
-    parser.add_argument("--timeout", type=float, default=1500, help="bound on the whole run in seconds")
+    parser.add_argument("--timeout", type=int, default=1500, help="bound on the whole run in seconds")
     args = parser.parse_args(argv)
     timings = Timings()
-    # The bound: a timer that interrupts the main thread; cleanup still runs in `finally`.
-    timer = threading.Timer(args.timeout, lambda: os.kill(os.getpid(), 2))
-    timer.daemon = True
-    timer.start()
+    # The bound and a CI job's SIGTERM both end the run through `Stopped`, so the clean-up in
+    # `run`'s `finally` still removes every container, network and volume of the project.
+    for signum in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _stop_on)
+    signal.alarm(args.timeout)
     status = 1
     try:
         with tempfile.TemporaryDirectory(prefix="sentinel-compose-test-") as tmp:
             run(timings, Path(tmp))
         status = 0
-    except KeyboardInterrupt:
-        print(f"compose test: stopped after its bound of {args.timeout:.0f} s", file=sys.stderr)
-    except (StepFailed, RuntimeError) as exc:
-        print(f"compose test FAILED: {exc}", file=sys.stderr)
+    except Stopped as exc:
+        print(f"compose test STOPPED: {exc} (bound {args.timeout} s)", file=sys.stderr)
+    except Exception as exc:
+        # Every failure with its type: an httpx timeout's str() is empty.
+        print(f"compose test FAILED: {describe(exc)}", file=sys.stderr)
+        if not isinstance(exc, StepFailed):
+            traceback.print_exc()
     finally:
-        timer.cancel()
+        signal.alarm(0)
         timings.report()
     return status
 

@@ -191,13 +191,26 @@ def build_requirements() -> list[str]:
     return [f"uv=={uv_version}", *project["build-system"]["requires"]]
 
 
+def _image_id(name: str) -> str | None:
+    result = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
 def fleet_image(base: str, tag: str) -> str:
-    """deploy/Dockerfile on `base`, with no network: everything comes from the wheelhouse."""
+    """deploy/Dockerfile on `base`, with no network: everything comes from the wheelhouse. The
+    image the tag named before, when the code changed, is removed (every run would otherwise
+    leave one behind); it stays if a container still uses it."""
+    previous = _image_id(tag)
     run(
         "podman", "build", "--format", "docker", "--network", "none", "--quiet",
         "--build-arg", f"BASE_IMAGE={base}", "-f", "deploy/Dockerfile", "-t", tag, ".",
         timeout_s=1200,
     )  # fmt: skip
+    if previous and previous != _image_id(tag):
+        subprocess.run(["podman", "rmi", previous], capture_output=True, timeout=120, check=False)
     return tag
 
 

@@ -220,6 +220,7 @@ def _processor(tuning: AnalyticsTuning, workers: WorkerPool) -> AsyncFileProcess
         413: {"description": "file larger than UPLOAD_MAX_BYTES"},
         415: {"description": "not a CSV"},
         422: {"description": "empty file or missing required columns"},
+        503: {"description": "the database or the upload spool cannot be used now; retry after Retry-After"},
         507: {"description": "the upload spool (UPLOAD_SPOOL_DIR) is full; retry later"},
     },
 )

@@ -147,6 +147,12 @@ async def _put(
     try:
         while not put.done():
             if not alive:
+                # All of them failed before this chunk: the first one's error is the answer
+                # (a database that cannot be reached is a 503, not an internal error).
+                for task in writers:
+                    error = None if task.cancelled() else task.exception()
+                    if error is not None:
+                        raise error
                 raise RuntimeError("every database writer of the upload has stopped")
             done, _ = await asyncio.wait([put, *alive], return_when=asyncio.FIRST_COMPLETED)
             for task in done - {put}:

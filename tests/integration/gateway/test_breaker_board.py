@@ -94,10 +94,69 @@ async def test_board_lists_breakers_in_use_and_each_service_or_unreachable(tmp_p
     assert services["analytics"]["database"]["state"] == "open"
     assert services["analytics"]["database"]["open"] == 1
     assert all(key in services["analytics"]["database"] for key in SHAPE)
-    assert services["optimizer"] == {"unreachable": True}
-    assert services["replicator"] == {"unreachable": True}
-    assert services["event_processor"] == {"unreachable": True}
+    assert services["optimizer"] == {"unreachable": True, "reason": "no answer within 0.5 s"}
+    for absent in ("replicator", "event_processor"):
+        assert services[absent]["unreachable"] is True
+        assert services[absent]["reason"].startswith("connection failed")
     assert took < 2.0, took
+
+
+@contextlib.asynccontextmanager
+async def wrong_shape_server(body: bytes) -> AsyncIterator[str]:
+    """Answers every request 200 with `body`: a service of another version, or a hostile one."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"db": {"state": "sideways"}}', "not a list of breakers"),
+        (b'{"db": 1}', "not a list of breakers"),
+        (b"[1, 2]", "not a list of breakers"),
+        (b"\xff\xfe{", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not"),
+    ],
+)
+async def test_an_upstream_answer_of_the_wrong_shape_is_reported_never_a_500(
+    tmp_path: Path, body: bytes, reason: str
+) -> None:
+    async with wrong_shape_server(body) as odd:
+        settings = GatewaySettings(
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+            GATEWAY_RUN_EVENT_PROCESSOR=False,
+            TRACING_ENABLED=False,
+            ANALYTICS_URL=odd,
+            OPTIMIZER_URL=odd,
+            REPLICATOR_URL=odd,
+            EVENT_PROCESSOR_URL=odd,
+            BREAKER_BOARD_TIMEOUT_S=2,
+            CIRCUIT_BREAKER_CONFIG=write_breakers(tmp_path, analytics={}, kafka={}),
+            GATEWAY_ROUTES_CONFIG=write_routes(tmp_path, "analytics_url"),
+        )
+        async with (
+            serving(create_app(settings)) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=10) as client,
+        ):
+            answer = await client.get("/breaker")
+    assert answer.status_code == 200, answer.text
+    for service in answer.json()["services"].values():
+        assert service["unreachable"] is True
+        assert reason in service["reason"]
 
 
 async def _fail() -> None:

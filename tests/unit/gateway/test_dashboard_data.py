@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
+import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
@@ -62,7 +62,7 @@ def test_a_down_source_fails_only_its_own_section() -> None:
     )
 
     async def main() -> dict[str, object]:
-        async with httpx.AsyncClient() as http:
+        async with aiohttp.ClientSession() as http:
             sources = DashboardSources(
                 settings,
                 http,

@@ -7,8 +7,18 @@ from pathlib import Path
 import httpx
 import pytest
 import yarl
+from hypothesis import given
+from hypothesis import strategies as st
 
-from services.gateway.routes_table import RouteConfigError, UnsafePath, load_routes, match, normalise_path
+from services.gateway.routes_table import (
+    NormalisedPath,
+    RouteConfigError,
+    UnsafePath,
+    load_routes,
+    match,
+    normalise_any_path,
+    normalise_path,
+)
 from services.gateway.settings import GatewaySettings
 from shared.settings import REPO_ROOT
 
@@ -134,3 +144,47 @@ def test_neither_http_client_changes_the_canonical_path(raw: bytes) -> None:
     url = httpx.URL("http://upstream:8001" + encoded + "?q=1")
     assert url.raw_path.decode().partition("?")[0] == encoded
     assert yarl.URL(str(url)).raw_path == encoded
+
+
+def _outcome(normalise: object, raw: bytes) -> NormalisedPath | str:
+    try:
+        return normalise(raw)  # type: ignore[operator,no-any-return]
+    except UnsafePath:
+        return "refused"
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "/",
+                ".",
+                "..",
+                "a",
+                "Z",
+                "9",
+                "~",
+                "-",
+                "_",
+                ":",
+                "@",
+                "%",
+                "%2e",
+                "%41",
+                "\\",
+                "é",
+                " ",
+                "?",
+                "!",
+                "'",
+                "=",
+                "%c3%a9",
+                "\x00",
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_the_shortcut_for_plain_paths_agrees_with_the_general_normalisation(parts: list[str]) -> None:
+    raw = ("/" + "".join(parts)).encode("utf-8")
+    assert _outcome(normalise_path, raw) == _outcome(normalise_any_path, raw)
