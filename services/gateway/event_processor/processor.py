@@ -9,10 +9,12 @@ processor pauses its partitions, keeps the batch in hand, retries with backoff a
 nothing; it resumes by itself.
 
 The batch is pipelined: while batch n is being stored (PostgreSQL's work, in its own process),
-batch n+1 is fetched, decoded and validated here. Batches are still stored, dead-lettered and
-committed one after the other, in order, and each batch's offsets only after it is stored. A
-message is decoded by orjson and validated by the fast path (`shared.event_fastpath`), which
-hands anything it is not sure of to `AccessEvent`, so a refusal carries the model's reason.
+batch n+1 is fetched, decoded and validated here; batch n+1's store starts as soon as batch n's
+ends, before batch n's dead letters and offset commit. Batches are still stored one after the
+other, and committed in order, each batch's offsets only after it is stored and its dead letters
+acknowledged. A message is decoded by msgspec and validated by the fast path
+(`shared.event_fastpath`), which hands anything it is not sure of to orjson and `AccessEvent`,
+so a refusal carries the model's reason.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from services.gateway.event_processor.observe import (
 )
 from services.gateway.event_processor.sink import EventSink, StoreOutcome, is_database_down
 from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
-from shared.event_fastpath import EventRow, record_of
-from shared.events import EventParseError, decode_event_bytes
+from shared.event_fastpath import EventRow, decode_fast, fast_row, parse_message_general
+from shared.event_vocabulary import time_window
 from shared.performance import get_performance_monitor
 from shared.performance.operation import OpenOperation, open_operation, operation
 
@@ -77,6 +79,13 @@ class ProcessorStats:
     commit_s: float = 0.0
 
 
+# A batch gathered while the database is idle is stored once it has waited this long (or is full,
+# or `flush_interval_ms` is up): long enough that a trickle of events does not become one
+# transaction per fetch, short against the latency budget.
+_EARLY_FLUSH_S = 0.005
+# While the previous batch is being stored, how often gathering looks whether it is done.
+_STORE_POLL_S = 0.005
+
 # Records decoded or validated between two hand-backs of the event loop (about 2-5 ms of CPU).
 _YIELD_EVERY = 500
 
@@ -98,13 +107,6 @@ class InFlight:
     batch: Batch
     storing: asyncio.Task[StoreOutcome]
     span: OpenOperation
-
-
-def _unexpected(exc: Exception) -> tuple[str, str]:
-    # Nothing a message holds may escape the parse: an exception would make the supervisor
-    # re-read the same batch for ever.
-    log.exception("unexpected error parsing a message; dead-lettering it")
-    return "invalid_event", f"{type(exc).__name__}: {exc}"
 
 
 class EventProcessor:
@@ -142,18 +144,25 @@ class EventProcessor:
         inflight: InFlight | None = None
         try:
             while not self.stopping:
-                records = await self._next_batch()
+                records = await self._next_batch(inflight.storing if inflight is not None else None)
                 batch = await self.prepare(records) if records else None
-                if inflight is not None:
-                    done = await self._finish(inflight)
-                    inflight = None
-                    if not done:
-                        return
-                if batch is not None:
-                    inflight = self._begin(batch)
+                if inflight is None:
+                    if batch is not None:
+                        inflight = self._begin(batch)
+                    continue
+                outcome = await self._stored(inflight)
+                if outcome is None:
+                    return
+                # The next batch's store starts now, before this one's dead letters, metrics and
+                # offset commit: the database never waits for the broker's round trips. Offsets
+                # are still committed in order, each batch's after its own store.
+                settling, inflight = inflight, (self._begin(batch) if batch is not None else None)
+                await self._settle(settling, outcome)
             if inflight is not None:
-                await self._finish(inflight)
-                inflight = None
+                outcome = await self._stored(inflight)
+                if outcome is not None:
+                    settling, inflight = inflight, None
+                    await self._settle(settling, outcome)
         finally:
             if inflight is not None:
                 # Leaving on an error: the batch is not committed, its next owner re-reads it.
@@ -163,16 +172,30 @@ class EventProcessor:
                         await inflight.storing
                 inflight.span.end()
 
-    async def _next_batch(self) -> list[Record]:
-        """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one arrived."""
+    async def _next_batch(self, storing: asyncio.Task[StoreOutcome] | None = None) -> list[Record]:
+        """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one
+        arrived, and no longer than the previous batch's store (`storing`) takes once at least
+        `_EARLY_FLUSH_S` has passed: a batch waiting for a database with nothing to do only
+        adds latency, while one gathered during a store costs no time at all."""
         size = max(1, self.tuning.batch_size)
         interval = self.tuning.flush_interval_ms / 1000
         records: list[Record] = []
-        deadline: float | None = None
+        first: float | None = None
         while len(records) < size and not self.stopping:
-            wait = interval if deadline is None else deadline - time.monotonic()
-            if deadline is not None and wait <= 0:
-                break
+            if first is None:
+                wait = interval
+            else:
+                now = time.monotonic()
+                wait = first + interval - now
+                if wait <= 0:
+                    break
+                if storing is None or storing.done():
+                    if now - first >= _EARLY_FLUSH_S:
+                        break
+                    wait = min(wait, first + _EARLY_FLUSH_S - now)
+                else:
+                    # Look at the store again soon: fetching returns at once only while records wait.
+                    wait = min(wait, _STORE_POLL_S)
             fetched = await self.consumer.getmany(
                 timeout_ms=max(0, int(wait * 1000)), max_records=size - len(records)
             )
@@ -180,40 +203,43 @@ class EventProcessor:
                 records.extend(partition_records)
             if not records:
                 return records
-            if deadline is None:
-                deadline = time.monotonic() + interval
+            if first is None:
+                first = time.monotonic()
         return records
 
     async def prepare(self, records: list[Record]) -> Batch:
         """Decode and validate `records`: CPU only, handing the event loop back every
         `_YIELD_EVERY` records so the COPY of the previous batch keeps streaming meanwhile
-        (asyncpg encodes and sends a COPY in chunks, each waiting for the socket to drain)."""
+        (asyncpg encodes and sends a COPY in chunks, each waiting for the socket to drain).
+
+        Each message is first decoded by msgspec straight into the fields of the well-behaved
+        shape and checked by the fast path; a message msgspec refuses, or the fast path is not
+        sure of, goes the general way (orjson, then the fast path on the dict, then the model),
+        whose verdict and reason are the model's."""
         batch = Batch(records, [], [], [])
         spent = self.stats.decode_s + self.stats.validate_s
-        decoded: list[tuple[Record, dict[str, object]]] = []
         limit = self.max_message_bytes
+        window = time_window()
         for start in range(0, len(records), _YIELD_EVERY):
+            chunk = records[start : start + _YIELD_EVERY]
             started = time.perf_counter()
-            for record in records[start : start + _YIELD_EVERY]:
+            messages = [decode_fast(record.value or b"", limit) for record in chunk]
+            decoded = time.perf_counter()
+            self.stats.decode_s += decoded - started
+            for record, message in zip(chunk, messages, strict=True):
                 try:
-                    decoded.append((record, decode_event_bytes(record.value or b"", max_bytes=limit)))
-                except EventParseError as exc:
-                    batch.dead.append((record, exc.reason, exc.message))
-                except Exception as exc:
-                    batch.dead.append((record, *_unexpected(exc)))
-            self.stats.decode_s += time.perf_counter() - started
-            await asyncio.sleep(0)
-        for start in range(0, len(decoded), _YIELD_EVERY):
-            started = time.perf_counter()
-            for record, data in decoded[start : start + _YIELD_EVERY]:
-                try:
-                    batch.rows.append(record_of(data))
-                    batch.sources.append(record)
-                except EventParseError as exc:
-                    batch.dead.append((record, exc.reason, exc.message))
-                except Exception as exc:
-                    batch.dead.append((record, *_unexpected(exc)))
-            self.stats.validate_s += time.perf_counter() - started
+                    row = fast_row(message, window) if message is not None else None
+                except Exception:  # a bug of the fast path must not decide: the general way does
+                    row = None
+                if row is None:
+                    verdict = parse_message_general(record.value or b"", limit)
+                    if len(verdict) == 2:  # (reason, message): a dead letter
+                        batch.dead.append((record, verdict[0], verdict[1]))
+                        continue
+                    row = verdict
+                batch.rows.append(row)
+                batch.sources.append(record)
+            self.stats.validate_s += time.perf_counter() - decoded
             await asyncio.sleep(0)
         get_performance_monitor().record(
             "processor.parse", self.stats.decode_s + self.stats.validate_s - spent
@@ -224,7 +250,16 @@ class EventProcessor:
         """Store, dead-letter, then commit `records` (no pipelining); returns events newly stored."""
         batch = await self.prepare(records)
         before = self.stats.stored
-        await self._finish(self._begin(batch))
+        inflight = self._begin(batch)
+        try:
+            outcome = await self._stored(inflight)
+        except BaseException:
+            inflight.span.end()
+            raise
+        if outcome is None:
+            inflight.span.end()
+        else:
+            await self._settle(inflight, outcome)
         return self.stats.stored - before
 
     def _begin(self, batch: Batch) -> InFlight:
@@ -248,29 +283,36 @@ class EventProcessor:
         metrics.STORE_SECONDS.observe(elapsed)
         return outcome
 
-    async def _finish(self, inflight: InFlight) -> bool:
-        """`_complete` under the batch's span, which ends with it."""
+    async def _stored(self, inflight: InFlight) -> StoreOutcome | None:
+        """Wait, under the batch's span, until the batch is stored, retrying while the database
+        is down; None when asked to stop meanwhile (nothing committed: the batch is redelivered).
+        The span stays open: `_settle` ends it."""
+        started = time.perf_counter()
         try:
             with inflight.span.inside():
-                return await self._complete(inflight.batch, inflight.storing)
+                try:
+                    outcome: StoreOutcome | None = await inflight.storing
+                except Exception as exc:
+                    if not is_database_down(exc):
+                        raise  # the sink hands back rows it cannot store; this is a bug
+                    outcome = await self._store_until_done(inflight.batch.rows, exc)
+        finally:
+            self.stats.store_wait_s += time.perf_counter() - started
+        if outcome is not None:
+            self.stats.last_error = None
+            self._resume()
+        return outcome
+
+    async def _settle(self, inflight: InFlight, outcome: StoreOutcome) -> None:
+        """After the batch is stored: dead-letter what must be, count, commit; under its span,
+        which ends with it."""
+        try:
+            with inflight.span.inside():
+                await self._complete(inflight.batch, outcome)
         finally:
             inflight.span.end()
 
-    async def _complete(self, batch: Batch, storing: asyncio.Task[StoreOutcome]) -> bool:
-        """Wait for `batch` to be stored, dead-letter what must be, commit; False when asked to
-        stop while the database is down (nothing committed: the batch is redelivered)."""
-        started = time.perf_counter()
-        try:
-            outcome: StoreOutcome | None = await storing
-        except Exception as exc:
-            if not is_database_down(exc):
-                raise  # the sink hands back rows it cannot store; this is a bug
-            outcome = await self._store_until_done(batch.rows, exc)
-        self.stats.store_wait_s += time.perf_counter() - started
-        if outcome is None:
-            return False
-        self.stats.last_error = None
-        self._resume()
+    async def _complete(self, batch: Batch, outcome: StoreOutcome) -> None:
         dead = batch.dead
         if outcome.refused:
             dead = [*dead, *((batch.sources[i], "rejected_by_database", why) for i, why in outcome.refused)]
@@ -280,11 +322,12 @@ class EventProcessor:
                 await self._dead_letter(dead)
             self.stats.dead_letter_s += time.perf_counter() - started
         refused = {i for i, _ in outcome.refused}
-        observe_latencies(
-            (row[1], received_at(record))
-            for i, (row, record) in enumerate(zip(batch.rows, batch.sources, strict=True))
-            if i not in refused
-        )
+        received = [received_at(record) for record in batch.sources]
+        if refused:
+            kept = [i for i in range(len(batch.rows)) if i not in refused]
+            observe_latencies([batch.rows[i][1] for i in kept], [received[i] for i in kept])
+        else:
+            observe_latencies([row[1] for row in batch.rows], received)
         stored = len(batch.rows) - len(refused)
         inserted = outcome.inserted
         metrics.EVENTS_PROCESSED.inc(inserted)
@@ -298,8 +341,12 @@ class EventProcessor:
         with operation("processor.commit"):
             await self._commit(batch.records)
         self.stats.commit_s += time.perf_counter() - started
-        self.lag.note_batch(batch.records)
-        return True
+        # The lag reads each partition's newest receive time, dead letters included.
+        if batch.dead:
+            received += [received_at(record) for record, _, _ in batch.dead]
+            self.lag.note_batch([*batch.sources, *(record for record, _, _ in batch.dead)], received)
+        else:
+            self.lag.note_batch(batch.sources, received)
 
     async def _store_until_done(self, rows: list[EventRow], failure: Exception) -> StoreOutcome | None:
         """Retry with backoff, partitions paused, while the database is down; None if stopping."""
@@ -348,11 +395,12 @@ class EventProcessor:
             metrics.PAUSED.set(0)
 
     async def _commit(self, records: list[Record]) -> None:
-        offsets: dict[TopicPartition, int] = {}
+        last: dict[tuple[str, int], int] = {}
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            if record.offset + 1 > offsets.get(tp, -1):
-                offsets[tp] = record.offset + 1
+            key = (record.topic, record.partition)
+            if record.offset >= last.get(key, -1):
+                last[key] = record.offset
+        offsets = {TopicPartition(topic, part): offset + 1 for (topic, part), offset in last.items()}
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from services.gateway.event_processor.observe import (
     MAX_LINKS,
     RECEIVED_AT_HEADER,
     batch_links,
+    observe_many,
     received_at,
     received_at_header,
 )
@@ -54,3 +56,20 @@ def test_links_follow_valid_trace_context_and_skip_junk(monkeypatch: pytest.Monk
     # Tracing off: nothing to link, no headers parsed.
     monkeypatch.setattr("services.gateway.event_processor.observe.tracing_active", lambda: False)
     assert batch_links(records) == []
+
+
+def test_observing_a_batch_at_once_exposes_what_observing_one_by_one_does() -> None:
+    one, many = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.005, 0.01, 0.5, 1, 60)
+    single = Histogram("latency_seconds", "x", buckets=buckets, registry=one)
+    batched = Histogram("latency_seconds", "x", buckets=buckets, registry=many)
+    values = [0.0, 0.005, 0.0050001, 0.01, 0.3, 0.5, 1.0, 59.9, 60.0, 61.0, 1e9, 0.004] * 3
+    for value in values:
+        single.observe(value)
+    observe_many(batched, values)
+    observe_many(batched, [])
+
+    def exposed(registry: CollectorRegistry) -> list[bytes]:
+        return [line for line in generate_latest(registry).splitlines() if b"_created" not in line]
+
+    assert exposed(one) == exposed(many)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.event_fastpath import fast_record, fast_wire, parse_message, record_of
+from shared.event_fastpath import decode_fast, fast_record, fast_row, fast_wire, parse_message, record_of
+from shared.event_vocabulary import time_window
 from shared.events import EventParseError, event_record, parse_event_bytes, validate_event
 from tests.hostile import hostile_messages
 
@@ -194,12 +195,20 @@ def test_the_bytes_verdict_is_the_one_of_parse_event_bytes(data: dict[str, Any])
     _compare_bytes(raw)
 
 
-def _compare_bytes(raw: bytes) -> None:
+def _compare_bytes(raw: bytes, max_bytes: int = MAX_BYTES) -> None:
+    """The msgspec path, when it takes a message, builds the row the model stores from the same
+    bytes; whichever path a message takes, the verdict is the model's."""
     try:
-        expected: Any = event_record(parse_event_bytes(raw, max_bytes=MAX_BYTES))
+        expected: Any = event_record(parse_event_bytes(raw, max_bytes=max_bytes))
     except EventParseError as exc:
         expected = (exc.reason, exc.message)
-    assert parse_message(raw, MAX_BYTES) == expected
+    message = decode_fast(raw, max_bytes)
+    if message is not None:
+        fast = fast_row(message, time_window())
+        if fast is not None:
+            assert len(expected) == 12, f"msgspec path accepted what the model refuses: {expected}"
+            _same_row(fast, expected)
+    assert parse_message(raw, max_bytes) == expected
 
 
 @pytest.mark.parametrize("message", hostile_messages(), ids=lambda m: m.name)
@@ -253,3 +262,147 @@ def test_what_producers_send_takes_the_fast_path(data: dict[str, Any]) -> None:
         assert wire is None  # extra fields: the model writes them
     else:
         assert wire == validate_event(data).to_wire()
+
+
+# Raw JSON values, written as bytes so they can be what no encoder writes: invalid UTF-8, NUL
+# and lone surrogates as escapes and raw, numbers beyond every range, deep nesting, literals
+# JSON has not got, odd spacing; next to the good values of each field.
+_GOOD_VALUES: dict[str, list[bytes]] = {
+    "event_id": [b'"e-1"', b'"\\u0065-2"'],
+    "timestamp": [
+        b'"2025-06-01T08:00:00Z"',
+        b'"2025-06-01T08:00:00.5+02:00"',
+        b'"2025-06-01T08:00:00"',
+        b"1748764800000",
+        b"1748764800000.5",
+        b'"1748764800000"',
+    ],
+    "person_id": [b'"p1"'],
+    "door_id": [b'"d1"'],
+    "access_result": [b'"Granted"', b'"denied"', b'" Timeout "'],
+    "badge_id": [b'"b1"', b"null", b'""'],
+    "badge_status": [b'"Valid"', b'"expired"', b"null", b'""'],
+    "door_held_open_time": [b"2.5", b"3", b"0", b"null", b"1e2", b"-0.0"],
+    "entry_without_badge": [b"true", b"false", b'"yes"', b'"0"', b"null"],
+    "device_status": [b'"normal"', b'""', b"null"],
+    "facility_id": [b'"hq"', b"null"],
+}
+_HOSTILE_VALUES = [
+    b'"a\\u0000b"',
+    b'"\\ud800"',
+    b'"\\udc00x"',
+    b'"\xff\xfe"',
+    b'"\xc3\x28"',
+    b'"\xed\xa0\x80"',
+    b'"a\x00b"',
+    b'"\xc3\xa9"',
+    b'"\\u00e9"',
+    b'"\\u2028"',
+    b"123456789012345678901234567890",
+    b"-123456789012345678901234567890",
+    b"18446744073709551616",
+    b"9223372036854775808",
+    b"1e400",
+    b"-1e400",
+    b"1e-400",
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"00",
+    b"01",
+    b"1.",
+    b".5",
+    b"+1",
+    b"0x10",
+    b"true",
+    b"True",
+    b"nul",
+    b"[]",
+    b"{}",
+    b'{"a": [1, {"b": null}]}',
+    b"[" * 600 + b"]" * 600,
+    b'{"a":' * 300 + b"1" + b"}" * 300,
+    b'"' + b"x" * 70_000 + b'"',
+    b'"' + b"x" * 201 + b'"',
+    b'"  "',
+    b'"\t"',
+    b"",
+]
+_KEYS = [
+    *(name.encode() for name in _GOOD_VALUES),
+    b"site",
+    b"extra",
+    b"_private",
+    b"model_config",
+    b"event_id\\u0000",
+    b"\\ud800",
+    b"\xff",
+    b"a\x00",
+]
+
+
+@st.composite
+def raw_messages(draw: st.DrawFn) -> bytes:
+    """A message as bytes: every field given a good raw value, then some made hostile, dropped,
+    repeated (the last of duplicate keys wins in both decoders, or the decoders disagree and the
+    test says so), or extra ones added; maybe wrapped in bytes that break the JSON."""
+    pairs = [(name.encode(), draw(st.sampled_from(values))) for name, values in _GOOD_VALUES.items()]
+    pairs = [pair for pair in pairs if pair[0].decode() in REQUIRED or draw(st.booleans())]
+    for _ in range(draw(st.integers(0, 3))):
+        index = draw(st.integers(0, len(pairs) - 1))
+        change = draw(st.integers(0, 3))
+        if change == 0:
+            pairs[index] = (pairs[index][0], draw(st.sampled_from(_HOSTILE_VALUES)))
+        elif change == 1:
+            pairs.pop(index)
+            if not pairs:
+                break
+        elif change == 2:
+            pairs.append(
+                (pairs[index][0], draw(st.sampled_from(_HOSTILE_VALUES + _GOOD_VALUES["person_id"])))
+            )
+        else:
+            pairs.append((draw(st.sampled_from(_KEYS)), draw(st.sampled_from([*_HOSTILE_VALUES, b"1"]))))
+    space = draw(st.sampled_from([b"", b" ", b"\n\t "]))
+    body = b"{" + b",".join(space + b'"' + key + b'":' + space + value for key, value in pairs) + b"}"
+    wrap = draw(
+        st.sampled_from(
+            [(b"", b""), (b"", b""), (b" ", b"\n"), (b"\xef\xbb\xbf", b""), (b"", b"x"), (b"[", b"]")]
+        )
+    )
+    return wrap[0] + body + wrap[1]
+
+
+REQUIRED = ("event_id", "timestamp", "person_id", "door_id", "access_result")
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw_messages())
+def test_the_msgspec_path_stores_exactly_what_the_model_stores_from_the_same_bytes(raw: bytes) -> None:
+    _compare_bytes(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw_messages(), st.integers(min_value=1, max_value=400))
+def test_the_size_limit_holds_on_the_msgspec_path(raw: bytes, max_bytes: int) -> None:
+    _compare_bytes(raw, max_bytes)
+
+
+def test_what_producers_send_takes_the_msgspec_path() -> None:
+    raw = orjson.dumps(
+        {
+            "event_id": "x1",
+            "timestamp": _now.isoformat(),
+            "person_id": "p1",
+            "door_id": "d1",
+            "badge_id": "b1",
+            "access_result": "Granted",
+            "badge_status": "Valid",
+            "facility_id": "f1",
+        }
+    )
+    message = decode_fast(raw, MAX_BYTES)
+    assert message is not None
+    fast = fast_row(message, time_window())
+    assert fast is not None
+    _same_row(fast, event_record(parse_event_bytes(raw, max_bytes=MAX_BYTES)))
