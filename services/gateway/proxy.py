@@ -283,7 +283,12 @@ class Proxy:
         self, request: Request, call: _Call, upstream: aiohttp.ClientResponse
     ) -> Response:
         """Small answers of known length are read whole (and kept for stale answers); the rest
-        stream through."""
+        stream through. A HEAD answer has no body but keeps the upstream's length and type."""
+        if request.method == "HEAD":
+            upstream.release()
+            head = Response(status_code=upstream.status)
+            head.raw_headers = _answer_headers(upstream, keep_length=True)
+            return head
         length = upstream.headers.get("Content-Length")
         if length is None or not length.isdigit() or int(length) > BUFFER_LIMIT_BYTES:
             streaming = StreamingResponse(_relay(upstream), status_code=upstream.status)

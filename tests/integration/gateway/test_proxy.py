@@ -145,6 +145,19 @@ async def test_method_query_body_and_headers_pass_through(tmp_path: Path) -> Non
     assert len(response.headers.get_list("server")) == 1
 
 
+async def test_head_keeps_the_upstreams_length_and_type(tmp_path: Path) -> None:
+    upstream = Upstream()
+    async with proxied(tmp_path, upstream) as (up, _, client):
+        # A fixed answer (the echo's would differ by the forwarded headers it reports).
+        direct = await client.head(f"{up.url}/api/v1/analytics/missing")
+        via = await client.head("/api/v1/analytics/missing")
+    assert via.status_code == direct.status_code == 404
+    assert int(direct.headers["content-length"]) > 0
+    assert via.headers.get_list("content-length") == [direct.headers["content-length"]]
+    assert via.headers["content-type"] == direct.headers["content-type"]
+    assert via.content == b""
+
+
 async def test_large_bodies_stream_both_ways(tmp_path: Path) -> None:
     upstream = Upstream()
     async with proxied(tmp_path, upstream, client_timeout=10) as (_up, _gw, client):
