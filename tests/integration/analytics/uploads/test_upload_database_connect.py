@@ -29,34 +29,54 @@ ONE_ROW = (HEADER + "2025-01-01T12:00:00Z,p1,b1,front,Granted\n").encode()
 LOST_QUERY_S = 5.3
 
 
+# A name only this test's resolver knows (RFC 2606 reserves `.test`), standing for the database's
+# real host, so every new connection resolves a name whatever address the database is on.
+DATABASE_NAME = "fleet-database.test"
+_REAL_HOST: dict[str, str] = {}
+
+
 def _by_name(dsn: str) -> str:
-    """The DSN with its loopback address as a name, so every new connection resolves it."""
+    """The DSN with its host replaced by DATABASE_NAME."""
     parts = urlsplit(dsn)
-    if parts.hostname not in ("127.0.0.1", "localhost"):
-        pytest.skip(f"the test database is not on a loopback TCP address ({parts.hostname!r})")
-    netloc = parts.netloc.replace("127.0.0.1", "localhost")
+    assert parts.hostname, f"the test database must be reached over TCP, not {dsn!r}"
+    _REAL_HOST[DATABASE_NAME] = parts.hostname
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (f"{userinfo}@" if userinfo else "") + DATABASE_NAME + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 
 class SlowResolver:
-    """socket.getaddrinfo for `localhost` as a resolver whose first query was lost: each call
-    answers after `delay_s` (or fails with `error`); other names are untouched."""
+    """socket.getaddrinfo for DATABASE_NAME as a resolver whose first query was lost: each call
+    answers (with the real host's addresses) after `delay_s`, or fails with `error`; other names
+    are untouched."""
 
-    def __init__(self, delay_s: float = 0.0, error: OSError | None = None) -> None:
-        self.delay_s = delay_s
-        self.error = error
+    def __init__(self) -> None:
+        self.delay_s = 0.0
+        self.error: OSError | None = None
         self.calls = 0
         self._lock = threading.Lock()
         self._real: Callable[..., Any] = socket.getaddrinfo
 
+    def lose(self, delay_s: float = 0.0, error: OSError | None = None) -> None:
+        """From now on answer after `delay_s`, or fail with `error`; calls are counted from here."""
+        self.delay_s, self.error, self.calls = delay_s, error, 0
+
     def __call__(self, host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host in ("localhost", b"localhost"):
+        if host in (DATABASE_NAME, DATABASE_NAME.encode()):
             with self._lock:
                 self.calls += 1
             time.sleep(self.delay_s)  # a blocking resolver, as glibc's is (it runs in a thread)
             if self.error is not None:
                 raise self.error
+            host = _REAL_HOST[DATABASE_NAME]
         return self._real(host, *args, **kwargs)
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch) -> SlowResolver:
+    """A resolver that knows DATABASE_NAME, installed for the whole test (the app starts through it)."""
+    resolver = SlowResolver()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    return resolver
 
 
 async def _app(database_url: str, tmp_path: Path) -> AsyncIterator[Client]:
@@ -80,13 +100,12 @@ async def _upload(http: Client) -> Any:
 async def test_a_new_connection_outlasts_one_lost_dns_query(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    resolver = _resolving(monkeypatch)
     async for http in _app(database_url, tmp_path):
-        resolver = SlowResolver(delay_s=LOST_QUERY_S)
-        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        resolver.lose(delay_s=LOST_QUERY_S)
         began = time.monotonic()
         answer = await _upload(http)
         took = time.monotonic() - began
-        monkeypatch.undo()
         assert resolver.calls >= 1  # the upload did open a connection through the slow lookup
         assert answer.status_code == 201, answer.text
         assert answer.json()["rows_inserted"] == 1
@@ -97,11 +116,10 @@ async def test_a_connection_not_made_in_time_is_a_503_with_retry_after(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shared.db, "CONNECT_TIMEOUT_S", 0.5)
+    resolver = _resolving(monkeypatch)
     async for http in _app(database_url, tmp_path):
-        resolver = SlowResolver(delay_s=1.0)
-        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        resolver.lose(delay_s=1.0)
         answer = await _upload(http)
-        monkeypatch.undo()
         assert resolver.calls >= 1
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "5"
@@ -112,12 +130,10 @@ async def test_a_connection_not_made_in_time_is_a_503_with_retry_after(
 async def test_a_database_name_that_does_not_resolve_is_a_503(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    resolver = _resolving(monkeypatch)
     async for http in _app(database_url, tmp_path):
-        failure = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        resolver = SlowResolver(error=failure)
-        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        resolver.lose(error=socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
         answer = await _upload(http)
-        monkeypatch.undo()
         assert resolver.calls >= 1
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "5"
