@@ -68,9 +68,12 @@ class RouteTemplateMetricsMiddleware(PrometheusInstrumentatorMiddleware):
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self._record(scope, start, answered_at, status_code, headers)
-            if self.async_instrumentations:
-                await self._record_async(scope, start, answered_at, status_code, headers)
+            info = self._info(scope, start, answered_at, status_code, headers)
+            if info is not None:
+                for instrumentation in self.instrumentations:
+                    instrumentation(info)
+                if self.async_instrumentations:
+                    await asyncio.gather(*(record(info) for record in self.async_instrumentations))
 
     def _info(
         self,
@@ -99,28 +102,3 @@ class RouteTemplateMetricsMiddleware(PrometheusInstrumentatorMiddleware):
             modified_duration=max(now - start, 0.0),
             modified_duration_without_streaming=max(answered_at - start, 0.0) if answered_at else 0.0,
         )
-
-    def _record(
-        self,
-        scope: Scope,
-        start: float,
-        answered_at: float | None,
-        status_code: int,
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        info = self._info(scope, start, answered_at, status_code, headers)
-        if info is not None:
-            for instrumentation in self.instrumentations:
-                instrumentation(info)
-
-    async def _record_async(
-        self,
-        scope: Scope,
-        start: float,
-        answered_at: float | None,
-        status_code: int,
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        info = self._info(scope, start, answered_at, status_code, headers)
-        if info is not None:
-            await asyncio.gather(*(instrumentation(info) for instrumentation in self.async_instrumentations))
