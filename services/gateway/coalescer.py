@@ -118,6 +118,10 @@ class BatchCoalescer:
             batch = state.sealed.popleft()
             try:
                 sent = await self.producer.send_batch(batch.builder, self.topic, partition=partition)
+            except asyncio.CancelledError:
+                # Closed while waiting for the previous batch to leave: this one was never sent.
+                _settle(batch.delivered, ConnectionError("the producer was closed"))
+                raise
             except Exception as exc:  # handed to every caller of the batch, whatever it is
                 _settle(batch.delivered, exc)
                 continue
