@@ -7,7 +7,9 @@ updated once per batch, however many of their events the batch holds (measured b
 `python -m bench patterns`). Answers never depend on it being current: readers take the rows
 not rolled up yet from `access_events`, so a stopped refresher only makes cold answers slower,
 never wrong. Several
-analytics processes may run it: a refresh that finds another in progress returns at once.
+analytics processes may run it: a refresh that finds another in progress returns at once, and
+so does one that finds an upload writing (`rollups.holding_refresh_back`): the upload's rows
+are rolled up once it ends, instead of the two competing for the database's cores.
 """
 
 from __future__ import annotations
@@ -39,12 +41,18 @@ class RollupRefresher:
         self.statement_timeout_s = statement_timeout_s
         self.rows_total = 0
         self.seconds_total = 0.0
+        self.held_back = 0  # turns skipped because an upload was writing
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def refresh_once(self) -> int:
+        """Roll up the next rows; 0 when caught up, another session is refreshing, or an upload
+        is writing (`rollups.holding_refresh_back`: the rows are rolled up once it ends)."""
         started = time.perf_counter()
         async with self.pool.acquire() as conn:
+            if await rollups.upload_writing(conn):
+                self.held_back += 1
+                return 0
             done = int(
                 await conn.fetchval(rollups.REFRESH_SQL, self.batch_rows, timeout=self.statement_timeout_s)
             )

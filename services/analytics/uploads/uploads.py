@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from services.analytics.rollups import holding_refresh_back
 from services.analytics.uploads.async_file_processor import AsyncFileProcessor
 from services.analytics.uploads.csv_rows import Chunk, Header
 from services.analytics.uploads.metrics import UPLOAD_ROWS, UPLOADS_IN_PROGRESS
@@ -86,7 +87,7 @@ async def _store_upload(
 
     async def write() -> None:
         nonlocal direct
-        async with pool.acquire() as conn:
+        async with pool.acquire() as conn, holding_refresh_back(conn):
             while (chunk := await queue.get()) is not None:
                 with operation("upload.copy", rows=chunk.rows):
                     if chunk.copy_binary is not None:

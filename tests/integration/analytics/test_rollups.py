@@ -192,6 +192,43 @@ async def test_the_service_refresher_rolls_up_what_is_stored(pool: asyncpg.Pool)
     await _assert_same(pool, PLANTED_FILTERS[:3])
 
 
+async def test_an_upload_writing_holds_the_refresher_back_until_it_ends(pool: asyncpg.Pool) -> None:
+    await store_events(pool, [AccessEvent.model_validate(e) for e in planted_events()[:20]])
+    refresher = RollupRefresher(pool, batch_rows=200)
+    async with pool.acquire() as writer:
+        async with rollups.holding_refresh_back(writer):
+            assert await rollups.upload_writing(writer)
+            assert await refresher.refresh_once() == 0
+            assert refresher.held_back == 1
+            assert await _rolled_up(pool) == 0
+        assert not await rollups.upload_writing(writer)
+    deadline = asyncio.get_running_loop().time() + 60
+    while await _rolled_up(pool) < 20:
+        if await refresher.refresh_once() == 0:  # someone else's transaction still running
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.2)
+    assert refresher.held_back == 1
+
+
+async def test_a_hold_left_on_a_pooled_connection_ends_when_it_goes_back(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as writer:
+        await writer.execute("SELECT pg_advisory_lock_shared($1, $2)", *rollups.UPLOAD_LOCK_KEYS)
+        assert await rollups.upload_writing(writer)
+    async with pool.acquire() as other:
+        assert not await rollups.upload_writing(other)
+
+
+async def test_a_hold_in_another_database_does_not_hold_this_one_back(
+    pool: asyncpg.Pool, replica_url: str
+) -> None:
+    elsewhere = await asyncpg.connect(replica_url)
+    try:
+        async with rollups.holding_refresh_back(elsewhere), pool.acquire() as conn:
+            assert not await rollups.upload_writing(conn)
+    finally:
+        await elsewhere.close()
+
+
 # Random data: three months across a year boundary, facilities and badge statuses sometimes
 # absent, a few people and doors so groups repeat.
 _START = datetime(2024, 12, 20, tzinfo=_UTC)
