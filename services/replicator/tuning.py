@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 KNOBS = {
     "batch_size": Knob(100, 1_000_000, "rows per replication batch"),
-    "interval_seconds": Knob(0.05, 3_600.0, "pause between catch-ups"),
+    "interval_seconds": Knob(0.05, 3_600.0, "period between the starts of catch-ups"),
 }
 
 SETTING = Gauge("replication_setting", "Live tuning value of the replicator", ["setting"])
