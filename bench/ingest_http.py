@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +31,9 @@ from typing import Any
 import psutil
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench._gateway_bench import cpu_count, event_bytes, process_tree, servers, unique_name, usage
+from bench._gateway_bench import cpu_count, event_bytes, process_tree, servers, unique_name
+from bench._http_load import drive
 from shared.kafka import create_producer, ensure_topics
-from shared.settings import REPO_ROOT
 from tools.dev.fleet import ServiceProcess
 
 CLIENTS = 50
@@ -107,53 +104,6 @@ def _listening_pid(port: int) -> int | None:
     return None
 
 
-def _load(
-    url: str, clients: int, seconds: float, max_requests: int, watch: dict[str, list[psutil.Process]]
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """The load client's report, and per watched process group (plus the client itself) the
-    share of one core it used and the share it spent waiting for one, over the measured round."""
-    # The command is this interpreter and fixed arguments: nothing untrusted reaches it.
-    with subprocess.Popen(  # noqa: S603
-        [
-            sys.executable,
-            "-m",
-            "bench._http_load",
-            url,
-            f"--clients={clients}",
-            f"--batch={BATCH}",
-            f"--seconds={seconds}",
-            f"--max-requests={max_requests}",
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        groups = {**watch, "load_client": [psutil.Process(proc.pid)]}
-        try:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "start":
-                raise RuntimeError("the load client did not start")
-            before = {name: usage(procs) for name, procs in groups.items()}
-            started = time.perf_counter()
-            line = proc.stdout.readline()
-            elapsed = time.perf_counter() - started
-            after = {name: usage(procs) for name, procs in groups.items()}
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    if proc.returncode != 0 or not line:
-        raise RuntimeError(f"the load client failed with exit code {proc.returncode}")
-    per_process = {
-        name: {
-            "cpu_cores": round((after[name][0] - before[name][0]) / elapsed, 2),
-            "runnable_waiting_cores": round((after[name][1] - before[name][1]) / elapsed, 2),
-        }
-        for name in groups
-    }
-    return json.loads(line), per_process
-
-
 @contextlib.contextmanager
 def _gateway(bootstrap: str, topic: str, workers: int) -> Iterator[ServiceProcess]:
     with TemporaryDirectory(prefix="bench-ingest-http-") as tmp:
@@ -192,9 +142,16 @@ def run(quick: bool) -> dict[str, Any]:
             watch = {"gateway": process_tree(gateway.proc.pid)}
             if broker_pid:
                 watch["broker"] = process_tree(broker_pid)
-            single, _ = _load(gateway.url, 1, 2.0, 200, {})
+            single, _ = drive(gateway.url, clients=1, batch=BATCH, seconds=2.0, max_requests=200, watch={})
             load_avg = os.getloadavg()[0]
-            report, per_process = _load(gateway.url, CLIENTS, seconds, 1_000_000, watch)
+            report, per_process = drive(
+                gateway.url,
+                clients=CLIENTS,
+                batch=BATCH,
+                seconds=seconds,
+                max_requests=1_000_000,
+                watch=watch,
+            )
             gateway_processes = len(watch["gateway"])
         raw_after = _raw(bootstrap, topic, raw_count)
     raw_modes = {mode: (raw_before[mode][0] + raw_after[mode][0]) / 2 for mode in raw_before}
