@@ -22,6 +22,7 @@ import asyncpg
 import orjson
 
 from shared.cache import HierarchicalCacheManager
+from shared.db import CONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def tags_for_notification(payload: str) -> list[str]:
 
 class EventsListener:
     def __init__(
-        self, dsn: str, manager: HierarchicalCacheManager, *, connect_timeout_s: float = 5.0
+        self, dsn: str, manager: HierarchicalCacheManager, *, connect_timeout_s: float = CONNECT_TIMEOUT_S
     ) -> None:
         self.dsn = dsn
         self.manager = manager

@@ -38,7 +38,7 @@ from services.replicator.replication import (
 from services.replicator.settings import ReplicatorSettings
 from services.replicator.target_schema import SchemaReport, prepare_target
 from shared.breaker import CircuitBreakerOpen, Permit, get_breaker_registry
-from shared.db import create_pool
+from shared.db import CONNECT_TIMEOUT_S, create_pool
 from shared.performance.operation import operation
 from shared.resources import ResourceGuard
 
@@ -417,7 +417,8 @@ async def _acquire(
 ) -> AsyncIterator[PoolConnectionProxy]:
     """A pool connection; failing to get one is reported as the failure of that database."""
     try:
-        conn = await pool.acquire(timeout=10)
+        # A new connection may take up to CONNECT_TIMEOUT_S (a lost name lookup is retried).
+        conn = await pool.acquire(timeout=CONNECT_TIMEOUT_S)
     except Exception as exc:
         raise error(f"{type(exc).__name__}: {exc}") from exc
     try:
