@@ -382,7 +382,7 @@ async def _ingest(
 
 
 class IngestDispatch:
-    """Innermost middleware: `POST /api/v1/events` answered by `accept_events` without the router.
+    """Inner middleware: `POST /api/v1/events` answered by `accept_events` without the router.
 
     Pure ASGI, as the proxy's `ProxyDispatch`: FastAPI's router would try the app's routes in
     turn, then solve the route's dependencies and wrap it in its exception middleware, per
