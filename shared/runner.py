@@ -9,6 +9,7 @@ serves the app on HOST and the service's port.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -173,11 +174,40 @@ def prepare_app(
         *config_errors,
     )
     try:
-        return app_factory()
+        app = app_factory()
     except config_error_types as exc:
         message = " ".join(str(exc).split())
         print(f"{prog or service}: invalid configuration: {message}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+    freeze_startup_objects()
+    return app
+
+
+# Collections of the youngest generation after this many more container objects were made than
+# freed (CPython's default is 700). A service's requests make many short-lived objects that
+# reference counting frees; what keeps them alive between collections is the requests in flight
+# (50 concurrent ingest requests of 100 events hold tens of thousands), which every collection
+# walks again and promotes. Measured in the gateway under `bench ingest_http` load (CPU time
+# in `gc.callbacks`): 700 spent about 0.7 s of CPU per 10 s in the collector, 10,000 about 0.1 s,
+# with about 10 % more events per second. Cyclic garbage still goes, a little later: at most
+# this many objects' worth of it waits.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def freeze_startup_objects() -> None:
+    """Set the collector for a service process: objects alive after start-up out of its sight,
+    and the youngest generation collected less often (`YOUNG_COLLECTION_THRESHOLD`).
+
+    A full collection walks every tracked object; a service holds over 100k of them from its
+    imports alone (modules, classes, schemas, the app's routes), none of which ever becomes
+    garbage. Under ingest load the gateway ran about one full collection a second at about
+    70 ms of CPU each; frozen, they are skipped (about 15 ms each). Garbage made before is
+    collected first; objects made later are collected as ever. Only for service processes: a
+    test process building many apps would keep each one's cycles."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
 
 
 def serve_workers(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,13 @@ from shared.kafka import PRODUCER_BATCH_BYTES, PRODUCER_REQUEST_BYTES
 
 # Keys seen (door ids) to their partition: doors are few, murmur2 in Python is not cheap.
 _PARTITION_CACHE_LIMIT = 65_536
+_ALONE_BYTES = PRODUCER_BATCH_BYTES // 4
+# Bounds of a record's size beyond its key, value and headers' bytes (Kafka's record format v2):
+# the batch header (61 bytes), the record's length, attributes, timestamp and offset deltas, key
+# and value lengths and header count (varints, 10 bytes at most each), and per header the
+# lengths of its name and value.
+_BATCH_OVERHEAD = 61 + 7 * 10
+_FIELD_BOUND = 2 * 10
 
 
 @dataclass
@@ -73,29 +80,70 @@ class BatchCoalescer:
     def add(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> asyncio.Future[object]:
         """Append one message; its batch's delivery future. Raises MessageSizeTooLargeError for a
         message the producer would refuse (nothing is added then)."""
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-        if size > PRODUCER_REQUEST_BYTES:  # what `send` refuses
-            raise MessageSizeTooLargeError(f"the message is {size} bytes, over the producer's request size")
-        partition = self.partition_of(key)
-        state = self._state[partition]
-        # A message over a quarter of a batch travels in a batch of its own, so a broker that
-        # refuses it for its size refuses no other caller's events with it.
-        alone = size > PRODUCER_BATCH_BYTES // 4
-        if alone and state.open is not None:
-            self._seal(state)
-        batch = state.open or self._start(state)
-        if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-            self._seal(state)
-            batch = self._start(state)
-            # A fresh batch takes any one message (aiokafka always adds the first).
-            if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                raise MessageSizeTooLargeError(f"the message of {size} bytes fits no batch")
-        batch.count += 1
-        if alone:
-            self._seal(state)
-        if state.flusher is None or state.flusher.done():
-            state.flusher = asyncio.get_running_loop().create_task(self._flush(partition, state))
-        return batch.delivered
+        delivered, refused = self.add_many(((key, value),), headers)
+        if refused is not None:
+            raise refused
+        return delivered[0]
+
+    def add_many(
+        self, messages: Iterable[tuple[bytes, bytes]], headers: list[tuple[str, bytes]]
+    ) -> tuple[list[asyncio.Future[object]], MessageSizeTooLargeError | None]:
+        """Append messages in order, each with `headers`: the delivery future of each message
+        added (its batch's), and the refusal of the first message the producer would refuse
+        (None when every one was added; nothing after a refused one is added).
+
+        One call per request: what is the same for every message (the bound of the headers'
+        size, the lookups) is found once, and each partition's flusher is started once."""
+        delivered: list[asyncio.Future[object]] = []
+        touched: set[int] = set()
+        states = self._state
+        cache = self._cache
+        estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes
+        # A bound of a message's size in a batch, beyond its key and value: the batch header,
+        # the record's own fields (varints of at most 10 bytes each) and every header. A message
+        # whose bound is within a quarter of a batch is neither alone nor over the request size,
+        # so only larger ones need the exact estimate.
+        overhead = _BATCH_OVERHEAD + sum(_FIELD_BOUND + len(name.encode()) + len(v) for name, v in headers)
+        small = _ALONE_BYTES - overhead
+        try:
+            for key, value in messages:
+                if len(key) + len(value) <= small:
+                    alone = False
+                else:
+                    size = estimate(key, value, headers)
+                    if size > PRODUCER_REQUEST_BYTES:  # what `send` refuses
+                        return delivered, MessageSizeTooLargeError(
+                            f"the message is {size} bytes, over the producer's request size"
+                        )
+                    # A message over a quarter of a batch travels in a batch of its own, so a
+                    # broker that refuses it for its size refuses no other caller's events with it.
+                    alone = size > _ALONE_BYTES
+                partition = cache.get(key)
+                if partition is None:
+                    partition = self.partition_of(key)
+                state = states[partition]
+                if alone and state.open is not None:
+                    self._seal(state)
+                batch = state.open or self._start(state)
+                if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    self._seal(state)
+                    batch = self._start(state)
+                    # A fresh batch takes any one message (aiokafka always adds the first).
+                    if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        return delivered, MessageSizeTooLargeError(
+                            f"the message of {estimate(key, value, headers)} bytes fits no batch"
+                        )
+                batch.count += 1
+                if alone:
+                    self._seal(state)
+                touched.add(partition)
+                delivered.append(batch.delivered)
+        finally:
+            for partition in touched:
+                state = states[partition]
+                if state.flusher is None or state.flusher.done():
+                    state.flusher = asyncio.get_running_loop().create_task(self._flush(partition, state))
+        return delivered, None
 
     def _start(self, state: _Partition) -> _OpenBatch:
         state.open = _OpenBatch(self.producer.create_batch(), asyncio.get_running_loop().create_future())

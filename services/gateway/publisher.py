@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -57,8 +58,10 @@ def _producer_span(topic: str, count: int) -> Iterator[list[tuple[str, bytes]]]:
         yield headers
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """One Kafka message. A named tuple: built once per event on the hot path, where a frozen
+    dataclass's `__init__` (an `object.__setattr__` per field) costs several times as much."""
+
     key: bytes
     value: bytes
 
@@ -138,18 +141,15 @@ class EventPublisher:
         coalescer = await self._ensure_coalescer(len(messages))
         with _producer_span(self.topic, len(messages)) as headers:
             headers.append(received_at_header())  # processing latency counts from here
-            delivered: list[asyncio.Future[object]] = []
-            send_error: BaseException | None = None
-            for message in messages:
-                try:
-                    delivered.append(coalescer.add(message.key, message.value, headers))
-                except (KafkaError, TimeoutError) as exc:
-                    send_error = exc
-                    break
+            # Adding stops at the first message the producer refuses (its size).
+            delivered, send_error = coalescer.add_many(messages, headers)
             outcome = PublishOutcome()
             errors: list[BaseException] = [send_error] if send_error else []
             if delivered:
-                await asyncio.wait(set(delivered), timeout=self.timeout_s)
+                batches = set(delivered)  # a request's messages share a few batches
+                await asyncio.wait(batches, timeout=self.timeout_s)
+                if send_error is None and all(b.done() and b.exception() is None for b in batches):
+                    return len(messages)
                 failures: dict[int, BaseException] = {}
                 for index, future in enumerate(delivered):
                     if not future.done():
