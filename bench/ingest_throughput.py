@@ -10,8 +10,10 @@ reported apart. At the end the table must hold every event exactly once.
 Baseline, same run, same database server, same events and batch size: the database's own
 idempotent bulk-store rate, measured from Python with the rows already built (no broker, no
 decode, no validation): COPY into a staging table + `INSERT ... ON CONFLICT DO NOTHING`, and the
-processor's path (binary COPY straight into the table, staging on conflict). The faster of the
-two, measured before and after the processor runs, is the ceiling; the ratio is against it.
+processor's path (binary COPY straight into the table, staging on conflict), each from one
+connection and from as many connections in parallel as the processor stores batches at once
+(`STORES_IN_FLIGHT`; the batches dealt out in turn). The fastest of these, measured before and
+after the processors run, is the ceiling; the ratio is against it.
 
 The stage breakdown: the processor's seconds per stage (decode, validate, store, commit, from
 its `/status`), the same stages' single-core rates measured in-process, and the CPU seconds of
@@ -59,31 +61,44 @@ from tools.dev.fleet import ServiceProcess
 
 TARGET_RATIO = 0.8
 BATCH_SIZE = 5_000
+# The processor's default: batches stored at once, each on its own connection.
+STORES_IN_FLIGHT = 2
 
 
 def _rows(count: int, seed: int) -> list[tuple[Any, ...]]:
     return [event_record(parse_event_bytes(event_bytes(n, seed=seed)[1])) for n in range(count)]
 
 
-async def _bulk_rate(dsn: str, rows: list[tuple[Any, ...]], path: str) -> float:
-    conn = await asyncpg.connect(dsn)
+async def _bulk_rate(dsn: str, rows: list[tuple[Any, ...]], path: str, connections: int) -> float:
+    """Rows per second storing `rows` in batches of BATCH_SIZE, the batches dealt out in turn to
+    `connections` connections storing at once."""
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     try:
         store = copy_event_records if path == "staging" else store_event_rows
+        batches = [rows[i : i + BATCH_SIZE] for i in range(0, len(rows), BATCH_SIZE)]
+
+        async def worker(index: int) -> None:
+            for batch in batches[index::connections]:
+                await store(conns[index], batch)
+
         started = time.perf_counter()
-        for i in range(0, len(rows), BATCH_SIZE):
-            await store(conn, rows[i : i + BATCH_SIZE])
+        await asyncio.gather(*(worker(i) for i in range(connections)))
         return len(rows) / (time.perf_counter() - started)
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
 
 
 def _database_rate(pg_server: str, count: int, seed: int) -> dict[str, float]:
-    """Rows per second of each idempotent bulk path, each into a fresh database."""
+    """Rows per second of each idempotent bulk path, from one connection and from
+    STORES_IN_FLIGHT in parallel, each into a fresh database."""
     rows = _rows(count, seed)
     rates: dict[str, float] = {}
     for path in ("staging", "direct_copy"):
-        with fresh_database(pg_server) as dsn:
-            rates[path] = round(asyncio.run(_bulk_rate(dsn, rows, path)))
+        for connections in sorted({1, STORES_IN_FLIGHT}):
+            with fresh_database(pg_server) as dsn:
+                rate = asyncio.run(_bulk_rate(dsn, rows, path, connections))
+                rates[f"{path}_{connections}_conn"] = round(rate)
     return rates
 
 
@@ -230,7 +245,10 @@ def _processors_run(
         topic = unique_name(f"bench-ingest-{label}")
         print(f"[bench] ingest_throughput: {label}, producing {count:,}", file=sys.stderr, flush=True)
         fill_seconds = asyncio.run(produce(bootstrap, topic, count))
-        env = {"EVENT_PROCESSOR_BATCH_SIZE": str(BATCH_SIZE)}
+        env = {
+            "EVENT_PROCESSOR_BATCH_SIZE": str(BATCH_SIZE),
+            "EVENT_PROCESSOR_STORES_IN_FLIGHT": str(STORES_IN_FLIGHT),
+        }
         with contextlib.ExitStack() as stack:
             running = [
                 stack.enter_context(processor_process(dsn, bootstrap, topic, **env))
@@ -247,6 +265,7 @@ def _processors_run(
         for stage, seconds in (status.get("stage_seconds") or {}).items():
             stages[stage] = round(stages.get(stage, 0.0) + seconds, 2)
     wall = drained.get("drain_seconds") or 0
+    stored = sum(int(s.get("stored", 0)) for s in statuses)
     return {
         "processors": processors,
         "fill_seconds": round(fill_seconds, 1),
@@ -254,6 +273,8 @@ def _processors_run(
         **drained,
         "stored_per_processor": [int(s.get("stored", 0)) for s in statuses],
         "stage_seconds": stages,
+        # Over the whole run (start-up included), per event stored: where the processor's time went.
+        "stage_us_per_event": {k: round(v / stored * 1e6, 2) for k, v in stages.items()} if stored else {},
         "cpu_seconds": {"processors": own, "postgres_backends": backends, "drain_wall": wall},
         "table": table,
         "exactly_once": table["rows"] == count and table["distinct_event_ids"] == count,
@@ -317,6 +338,8 @@ def run(quick: bool) -> dict[str, Any]:
         storage = _storage_comparison(pg_server, 100_000 if quick else 300_000)
     stages = _stage_rates(50_000)
     baseline = max(*before.values(), *after.values())
+    # The ceiling of the earlier rounds (one connection), for comparison only.
+    one_connection = max(v for k, v in [*before.items(), *after.items()] if k.endswith("_1_conn"))
     rate = one["events_per_s"]
     ratio = round(rate / baseline, 3) if baseline else None
     # The machine's load moves the ceiling between measurements; this one is against the mean of
@@ -327,11 +350,18 @@ def run(quick: bool) -> dict[str, Any]:
         "partitions": 4,
         "cpus": cpu_count(),
         "batch_size": BATCH_SIZE,
-        "baseline_database_rows_per_s": {"before": before, "after": after, "ceiling": baseline},
+        "stores_in_flight": STORES_IN_FLIGHT,
+        "baseline_database_rows_per_s": {
+            "before": before,
+            "after": after,
+            "ceiling": baseline,
+            "ceiling_one_connection": one_connection,
+        },
         "one_processor": one,
         "two_processors": two,
         "ratio_to_database": ratio,
         "ratio_to_database_mean_of_before_and_after": round(rate / mean_ceiling, 3) if mean_ceiling else None,
+        "ratio_to_one_connection_ceiling": round(rate / one_connection, 3) if one_connection else None,
         "two_to_one_ratio": round(two["events_per_s"] / rate, 3) if rate else None,
         "stage_rates_one_core": stages,
         "target_ratio": TARGET_RATIO,
