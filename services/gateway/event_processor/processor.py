@@ -38,6 +38,7 @@ from services.gateway.event_processor.observe import (
     batch_links,
     observe_latencies,
     received_at,
+    received_times,
 )
 from services.gateway.event_processor.sink import EventSink, StoreOutcome, holds_batch
 from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
@@ -356,7 +357,7 @@ class EventProcessor:
                 await self._dead_letter(dead)
             self.stats.dead_letter_s += time.perf_counter() - started
         refused = {i for i, _ in outcome.refused}
-        received = [received_at(record) for record in batch.sources]
+        received = received_times(batch.sources)
         if refused:
             kept = [i for i in range(len(batch.rows)) if i not in refused]
             observe_latencies([batch.rows[i][1] for i in kept], [received[i] for i in kept])
@@ -429,11 +430,12 @@ class EventProcessor:
             metrics.PAUSED.set(0)
 
     async def _commit(self, records: list[Record]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            if record.offset >= last.get(key, -1):
-                last[key] = record.offset
+        # Each partition's last record in the batch: its newest, as fetches of a partition follow
+        # each other. Were the position reset in between (a rebalance), the last is older than
+        # the newest: committing it is still safe (everything before it is in the batch or
+        # committed) and only redelivers what the idempotent sink drops. A dict built in one
+        # pass, since this ran for every record.
+        last = {(record.topic, record.partition): record.offset for record in records}
         offsets = {TopicPartition(topic, part): offset + 1 for (topic, part), offset in last.items()}
         try:
             await self.consumer.commit(offsets)
