@@ -42,7 +42,7 @@ from services.gateway.event_processor.observe import (
 )
 from services.gateway.event_processor.sink import EventSink, StoreOutcome, holds_batch
 from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
-from shared.event_fastpath import EventRow, decode_fast, fast_row, parse_message_general
+from shared.event_fastpath import EventRow, decode_many, fast_rows, parse_message_general
 from shared.event_vocabulary import time_window
 from shared.performance import get_performance_monitor
 from shared.performance.operation import OpenOperation, open_operation, operation
@@ -258,14 +258,14 @@ class EventProcessor:
         for start in range(0, len(records), _YIELD_EVERY):
             chunk = records[start : start + _YIELD_EVERY]
             started = time.perf_counter()
-            messages = [decode_fast(record.value or b"", limit) for record in chunk]
+            messages = decode_many([record.value or b"" for record in chunk], limit)
             decoded = time.perf_counter()
             self.stats.decode_s += decoded - started
-            for record, message in zip(chunk, messages, strict=True):
-                try:
-                    row = fast_row(message, window) if message is not None else None
-                except Exception:  # a bug of the fast path must not decide: the general way does
-                    row = None
+            try:
+                rows: list[EventRow | None] = fast_rows(messages, window)
+            except Exception:  # a bug of the fast path must not decide: the general way does
+                rows = [None] * len(chunk)
+            for record, row in zip(chunk, rows, strict=True):
                 if row is None:
                     verdict = parse_message_general(record.value or b"", limit)
                     if len(verdict) == 2:  # (reason, message): a dead letter
