@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -265,15 +265,19 @@ class EventProcessor:
                 rows: list[EventRow | None] = fast_rows(messages, window)
             except Exception:  # a bug of the fast path must not decide: the general way does
                 rows = [None] * len(chunk)
-            for record, row in zip(chunk, rows, strict=True):
-                if row is None:
-                    verdict = parse_message_general(record.value or b"", limit)
-                    if len(verdict) == 2:  # (reason, message): a dead letter
-                        batch.dead.append((record, verdict[0], verdict[1]))
-                        continue
-                    row = verdict
-                batch.rows.append(row)
-                batch.sources.append(record)
+            if None not in rows:  # every message took the fast path: no Python loop over them
+                batch.rows.extend(cast(list[EventRow], rows))
+                batch.sources.extend(chunk)
+            else:
+                for record, row in zip(chunk, rows, strict=True):
+                    if row is None:
+                        verdict = parse_message_general(record.value or b"", limit)
+                        if len(verdict) == 2:  # (reason, message): a dead letter
+                            batch.dead.append((record, verdict[0], verdict[1]))
+                            continue
+                        row = verdict
+                    batch.rows.append(row)
+                    batch.sources.append(record)
             self.stats.validate_s += time.perf_counter() - decoded
             await asyncio.sleep(0)
         get_performance_monitor().record(
