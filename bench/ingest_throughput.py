@@ -20,7 +20,8 @@ its `/status`), the same stages' single-core rates measured in-process, and the 
 the processor process and of the PostgreSQL backends that served it, against the drain's wall
 time: the resource that is busy all the time is the one that limits the rate. `cpu_us_per_event`
 is the same CPU over the measured stretch only (start-up left out) per event stored: the figure
-a deployment's arithmetic starts from.
+a deployment's arithmetic starts from. `machine_cpu_busy_share` is the whole machine's CPU over
+that stretch (broker and other load included): near 1.0 the cores themselves are the limit.
 
 The cost of a durable broker log, same run: the embedded broker that `make run` starts keeps
 its log on disk, the test suite's in memory; `broker_storage` gives each one's fill (producer)
@@ -148,6 +149,7 @@ async def _drain(
     samples: list[tuple[float, list[int]]] = []
     pids = [p.proc.pid for p in processes if p.proc is not None]
     cpu_first: tuple[int, float | None, float | None, list[int]] | None = None
+    machine_first: Any = None
     started = time.perf_counter()
     reported = started
     statuses: list[dict[str, Any]] = []
@@ -159,6 +161,7 @@ async def _drain(
             if cpu_first is None and all(n > 0 for n in counts):
                 backends = await _backend_pids(dsn)
                 cpu_first = (sum(counts), _cpu_seconds(pids), _cpu_seconds(backends), backends)
+                machine_first = psutil.cpu_times()
             if sum(counts) >= expected:
                 break
             if time.perf_counter() - reported >= 5:
@@ -191,8 +194,19 @@ async def _drain(
                 if begin is not None and end is not None
                 else None
             )
+    machine_busy = None
+    if machine_first is not None:
+        # The whole machine's CPU over the same stretch (the broker's and anything else's too):
+        # near 1.0, the cores are the limit, whoever is using them.
+        machine_end = psutil.cpu_times()
+        total = sum(machine_end) - sum(machine_first)
+        idle = (machine_end.idle - machine_first.idle) + (
+            getattr(machine_end, "iowait", 0.0) - getattr(machine_first, "iowait", 0.0)
+        )
+        machine_busy = round(1 - idle / total, 3) if total > 0 else None
     return {
         "cpu_us_per_event": cpu_us,
+        "machine_cpu_busy_share": machine_busy,
         "stored": last_n,
         "events_per_s": round((last_n - first[1]) / (last_t - first[0])),
         "best_1s_events_per_s": round(best),
