@@ -19,9 +19,10 @@ The stage breakdown: the processor's seconds per stage (decode, validate, store,
 its `/status`), the same stages' single-core rates measured in-process, and the CPU seconds of
 the processor process and of the PostgreSQL backends that served it, against the drain's wall
 time: the resource that is busy all the time is the one that limits the rate. `cpu_us_per_event`
-is the same CPU over the measured stretch only (start-up left out) per event stored: the figure
-a deployment's arithmetic starts from. `machine_cpu_busy_share` is the whole machine's CPU over
-that stretch (broker and other load included): near 1.0 the cores themselves are the limit.
+is the same CPU over the measured stretch only (start-up left out) per event stored, with the
+broker's (when it runs on this machine): the figure a deployment's arithmetic starts from.
+`machine_cpu_busy_share` is the whole machine's CPU over that stretch (other load included):
+near 1.0 the cores themselves are the limit.
 
 The cost of a durable broker log, same run: the embedded broker that `make run` starts keeps
 its log on disk, the test suite's in memory; `broker_storage` gives each one's fill (producer)
@@ -140,7 +141,7 @@ async def _status(client: httpx.AsyncClient, process: ServiceProcess) -> dict[st
 
 
 async def _drain(
-    processes: list[ServiceProcess], expected: int, timeout_s: float, dsn: str
+    processes: list[ServiceProcess], expected: int, timeout_s: float, dsn: str, bootstrap: str
 ) -> dict[str, Any]:
     """Poll the processors' stored counts until `expected`; the rate runs from the first sample
     in which every processor has stored something (so a group's join and first rebalance are
@@ -148,8 +149,10 @@ async def _drain(
     and of the database's backends are read over the same stretch: CPU per event."""
     samples: list[tuple[float, list[int]]] = []
     pids = [p.proc.pid for p in processes if p.proc is not None]
+    broker = _listening_pids(bootstrap)
     cpu_first: tuple[int, float | None, float | None, list[int]] | None = None
     machine_first: Any = None
+    broker_first: float | None = None
     started = time.perf_counter()
     reported = started
     statuses: list[dict[str, Any]] = []
@@ -161,6 +164,7 @@ async def _drain(
             if cpu_first is None and all(n > 0 for n in counts):
                 backends = await _backend_pids(dsn)
                 cpu_first = (sum(counts), _cpu_seconds(pids), _cpu_seconds(backends), backends)
+                broker_first = _cpu_seconds(broker)
                 machine_first = psutil.cpu_times()
             if sum(counts) >= expected:
                 break
@@ -188,7 +192,11 @@ async def _drain(
     if cpu_first is not None and last_n > cpu_first[0]:
         stored, own, database, backends = cpu_first
         own_end, database_end = _cpu_seconds(pids), _cpu_seconds(backends)
-        for name, begin, end in (("processors", own, own_end), ("postgres_backends", database, database_end)):
+        for name, begin, end in (
+            ("processors", own, own_end),
+            ("postgres_backends", database, database_end),
+            ("broker", broker_first if broker else None, _cpu_seconds(broker)),
+        ):
             cpu_us[name] = (
                 round((end - begin) / (last_n - stored) * 1e6, 2)
                 if begin is not None and end is not None
@@ -239,6 +247,22 @@ async def _backend_pids(dsn: str) -> list[int]:
         await conn.close()
 
 
+def _listening_pids(bootstrap: str) -> list[int]:
+    """The process serving the broker's port on this machine (the embedded broker), if any: its
+    CPU per event is the third share of the machine the processors' rate costs."""
+    ports = {int(address.rsplit(":", 1)[-1]) for address in bootstrap.split(",") if ":" in address}
+    try:
+        return sorted(
+            {
+                c.pid
+                for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports and c.pid
+            }
+        )
+    except (psutil.Error, OSError):
+        return []
+
+
 def _cpu_seconds(pids: list[int]) -> float | None:
     total = 0.0
     try:
@@ -267,7 +291,7 @@ def _processors_run(
                 stack.enter_context(processor_process(dsn, bootstrap, topic, **env))
                 for _ in range(processors)
             ]
-            drained = asyncio.run(_drain(running, count, timeout_s=300, dsn=dsn))
+            drained = asyncio.run(_drain(running, count, timeout_s=300, dsn=dsn, bootstrap=bootstrap))
             # Backends of this database only, whatever else the server is doing.
             backends = _cpu_seconds(asyncio.run(_backend_pids(dsn)))
             own = _cpu_seconds([p.proc.pid for p in running if p.proc is not None])
