@@ -10,15 +10,19 @@ reported apart. At the end the table must hold every event exactly once.
 Baseline, same run, same database server, same events and batch size: the database's own
 idempotent bulk-store rate, measured from Python with the rows already built (no broker, no
 decode, no validation): COPY into a staging table + `INSERT ... ON CONFLICT DO NOTHING`, and the
-processor's path (binary COPY straight into the table, staging on conflict). The faster of the
-two, measured before and after the processor runs, is the ceiling; the ratio is against it.
+processor's path (binary COPY straight into the table, staging on conflict), each from one
+connection and from as many connections in parallel as the processor stores batches at once
+(`STORES_IN_FLIGHT`; the batches dealt out in turn). The fastest of these, measured before and
+after the processors run, is the ceiling; the ratio is against it.
 
 The stage breakdown: the processor's seconds per stage (decode, validate, store, commit, from
 its `/status`), the same stages' single-core rates measured in-process, and the CPU seconds of
 the processor process and of the PostgreSQL backends that served it, against the drain's wall
 time: the resource that is busy all the time is the one that limits the rate. `cpu_us_per_event`
-is the same CPU over the measured stretch only (start-up left out) per event stored: the figure
-a deployment's arithmetic starts from.
+is the same CPU over the measured stretch only (start-up left out) per event stored, with the
+broker's (when it runs on this machine): the figure a deployment's arithmetic starts from.
+`machine_cpu_busy_share` is the whole machine's CPU over that stretch (other load included):
+near 1.0 the cores themselves are the limit.
 
 The cost of a durable broker log, same run: the embedded broker that `make run` starts keeps
 its log on disk, the test suite's in memory; `broker_storage` gives each one's fill (producer)
@@ -49,7 +53,7 @@ from bench._gateway_bench import (
     servers,
     unique_name,
 )
-from shared.event_fastpath import decode_fast, fast_row
+from shared.event_fastpath import decode_many, fast_rows
 from shared.event_store import copy_event_records, store_event_rows
 from shared.event_vocabulary import time_window
 from shared.events import AccessEvent, event_record, parse_event_bytes
@@ -59,31 +63,44 @@ from tools.dev.fleet import ServiceProcess
 
 TARGET_RATIO = 0.8
 BATCH_SIZE = 5_000
+# The processor's default: batches stored at once, each on its own connection.
+STORES_IN_FLIGHT = 2
 
 
 def _rows(count: int, seed: int) -> list[tuple[Any, ...]]:
     return [event_record(parse_event_bytes(event_bytes(n, seed=seed)[1])) for n in range(count)]
 
 
-async def _bulk_rate(dsn: str, rows: list[tuple[Any, ...]], path: str) -> float:
-    conn = await asyncpg.connect(dsn)
+async def _bulk_rate(dsn: str, rows: list[tuple[Any, ...]], path: str, connections: int) -> float:
+    """Rows per second storing `rows` in batches of BATCH_SIZE, the batches dealt out in turn to
+    `connections` connections storing at once."""
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     try:
         store = copy_event_records if path == "staging" else store_event_rows
+        batches = [rows[i : i + BATCH_SIZE] for i in range(0, len(rows), BATCH_SIZE)]
+
+        async def worker(index: int) -> None:
+            for batch in batches[index::connections]:
+                await store(conns[index], batch)
+
         started = time.perf_counter()
-        for i in range(0, len(rows), BATCH_SIZE):
-            await store(conn, rows[i : i + BATCH_SIZE])
+        await asyncio.gather(*(worker(i) for i in range(connections)))
         return len(rows) / (time.perf_counter() - started)
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
 
 
 def _database_rate(pg_server: str, count: int, seed: int) -> dict[str, float]:
-    """Rows per second of each idempotent bulk path, each into a fresh database."""
+    """Rows per second of each idempotent bulk path, from one connection and from
+    STORES_IN_FLIGHT in parallel, each into a fresh database."""
     rows = _rows(count, seed)
     rates: dict[str, float] = {}
     for path in ("staging", "direct_copy"):
-        with fresh_database(pg_server) as dsn:
-            rates[path] = round(asyncio.run(_bulk_rate(dsn, rows, path)))
+        for connections in sorted({1, STORES_IN_FLIGHT}):
+            with fresh_database(pg_server) as dsn:
+                rate = asyncio.run(_bulk_rate(dsn, rows, path, connections))
+                rates[f"{path}_{connections}_conn"] = round(rate)
     return rates
 
 
@@ -94,13 +111,12 @@ def _stage_rates(count: int) -> dict[str, float]:
     raw = [event_bytes(n, seed=4)[1] for n in range(count)]
     window = time_window()
     started = time.perf_counter()
-    messages = [decode_fast(value, 1 << 20) for value in raw]
+    messages = decode_many(raw, 1 << 20)
     decode = time.perf_counter() - started
     started = time.perf_counter()
-    for message in messages:
-        assert message is not None
-        assert fast_row(message, window) is not None
+    rows = fast_rows(messages, window)
     fast = time.perf_counter() - started
+    assert all(row is not None for row in rows)
     started = time.perf_counter()
     decoded = [orjson.loads(value) for value in raw]
     orjson_decode = time.perf_counter() - started
@@ -125,7 +141,7 @@ async def _status(client: httpx.AsyncClient, process: ServiceProcess) -> dict[st
 
 
 async def _drain(
-    processes: list[ServiceProcess], expected: int, timeout_s: float, dsn: str
+    processes: list[ServiceProcess], expected: int, timeout_s: float, dsn: str, bootstrap: str
 ) -> dict[str, Any]:
     """Poll the processors' stored counts until `expected`; the rate runs from the first sample
     in which every processor has stored something (so a group's join and first rebalance are
@@ -133,7 +149,10 @@ async def _drain(
     and of the database's backends are read over the same stretch: CPU per event."""
     samples: list[tuple[float, list[int]]] = []
     pids = [p.proc.pid for p in processes if p.proc is not None]
+    broker = _listening_pids(bootstrap)
     cpu_first: tuple[int, float | None, float | None, list[int]] | None = None
+    machine_first: Any = None
+    broker_first: float | None = None
     started = time.perf_counter()
     reported = started
     statuses: list[dict[str, Any]] = []
@@ -145,6 +164,8 @@ async def _drain(
             if cpu_first is None and all(n > 0 for n in counts):
                 backends = await _backend_pids(dsn)
                 cpu_first = (sum(counts), _cpu_seconds(pids), _cpu_seconds(backends), backends)
+                broker_first = _cpu_seconds(broker)
+                machine_first = psutil.cpu_times()
             if sum(counts) >= expected:
                 break
             if time.perf_counter() - reported >= 5:
@@ -171,14 +192,29 @@ async def _drain(
     if cpu_first is not None and last_n > cpu_first[0]:
         stored, own, database, backends = cpu_first
         own_end, database_end = _cpu_seconds(pids), _cpu_seconds(backends)
-        for name, begin, end in (("processors", own, own_end), ("postgres_backends", database, database_end)):
+        for name, begin, end in (
+            ("processors", own, own_end),
+            ("postgres_backends", database, database_end),
+            ("broker", broker_first if broker else None, _cpu_seconds(broker)),
+        ):
             cpu_us[name] = (
                 round((end - begin) / (last_n - stored) * 1e6, 2)
                 if begin is not None and end is not None
                 else None
             )
+    machine_busy = None
+    if machine_first is not None:
+        # The whole machine's CPU over the same stretch (the broker's and anything else's too):
+        # near 1.0, the cores are the limit, whoever is using them.
+        machine_end = psutil.cpu_times()
+        total = sum(machine_end) - sum(machine_first)
+        idle = (machine_end.idle - machine_first.idle) + (
+            getattr(machine_end, "iowait", 0.0) - getattr(machine_first, "iowait", 0.0)
+        )
+        machine_busy = round(1 - idle / total, 3) if total > 0 else None
     return {
         "cpu_us_per_event": cpu_us,
+        "machine_cpu_busy_share": machine_busy,
         "stored": last_n,
         "events_per_s": round((last_n - first[1]) / (last_t - first[0])),
         "best_1s_events_per_s": round(best),
@@ -211,6 +247,22 @@ async def _backend_pids(dsn: str) -> list[int]:
         await conn.close()
 
 
+def _listening_pids(bootstrap: str) -> list[int]:
+    """The process serving the broker's port on this machine (the embedded broker), if any: its
+    CPU per event is the third share of the machine the processors' rate costs."""
+    ports = {int(address.rsplit(":", 1)[-1]) for address in bootstrap.split(",") if ":" in address}
+    try:
+        return sorted(
+            {
+                c.pid
+                for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports and c.pid
+            }
+        )
+    except (psutil.Error, OSError):
+        return []
+
+
 def _cpu_seconds(pids: list[int]) -> float | None:
     total = 0.0
     try:
@@ -230,13 +282,16 @@ def _processors_run(
         topic = unique_name(f"bench-ingest-{label}")
         print(f"[bench] ingest_throughput: {label}, producing {count:,}", file=sys.stderr, flush=True)
         fill_seconds = asyncio.run(produce(bootstrap, topic, count))
-        env = {"EVENT_PROCESSOR_BATCH_SIZE": str(BATCH_SIZE)}
+        env = {
+            "EVENT_PROCESSOR_BATCH_SIZE": str(BATCH_SIZE),
+            "EVENT_PROCESSOR_STORES_IN_FLIGHT": str(STORES_IN_FLIGHT),
+        }
         with contextlib.ExitStack() as stack:
             running = [
                 stack.enter_context(processor_process(dsn, bootstrap, topic, **env))
                 for _ in range(processors)
             ]
-            drained = asyncio.run(_drain(running, count, timeout_s=300, dsn=dsn))
+            drained = asyncio.run(_drain(running, count, timeout_s=300, dsn=dsn, bootstrap=bootstrap))
             # Backends of this database only, whatever else the server is doing.
             backends = _cpu_seconds(asyncio.run(_backend_pids(dsn)))
             own = _cpu_seconds([p.proc.pid for p in running if p.proc is not None])
@@ -247,6 +302,7 @@ def _processors_run(
         for stage, seconds in (status.get("stage_seconds") or {}).items():
             stages[stage] = round(stages.get(stage, 0.0) + seconds, 2)
     wall = drained.get("drain_seconds") or 0
+    stored = sum(int(s.get("stored", 0)) for s in statuses)
     return {
         "processors": processors,
         "fill_seconds": round(fill_seconds, 1),
@@ -254,6 +310,8 @@ def _processors_run(
         **drained,
         "stored_per_processor": [int(s.get("stored", 0)) for s in statuses],
         "stage_seconds": stages,
+        # Over the whole run (start-up included), per event stored: where the processor's time went.
+        "stage_us_per_event": {k: round(v / stored * 1e6, 2) for k, v in stages.items()} if stored else {},
         "cpu_seconds": {"processors": own, "postgres_backends": backends, "drain_wall": wall},
         "table": table,
         "exactly_once": table["rows"] == count and table["distinct_event_ids"] == count,
@@ -317,6 +375,8 @@ def run(quick: bool) -> dict[str, Any]:
         storage = _storage_comparison(pg_server, 100_000 if quick else 300_000)
     stages = _stage_rates(50_000)
     baseline = max(*before.values(), *after.values())
+    # The ceiling of the earlier rounds (one connection), for comparison only.
+    one_connection = max(v for k, v in [*before.items(), *after.items()] if k.endswith("_1_conn"))
     rate = one["events_per_s"]
     ratio = round(rate / baseline, 3) if baseline else None
     # The machine's load moves the ceiling between measurements; this one is against the mean of
@@ -327,11 +387,18 @@ def run(quick: bool) -> dict[str, Any]:
         "partitions": 4,
         "cpus": cpu_count(),
         "batch_size": BATCH_SIZE,
-        "baseline_database_rows_per_s": {"before": before, "after": after, "ceiling": baseline},
+        "stores_in_flight": STORES_IN_FLIGHT,
+        "baseline_database_rows_per_s": {
+            "before": before,
+            "after": after,
+            "ceiling": baseline,
+            "ceiling_one_connection": one_connection,
+        },
         "one_processor": one,
         "two_processors": two,
         "ratio_to_database": ratio,
         "ratio_to_database_mean_of_before_and_after": round(rate / mean_ceiling, 3) if mean_ceiling else None,
+        "ratio_to_one_connection_ceiling": round(rate / one_connection, 3) if one_connection else None,
         "two_to_one_ratio": round(two["events_per_s"] / rate, 3) if rate else None,
         "stage_rates_one_core": stages,
         "target_ratio": TARGET_RATIO,

@@ -24,6 +24,7 @@ more than these (measured: 1.8 µs per event for the five text fields).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,8 +53,10 @@ from shared.events import (
 __all__ = [
     "EventRow",
     "decode_fast",
+    "decode_many",
     "fast_record",
     "fast_row",
+    "fast_rows",
     "fast_wire",
     "parse_message",
     "parse_message_general",
@@ -283,22 +286,185 @@ def decode_fast(raw: bytes, max_bytes: int) -> _Message | None:
         return None
 
 
+def decode_many(raws: Sequence[bytes], max_bytes: int) -> list[_Message | None]:
+    """`decode_fast` of each of `raws`, in one loop (no Python call per message)."""
+    messages: list[_Message | None] = []
+    append = messages.append
+    decode = _decode_message
+    for raw in raws:
+        if 0 < len(raw) <= max_bytes:
+            try:
+                append(decode(raw))
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass
+        append(None)
+    return messages
+
+
 def fast_row(message: _Message, window: tuple[datetime, datetime]) -> EventRow | None:
     """The row the model stores for a message `decode_fast` read, or None when not sure."""
-    return _row(
-        window,
-        message.event_id,
-        message.timestamp,
-        message.person_id,
-        message.door_id,
-        message.badge_id,
-        message.access_result,
-        message.badge_status,
-        message.door_held_open_time,
-        message.entry_without_badge,
-        message.device_status,
-        message.facility_id,
-    )
+    return fast_rows((message,), window)[0]
+
+
+def fast_rows(
+    messages: Sequence[_Message | None], window: tuple[datetime, datetime]
+) -> list[EventRow | None]:
+    """`fast_row` of each message (None stays None): the processor's hot loop, a whole batch
+    in one Python loop.
+
+    The checks of :func:`_row` (the dict path's), written out inline: msgspec has already fixed
+    each field's JSON type, so the `type(...) is str` tests are gone, and one loop saves the
+    ten or so Python calls per message of `_row`'s helpers (measured: 1.64 against 2.01 us per
+    event). The property tests reach it through `fast_row` and prove each verdict equal to the
+    model's; they also prove a batch gives what its messages give one at a time.
+    """
+    low, high = window
+    results: list[EventRow | None] = []
+    append = results.append
+    result_values = _RESULT_VALUES
+    status_values = _STATUS_VALUES
+    fromiso = _fromisoformat
+    utc = UTC
+    for message in messages:
+        if message is None:
+            append(None)
+            continue
+        event_id = message.event_id
+        person_id = message.person_id
+        door_id = message.door_id
+        ids = event_id + person_id + door_id
+        if not (
+            ids.isascii()
+            and "\x00" not in ids
+            and 0 < len(event_id) <= _MAX_EVENT_ID
+            and 0 < len(person_id) <= _MAX_PERSON_ID
+            and 0 < len(door_id) <= _MAX_DOOR_ID
+            and event_id[0] > " "
+            and event_id[-1] > " "
+            and person_id[0] > " "
+            and person_id[-1] > " "
+            and door_id[0] > " "
+            and door_id[-1] > " "
+        ):
+            append(None)
+            continue
+        result = message.access_result
+        access_result = result_values.get(result) or result_values.get(result.strip().lower())
+        if access_result is None:
+            append(None)
+            continue
+        stamp = message.timestamp
+        if type(stamp) is str:
+            if (
+                len(stamp) <= 64
+                and stamp.isascii()
+                and stamp
+                and stamp[0] > " "
+                and stamp[-1] > " "
+                and not stamp.lstrip("-").isdigit()
+            ):
+                try:
+                    parsed = fromiso(stamp[:-1] + "+00:00" if stamp[-1] in "Zz" else stamp)
+                    if parsed.tzinfo is None:
+                        timestamp = parsed.replace(tzinfo=utc)
+                    else:
+                        timestamp = parsed.astimezone(utc)
+                except (ValueError, OverflowError):
+                    timestamp = None
+            else:
+                timestamp = _timestamp(stamp)
+        else:
+            timestamp = _timestamp(stamp)
+        if timestamp is None or not low <= timestamp <= high:
+            append(None)
+            continue
+        badge = message.badge_id
+        if badge == "":
+            badge = None
+        elif badge is not None and not (
+            len(badge) <= _MAX_BADGE_ID
+            and badge.isascii()
+            and badge[0] > " "
+            and badge[-1] > " "
+            and "\x00" not in badge
+        ):
+            append(None)
+            continue
+        facility = message.facility_id
+        if facility == "":
+            facility = None
+        elif facility is not None and not (
+            len(facility) <= _MAX_FACILITY_ID
+            and facility.isascii()
+            and facility[0] > " "
+            and facility[-1] > " "
+            and "\x00" not in facility
+        ):
+            append(None)
+            continue
+        status = message.badge_status
+        badge_status: str | None = None
+        if status is not None:
+            word = status.strip().lower()
+            if word:
+                badge_status = status_values.get(word)
+                if badge_status is None:
+                    append(None)
+                    continue
+        held = message.door_held_open_time
+        if held is None:
+            held_s = 0.0
+        elif type(held) is float and math.isfinite(held) and held >= 0:
+            held_s = held
+        elif type(held) is int and 0 <= held <= _MAX_EXACT_INT:
+            held_s = float(held)
+        else:
+            append(None)
+            continue
+        entry = message.entry_without_badge
+        if entry is None:
+            without_badge = False
+        elif type(entry) is bool:
+            without_badge = entry
+        else:
+            word = entry.strip().lower()
+            if word in FALSE_WORDS:
+                without_badge = False
+            elif word in TRUE_WORDS:
+                without_badge = True
+            else:
+                append(None)
+                continue
+        device = message.device_status
+        if device is None:
+            device = DEFAULT_DEVICE_STATUS
+        elif device != "" and not (
+            len(device) <= _MAX_DEVICE_STATUS
+            and device.isascii()
+            and device[0] > " "
+            and device[-1] > " "
+            and "\x00" not in device
+        ):
+            append(None)
+            continue
+        append(
+            (
+                event_id,
+                timestamp,
+                person_id,
+                door_id,
+                badge,
+                access_result,
+                badge_status,
+                held_s,
+                without_badge,
+                device,
+                facility,
+                None,
+            )
+        )
+    return results
 
 
 # The wire message's field names, in the model's (and the row's) order.

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from aiokafka.errors import IllegalStateError, KafkaError
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
@@ -68,6 +69,17 @@ def received_at(record: Any) -> float | None:
     return stamp / 1000.0 if isinstance(stamp, int) and stamp > 0 else None
 
 
+def received_times(records: Sequence[Any]) -> list[float | None]:
+    """`received_at` of each record: a record without headers (what a plain producer sends)
+    is read inline, since a call per record was a measurable part of the processor's CPU."""
+    return [
+        record.timestamp / 1000.0
+        if not record.headers and type(record.timestamp) is int and record.timestamp > 0
+        else received_at(record)
+        for record in records
+    ]
+
+
 def batch_links(records: Iterable[Any]) -> list[Link]:
     """A link to the context carried by each message (up to MAX_LINKS); none while tracing is off,
     so an untraced processor does not parse headers for nothing."""
@@ -86,7 +98,7 @@ def batch_links(records: Iterable[Any]) -> list[Link]:
     return links
 
 
-def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+def observe_many(histogram: Histogram, values: Sequence[float] | npt.NDArray[np.float64]) -> None:
     """`histogram.observe(v)` for every v of `values`, as one update per bucket.
 
     prometheus_client observes one value at a time (a lock and a bucket scan each, about 1 µs),
@@ -110,12 +122,13 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
 
 def observe_latencies(event_times: Sequence[datetime], received: Sequence[float | None]) -> None:
     """Both latencies of a batch of stored events: their event times and the epoch seconds each
-    was received (None when unknown), in the same order."""
+    was received (None when unknown), in the same order. Computed on arrays: a datetime
+    subtraction per event cost more than the histograms' update."""
     now = time.time()
-    observe_many(metrics.EVENT_LATENCY, [max(0.0, now - got) for got in received if got is not None])
-    now_dt = datetime.fromtimestamp(now, UTC)
-    delays = [max(0.0, (now_dt - event_time).total_seconds()) for event_time in event_times]
-    observe_many(metrics.EVENT_TIME_DELAY, delays)
+    got = np.fromiter((stamp for stamp in received if stamp is not None), dtype=np.float64)
+    observe_many(metrics.EVENT_LATENCY, np.maximum(now - got, 0.0))
+    happened = np.fromiter(map(datetime.timestamp, event_times), dtype=np.float64, count=len(event_times))
+    observe_many(metrics.EVENT_TIME_DELAY, np.maximum(now - happened, 0.0))
 
 
 class ConsumerLag:

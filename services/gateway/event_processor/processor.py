@@ -8,13 +8,15 @@ keeps going. While the database is down (its breaker open, or connections failin
 processor pauses its partitions, keeps the batch in hand, retries with backoff and commits
 nothing; it resumes by itself.
 
-The batch is pipelined: while batch n is being stored (PostgreSQL's work, in its own process),
-batch n+1 is fetched, decoded and validated here; batch n+1's store starts as soon as batch n's
-ends, before batch n's dead letters and offset commit. Batches are still stored one after the
-other, and committed in order, each batch's offsets only after it is stored and its dead letters
-acknowledged. A message is decoded by msgspec and validated by the fast path
-(`shared.event_fastpath`), which hands anything it is not sure of to orjson and `AccessEvent`,
-so a refusal carries the model's reason.
+The batch is pipelined: while stores run (PostgreSQL's work, in its own processes), the next
+batch is fetched, decoded and validated here, and up to `stores_in_flight` batches (default 2)
+are stored at once, each on its own pooled connection, so the database is not idle during one
+store's round trips, its commit, or the event loop's decoding. Offsets are still committed strictly
+in order: a batch is settled (dead letters sent and acknowledged, offsets committed) only after
+every batch fetched before it is stored and settled. A batch whose store fails while the database
+is down is retried, partitions paused, and nothing fetched after it commits meanwhile. A message is
+decoded by msgspec and validated by the fast path (`shared.event_fastpath`), which hands anything
+it is not sure of to orjson and `AccessEvent`, so a refusal carries the model's reason.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -35,10 +38,11 @@ from services.gateway.event_processor.observe import (
     batch_links,
     observe_latencies,
     received_at,
+    received_times,
 )
-from services.gateway.event_processor.sink import EventSink, StoreOutcome, is_database_down
+from services.gateway.event_processor.sink import EventSink, StoreOutcome, holds_batch
 from shared.breaker import MESSAGE_CAUSED, CircuitBreakerOpen
-from shared.event_fastpath import EventRow, decode_fast, fast_row, parse_message_general
+from shared.event_fastpath import EventRow, decode_many, fast_rows, parse_message_general
 from shared.event_vocabulary import time_window
 from shared.performance import get_performance_monitor
 from shared.performance.operation import OpenOperation, open_operation, operation
@@ -68,9 +72,9 @@ class ProcessorStats:
     last_batch_at: float | None = None
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
-    # Seconds spent in each stage since start (the benchmark's breakdown). `store` counts the
-    # time this loop waited for the database, not the time the store took: the two differ by
-    # the decode and validate work done meanwhile.
+    # Seconds spent in each stage since start (the benchmark's breakdown). `store` adds up the
+    # stores' own durations (several run at once, so it can exceed the wall time); `store_wait`
+    # is the time this loop waited for one to end, the rest of it overlapped decode and validate.
     decode_s: float = 0.0
     validate_s: float = 0.0
     store_wait_s: float = 0.0
@@ -83,7 +87,7 @@ class ProcessorStats:
 # or `flush_interval_ms` is up): long enough that a trickle of events does not become one
 # transaction per fetch, short against the latency budget.
 _EARLY_FLUSH_S = 0.005
-# While the previous batch is being stored, how often gathering looks whether it is done.
+# While a batch is being stored, how often gathering looks whether it is done.
 _STORE_POLL_S = 0.005
 
 # Records decoded or validated between two hand-backs of the event loop (about 2-5 ms of CPU).
@@ -120,6 +124,7 @@ class EventProcessor:
         tuning: ProcessorTuning,
         max_message_bytes: int,
         retry_backoff_max_s: float = 10.0,
+        stores_in_flight: int = 2,
     ) -> None:
         self.consumer = consumer
         self.dlq_producer = dlq_producer
@@ -128,6 +133,7 @@ class EventProcessor:
         self.tuning = tuning
         self.max_message_bytes = max_message_bytes
         self.retry_backoff_max_s = retry_backoff_max_s
+        self.stores_in_flight = max(1, stores_in_flight)
         self.stats = ProcessorStats()
         self.lag = ConsumerLag()
         self._stopping = asyncio.Event()
@@ -141,55 +147,86 @@ class EventProcessor:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        inflight: InFlight | None = None
+        # Batches being stored or stored but not yet settled, oldest first: settled from the head
+        # only, so offsets are committed in the order the batches were fetched.
+        pending: deque[InFlight] = deque()
         try:
             while not self.stopping:
-                records = await self._next_batch(inflight.storing if inflight is not None else None)
+                full = len(pending) >= self.stores_in_flight
+                records = await self._next_batch(pending[0].storing if pending else None, full=full)
                 batch = await self.prepare(records) if records else None
-                if inflight is None:
-                    if batch is not None:
-                        inflight = self._begin(batch)
-                    continue
-                outcome = await self._stored(inflight)
+                if batch is not None:
+                    if len(pending) >= self.stores_in_flight:
+                        # No free connection: the oldest store must end first. The next store
+                        # starts before that batch's dead letters and commit, so the database
+                        # never waits for the broker's round trips.
+                        outcome = await self._stored(pending[0])
+                        if outcome is None:
+                            return
+                        head = pending.popleft()
+                        pending.append(self._begin(batch))
+                        await self._settle(head, outcome)
+                    else:
+                        pending.append(self._begin(batch))
+                if not await self._settle_done(pending):
+                    return
+            while pending:
+                outcome = await self._stored(pending[0])
                 if outcome is None:
                     return
-                # The next batch's store starts now, before this one's dead letters, metrics and
-                # offset commit: the database never waits for the broker's round trips. Offsets
-                # are still committed in order, each batch's after its own store.
-                settling, inflight = inflight, (self._begin(batch) if batch is not None else None)
-                await self._settle(settling, outcome)
-            if inflight is not None:
-                outcome = await self._stored(inflight)
-                if outcome is not None:
-                    settling, inflight = inflight, None
-                    await self._settle(settling, outcome)
+                await self._settle(pending.popleft(), outcome)
         finally:
-            if inflight is not None:
-                # Leaving on an error: the batch is not committed, its next owner re-reads it.
+            # Leaving on an error or a stop during an outage: these batches are not committed,
+            # their next owner re-reads them and the idempotent sink drops what was stored.
+            for inflight in pending:
                 if not inflight.storing.done():
                     inflight.storing.cancel()
-                    with contextlib.suppress(BaseException):
-                        await inflight.storing
+            for inflight in pending:
+                with contextlib.suppress(BaseException):
+                    await inflight.storing
                 inflight.span.end()
 
-    async def _next_batch(self, storing: asyncio.Task[StoreOutcome] | None = None) -> list[Record]:
+    async def _settle_done(self, pending: deque[InFlight]) -> bool:
+        """Settle, in order, the batches at the head whose store has ended; False when asked to
+        stop while one of them is held for an unavailable database."""
+        while pending and pending[0].storing.done():
+            outcome = await self._stored(pending[0])
+            if outcome is None:
+                return False
+            await self._settle(pending.popleft(), outcome)
+        return True
+
+    async def _next_batch(
+        self, storing: asyncio.Task[StoreOutcome] | None = None, *, full: bool = True
+    ) -> list[Record]:
         """Up to `batch_size` records, waiting at most `flush_interval_ms` after the first one
-        arrived, and no longer than the previous batch's store (`storing`) takes once at least
-        `_EARLY_FLUSH_S` has passed: a batch waiting for a database with nothing to do only
-        adds latency, while one gathered during a store costs no time at all."""
+        arrived. `storing` is the oldest store still unsettled, `full` whether every store slot is
+        taken. With a slot free the batch goes once it has waited `_EARLY_FLUSH_S`: a batch
+        waiting while the database has a free connection only adds latency. With every slot
+        taken it keeps growing until the oldest store ends (then `_EARLY_FLUSH_S` applies), since
+        a batch gathered during a store costs no time at all. With nothing fetched yet, it
+        returns empty as soon as the oldest store ends, so that batch is settled without delay."""
         size = max(1, self.tuning.batch_size)
         interval = self.tuning.flush_interval_ms / 1000
         records: list[Record] = []
         first: float | None = None
+        began = time.monotonic()
         while len(records) < size and not self.stopping:
+            now = time.monotonic()
+            busy = storing is not None and not storing.done()
             if first is None:
-                wait = interval
+                wait = began + interval - now
+                if storing is not None and not busy:
+                    return records
+                if busy:
+                    wait = min(wait, _STORE_POLL_S)
+                if wait <= 0:
+                    return records
             else:
-                now = time.monotonic()
                 wait = first + interval - now
                 if wait <= 0:
                     break
-                if storing is None or storing.done():
+                if not full or not busy:
                     if now - first >= _EARLY_FLUSH_S:
                         break
                     wait = min(wait, first + _EARLY_FLUSH_S - now)
@@ -201,9 +238,7 @@ class EventProcessor:
             )
             for partition_records in fetched.values():
                 records.extend(partition_records)
-            if not records:
-                return records
-            if first is None:
+            if records and first is None:
                 first = time.monotonic()
         return records
 
@@ -223,22 +258,26 @@ class EventProcessor:
         for start in range(0, len(records), _YIELD_EVERY):
             chunk = records[start : start + _YIELD_EVERY]
             started = time.perf_counter()
-            messages = [decode_fast(record.value or b"", limit) for record in chunk]
+            messages = decode_many([record.value or b"" for record in chunk], limit)
             decoded = time.perf_counter()
             self.stats.decode_s += decoded - started
-            for record, message in zip(chunk, messages, strict=True):
-                try:
-                    row = fast_row(message, window) if message is not None else None
-                except Exception:  # a bug of the fast path must not decide: the general way does
-                    row = None
-                if row is None:
-                    verdict = parse_message_general(record.value or b"", limit)
-                    if len(verdict) == 2:  # (reason, message): a dead letter
-                        batch.dead.append((record, verdict[0], verdict[1]))
-                        continue
-                    row = verdict
-                batch.rows.append(row)
-                batch.sources.append(record)
+            try:
+                rows: list[EventRow | None] = fast_rows(messages, window)
+            except Exception:  # a bug of the fast path must not decide: the general way does
+                rows = [None] * len(chunk)
+            if None not in rows:  # every message took the fast path: no Python loop over them
+                batch.rows.extend(cast(list[EventRow], rows))
+                batch.sources.extend(chunk)
+            else:
+                for record, row in zip(chunk, rows, strict=True):
+                    if row is None:
+                        verdict = parse_message_general(record.value or b"", limit)
+                        if len(verdict) == 2:  # (reason, message): a dead letter
+                            batch.dead.append((record, verdict[0], verdict[1]))
+                            continue
+                        row = verdict
+                    batch.rows.append(row)
+                    batch.sources.append(record)
             self.stats.validate_s += time.perf_counter() - decoded
             await asyncio.sleep(0)
         get_performance_monitor().record(
@@ -293,7 +332,7 @@ class EventProcessor:
                 try:
                     outcome: StoreOutcome | None = await inflight.storing
                 except Exception as exc:
-                    if not is_database_down(exc):
+                    if not holds_batch(exc):
                         raise  # the sink hands back rows it cannot store; this is a bug
                     outcome = await self._store_until_done(inflight.batch.rows, exc)
         finally:
@@ -322,7 +361,7 @@ class EventProcessor:
                 await self._dead_letter(dead)
             self.stats.dead_letter_s += time.perf_counter() - started
         refused = {i for i, _ in outcome.refused}
-        received = [received_at(record) for record in batch.sources]
+        received = received_times(batch.sources)
         if refused:
             kept = [i for i in range(len(batch.rows)) if i not in refused]
             observe_latencies([batch.rows[i][1] for i in kept], [received[i] for i in kept])
@@ -367,7 +406,7 @@ class EventProcessor:
             try:
                 return await self._store_timed(rows)
             except Exception as exc:
-                if not is_database_down(exc):
+                if not holds_batch(exc):
                     raise
                 failure = exc
 
@@ -395,11 +434,12 @@ class EventProcessor:
             metrics.PAUSED.set(0)
 
     async def _commit(self, records: list[Record]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            if record.offset >= last.get(key, -1):
-                last[key] = record.offset
+        # Each partition's last record in the batch: its newest, as fetches of a partition follow
+        # each other. Were the position reset in between (a rebalance), the last is older than
+        # the newest: committing it is still safe (everything before it is in the batch or
+        # committed) and only redelivers what the idempotent sink drops. A dict built in one
+        # pass, since this ran for every record.
+        last = {(record.topic, record.partition): record.offset for record in records}
         offsets = {TopicPartition(topic, part): offset + 1 for (topic, part), offset in last.items()}
         try:
             await self.consumer.commit(offsets)

@@ -30,6 +30,7 @@ class ProcessorStatus(BaseModel):
     topic: str
     batch_size: int
     flush_interval_ms: int
+    stores_in_flight: int = Field(description="batches stored at once, on as many connections")
     stored: int = Field(description="events newly stored")
     duplicates: int = Field(description="events already stored (redeliveries, client retries)")
     dead_lettered: int
@@ -111,6 +112,7 @@ class ProcessorService:
                     tuning=self.tuning,
                     max_message_bytes=get_event_limits().max_event_bytes,
                     retry_backoff_max_s=self.settings.processor_retry_backoff_max_s,
+                    stores_in_flight=self.settings.processor_stores_in_flight,
                 )
                 if self._stopping:
                     break
@@ -164,6 +166,7 @@ class ProcessorService:
             topic=self.settings.access_events_topic,
             batch_size=self.tuning.batch_size,
             flush_interval_ms=self.tuning.flush_interval_ms,
+            stores_in_flight=self.settings.processor_stores_in_flight,
             stored=stats.stored if stats else 0,
             duplicates=stats.duplicates if stats else 0,
             dead_lettered=stats.dead_lettered if stats else 0,
@@ -198,12 +201,14 @@ async def running_processor(
     """A started processor with its own pool, registered in `checks`; drained and closed on exit.
 
     The pool starts empty (min_size=0) so the processor, and the gateway hosting it, start while
-    the database is down; the breaker and the processor's backoff take it from there.
+    the database is down; the breaker and the processor's backoff take it from there. It holds a
+    connection for each store in flight, and two more for the health check and a store being
+    retried one event at a time while the others run.
     """
     pool = await create_pool(
         settings.require_database_url(),
         min_size=0,
-        max_size=4,
+        max_size=settings.processor_stores_in_flight + 2,
         command_timeout=settings.database_timeout_s,
     )
     processor = ProcessorService(settings, pool, database_breaker)

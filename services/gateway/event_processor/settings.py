@@ -33,6 +33,13 @@ class EventProcessorSettings(FleetSettings):
         validation_alias="EVENT_PROCESSOR_FLUSH_INTERVAL_MS",
         description="longest a partial batch waits before it is stored",
     )
+    processor_stores_in_flight: int = Field(
+        2,
+        ge=1,
+        le=8,
+        validation_alias="EVENT_PROCESSOR_STORES_IN_FLIGHT",
+        description="batches stored at once, each on its own connection; offsets still committed in order",
+    )
     processor_fetch_max_wait_ms: int = Field(
         50,
         ge=0,

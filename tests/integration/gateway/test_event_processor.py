@@ -11,12 +11,15 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from services.gateway.event_processor.service import ProcessorService
+from services.gateway.event_processor.sink import EventSink, StoreOutcome
 from services.gateway.settings import GatewaySettings
 from shared.breaker import BreakerRegistry
 from shared.db import create_pool
+from shared.event_fastpath import record_of
+from shared.event_store import store_event_rows
 from shared.event_vocabulary import get_event_limits
 from shared.kafka import create_consumer, create_producer, ensure_topics
 from tests.factories import event_dict
@@ -424,3 +427,119 @@ async def test_stop_during_an_outage_commits_no_batch_fetched_behind_the_held_on
         await again.stop()
         await pool.close()
     assert await count_rows(database_url) == (len(events), len(events))
+
+
+async def _waiting_on_locks(conn: asyncpg.Connection, expected: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    waiting = 0
+    while time.monotonic() < deadline:
+        waiting = int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+        )
+        if waiting >= expected:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{waiting} sessions waiting on a lock, expected {expected}")
+
+
+async def _deadlocks(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(
+        await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+    )
+
+
+async def test_two_concurrent_stores_of_the_same_events_deadlock_and_both_batches_are_stored(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches in flight holding the same events (a redelivery) in opposite orders: a third
+    transaction holds the middle event so that each store has inserted its half before they
+    meet, then lets go; the stores wait on each other's keys, PostgreSQL aborts one (a
+    deadlock), and the sink stores that batch again as a whole: every event stored once, none
+    refused (so none would be dead-lettered), none stored one by one."""
+    rows = [record_of(event_dict(event_id=f"overlap-{n:04d}")) for n in range(400)]
+    forward, backward = rows, rows[::-1]
+    pool = await create_pool(database_url, min_size=0, max_size=4)
+    sink = EventSink(pool, BreakerRegistry.from_dict({}).get("database"))
+    holder = await asyncpg.connect(database_url)
+    watcher = await asyncpg.connect(database_url)
+    one_by_one: list[int] = []
+    original = sink._one_by_one
+
+    async def spy(batch: Any) -> StoreOutcome:
+        one_by_one.append(len(batch))
+        return await original(batch)
+
+    monkeypatch.setattr(sink, "_one_by_one", spy)
+    try:
+        deadlocks_before = await _deadlocks(watcher)
+        holding = holder.transaction()
+        await holding.start()
+        await store_event_rows(holder, [rows[200]])
+        stores = [asyncio.create_task(sink.store(forward)), asyncio.create_task(sink.store(backward))]
+        await _waiting_on_locks(watcher, 2)  # both stores have reached the middle event
+        await holding.rollback()
+        outcomes = await asyncio.wait_for(asyncio.gather(*stores), 30)
+        deadline = time.monotonic() + 15  # the statistics reach the view once the backend is idle
+        deadlocks = await _deadlocks(watcher)
+        while deadlocks == deadlocks_before and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            deadlocks = await _deadlocks(watcher)
+    finally:
+        await holder.close()
+        await watcher.close()
+        await pool.close()
+    assert deadlocks > deadlocks_before  # the stores did meet and one was aborted
+    assert [o.refused for o in outcomes] == [[], []]
+    assert sum(o.inserted for o in outcomes) == len(rows)
+    assert one_by_one == []
+    assert await count_rows(database_url) == (len(rows), len(rows))
+
+
+async def test_redelivered_events_in_consecutive_batches_stored_at_once_are_stored_exactly_once(
+    database_url: str, kafka_bootstrap: str, topic_name: str
+) -> None:
+    """Each group of ten events is sent twice in a row, the second time reversed: with batches
+    of ten and two stores in flight, consecutive batches holding the same events are stored
+    concurrently. Every event ends up stored once, the copies count as duplicates, nothing is
+    dead-lettered and every offset is committed."""
+    settings = processor_settings(
+        database_url,
+        kafka_bootstrap,
+        topic_name,
+        EVENT_PROCESSOR_BATCH_SIZE=10,
+        EVENT_PROCESSOR_STORES_IN_FLIGHT=2,
+    )
+    events = [event_dict() for _ in range(300)]
+    producer = await producer_for(kafka_bootstrap, topic_name)
+    try:
+        for start in range(0, len(events), 10):
+            group = events[start : start + 10]
+            for event in [*group, *group[::-1]]:
+                await producer.send(topic_name, orjson.dumps(event), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    pool = await create_pool(database_url, min_size=0, max_size=4)
+    service = ProcessorService(settings, pool, BreakerRegistry.from_dict({}).get("database"))
+    service.start()
+    try:
+        await eventually(lambda: service.status().stored + service.status().duplicates >= 2 * len(events), 60)
+        status = service.status()
+    finally:
+        await service.stop()
+        await pool.close()
+    assert status.stores_in_flight == 2
+    assert (status.stored, status.duplicates, status.dead_lettered) == (len(events), len(events), 0)
+    assert status.commit_failures == 0
+    assert await count_rows(database_url) == (len(events), len(events))
+    consumer = create_consumer(kafka_bootstrap, group_id=topic_name + "-processor")
+    await consumer.start()
+    try:
+        committed = await consumer.committed(TopicPartition(topic_name, 0))
+    finally:
+        await consumer.stop()
+    assert committed == 2 * len(events)

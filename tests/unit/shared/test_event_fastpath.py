@@ -11,7 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.event_fastpath import decode_fast, fast_record, fast_row, fast_wire, parse_message, record_of
+from shared.event_fastpath import (
+    decode_fast,
+    decode_many,
+    fast_record,
+    fast_row,
+    fast_rows,
+    fast_wire,
+    parse_message,
+    record_of,
+)
 from shared.event_vocabulary import time_window
 from shared.events import EventParseError, event_record, parse_event_bytes, validate_event
 from tests.hostile import hostile_messages
@@ -406,3 +415,17 @@ def test_what_producers_send_takes_the_msgspec_path() -> None:
     fast = fast_row(message, time_window())
     assert fast is not None
     _same_row(fast, event_record(parse_event_bytes(raw, max_bytes=MAX_BYTES)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(raw_messages(), max_size=12), st.integers(min_value=1, max_value=MAX_BYTES))
+def test_a_batch_gets_what_its_messages_get_one_at_a_time(raws: list[bytes], max_bytes: int) -> None:
+    """The processor decodes and checks a batch in one loop each: nothing one message leaves
+    behind may change the verdict on the next (every message's row is also proven to be the
+    model's by the tests above)."""
+    window = time_window()
+    messages = decode_many(raws, max_bytes)
+    assert messages == [decode_fast(raw, max_bytes) for raw in raws]
+    one_at_a_time = [fast_row(message, window) if message is not None else None for message in messages]
+    assert fast_rows(messages, window) == one_at_a_time
+    assert fast_rows(messages[::-1], window) == one_at_a_time[::-1]
