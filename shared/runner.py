@@ -194,9 +194,10 @@ def prepare_app(
 YOUNG_COLLECTION_THRESHOLD = 10_000
 
 
-def freeze_startup_objects() -> None:
+def freeze_startup_objects(young_threshold: int = YOUNG_COLLECTION_THRESHOLD) -> None:
     """Set the collector for a service process: objects alive after start-up out of its sight,
-    and the youngest generation collected less often (`YOUNG_COLLECTION_THRESHOLD`).
+    and the youngest generation collected less often (`young_threshold`; a service whose unit of
+    work holds more objects at once, like the event processor's batches, passes its own).
 
     A full collection walks every tracked object; a service holds over 100k of them from its
     imports alone (modules, classes, schemas, the app's routes), none of which ever becomes
@@ -207,7 +208,7 @@ def freeze_startup_objects() -> None:
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+    gc.set_threshold(young_threshold, middle, oldest)
 
 
 def serve_workers(

@@ -4,7 +4,6 @@ consumer and sink, so each store can be made to end, fail or overlap exactly whe
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +12,6 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from services.gateway.event_processor.app import GC_YOUNG_THRESHOLD, tune_garbage_collector
 from services.gateway.event_processor.processor import EventProcessor, ProcessorTuning
 from services.gateway.event_processor.sink import CONFLICT_RETRIES, EventSink, StoreOutcome, holds_batch
 from shared.breaker import BreakerRegistry
@@ -264,14 +262,3 @@ async def test_a_conflict_that_persists_is_raised_for_the_processor_to_hold_the_
     assert holds_batch(raised.value)
     assert not holds_batch(asyncpg.UniqueViolationError("dup"))
     assert not holds_batch(asyncpg.DataError("bad value"))
-
-
-def test_the_processor_process_collects_young_garbage_rarely_and_never_scans_start_up() -> None:
-    before = gc.get_threshold()
-    try:
-        tune_garbage_collector()
-        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)

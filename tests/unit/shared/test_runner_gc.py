@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi import FastAPI
 
+from services.gateway.event_processor.app import GC_YOUNG_THRESHOLD
 from shared import runner
 from shared.runner import YOUNG_COLLECTION_THRESHOLD, freeze_startup_objects
 from shared.settings import FleetSettings
@@ -46,6 +47,14 @@ def test_start_up_objects_are_frozen_after_collecting_garbage_and_young_ones_col
     del later
     gc.collect()
     assert gone() is None, "objects made after the freeze are collected as ever"
+
+
+@pytest.mark.usefixtures("restored_collector")
+def test_a_service_with_larger_units_of_work_sets_its_own_young_threshold() -> None:
+    middle, oldest = gc.get_threshold()[1:]
+    freeze_startup_objects(GC_YOUNG_THRESHOLD)
+    assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, middle, oldest)
+    assert GC_YOUNG_THRESHOLD > YOUNG_COLLECTION_THRESHOLD
 
 
 def test_every_service_process_freezes_once_its_app_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
