@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -233,8 +234,11 @@ class EventProcessor:
                 else:
                     # Look at the store again soon: fetching returns at once only while records wait.
                     wait = min(wait, _STORE_POLL_S)
+            # Rounded up: aiokafka's getmany with timeout_ms=0 and nothing fetched returns without
+            # suspending, so a wait under 1 ms rounded down to 0 would spin here without ever
+            # letting the event loop serve anything else (a 1 ms flush interval did exactly that).
             fetched = await self.consumer.getmany(
-                timeout_ms=max(0, int(wait * 1000)), max_records=size - len(records)
+                timeout_ms=max(1, math.ceil(wait * 1000)), max_records=size - len(records)
             )
             for partition_records in fetched.values():
                 records.extend(partition_records)
@@ -418,7 +422,7 @@ class EventProcessor:
             if left <= 0:
                 return True
             # Paused partitions return nothing; polling keeps max_poll_interval from expiring.
-            await self.consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000), max_records=1)
+            await self.consumer.getmany(timeout_ms=max(1, math.ceil(min(left, 0.5) * 1000)), max_records=1)
         return False
 
     def _pause(self) -> None:

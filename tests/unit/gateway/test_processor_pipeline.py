@@ -262,3 +262,39 @@ async def test_a_conflict_that_persists_is_raised_for_the_processor_to_hold_the_
     assert holds_batch(raised.value)
     assert not holds_batch(asyncpg.UniqueViolationError("dup"))
     assert not holds_batch(asyncpg.DataError("bad value"))
+
+
+class ImmediateConsumer(ScriptedConsumer):
+    """Like aiokafka's: `getmany(timeout_ms=0)` with nothing to hand out returns without
+    suspending; only a positive timeout waits."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.timeouts: list[int] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        self.timeouts.append(timeout_ms)
+        if timeout_ms > 0:
+            await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+
+@pytest.mark.parametrize("flush_interval_ms", [1, 2, 50])
+async def test_an_idle_processor_with_a_short_flush_interval_lets_the_event_loop_run(
+    flush_interval_ms: int,
+) -> None:
+    consumer = ImmediateConsumer()
+    worker = processor(consumer, GatedSink())
+    worker.tuning.flush_interval_ms = flush_interval_ms
+    running = asyncio.create_task(worker.run())
+    ticks = 0
+    try:
+        for _ in range(20):  # other work (the HTTP server, here a sleeper) keeps its turns
+            await asyncio.wait_for(asyncio.sleep(0.001), timeout=1.0)
+            ticks += 1
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, timeout=5)
+    assert ticks == 20
+    assert consumer.timeouts
+    assert min(consumer.timeouts) >= 1
