@@ -24,7 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.errors import ApiError, error_response
+from shared.errors import ApiError
 from shared.settings import FleetSettings
 
 _bearer = HTTPBearer(
@@ -107,9 +107,7 @@ class AdminFirstMiddleware:
             try:
                 check_admin(settings, authorization)
             except ApiError as exc:
-                response = error_response(
-                    exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
-                )
+                response = exc.response()
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

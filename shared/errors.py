@@ -70,6 +70,13 @@ class ApiError(Exception):
         self.details = details
         self.headers = headers
 
+    def response(self) -> JSONResponse:
+        """The envelope this error answers with: the one place outside the app's exception
+        handler (pure ASGI middlewares and dispatchers) turns an ApiError into an answer."""
+        return error_response(
+            self.status_code, self.message, code=self.code, details=self.details, headers=self.headers
+        )
+
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
@@ -126,9 +133,7 @@ def allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(
-            exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
-        )
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -35,7 +35,7 @@ from services.gateway.rate_limit import IngestLimiter, Quota
 from services.gateway.settings import GatewaySettings
 from shared.api_keys import PresentedApiKey, authenticate
 from shared.breaker import CircuitBreaker, CircuitBreakerOpen
-from shared.errors import ApiError, error_response, validation_details
+from shared.errors import ApiError, validation_details
 
 # `_Message` is the fast path's own decoding shape (the JSON types of a well-behaved event, no
 # other field): the gateway decodes whole request bodies into it, as the processor decodes
@@ -425,7 +425,5 @@ class IngestDispatch:
         try:
             response = await accept_events(request)
         except ApiError as exc:
-            response = error_response(
-                exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
-            )
+            response = exc.response()
         await response(scope, receive, send)

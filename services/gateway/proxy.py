@@ -514,9 +514,7 @@ class ProxyDispatch:
             try:
                 response = await proxy.forward(Request(scope, receive), entry.target)
             except ApiError as exc:
-                response = error_response(
-                    exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
-                )
+                response = exc.response()
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
