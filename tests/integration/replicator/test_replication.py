@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -225,3 +226,61 @@ async def test_batches_walk_the_cursor_index_even_with_stale_statistics(
     while (result := await replicate_batch(source, target, stream=STREAM, batch_size=50_000)).rows_read:
         copied += result.rows_inserted
     assert copied == 201_000
+
+
+_WAITING_FOR_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+)
+
+
+async def _replicated(replica: asyncpg.Connection, event_id: str) -> bool:
+    return bool(
+        await replica.fetchval("SELECT count(*) FROM access_events_replica WHERE event_id = $1", event_id)
+    )
+
+
+async def test_the_interval_runs_from_the_start_of_a_catch_up_not_from_its_end(
+    database_url: str, replica_url: str
+) -> None:
+    """A catch-up held up by the replica for most of an interval is followed by the next one an
+    interval after it began, not an interval after it ended."""
+    interval = 2.0
+    settings = ReplicatorSettings(
+        DATABASE_URL=database_url, TIMESCALE_URL=replica_url, REPLICATION_INTERVAL=interval
+    )
+    source = await asyncpg.connect(database_url)
+    replica = await asyncpg.connect(replica_url)
+    blocker = await asyncpg.connect(replica_url)
+    service = ReplicatorService(settings)
+    await service.open()
+    loop = asyncio.get_running_loop()
+    try:
+        now = datetime.now(UTC)
+        await store_events(source, events_at([now], "first"))
+        service.start()
+        deadline = loop.time() + 30
+        while not await _replicated(replica, "first-0"):
+            assert loop.time() < deadline, "the first catch-up did not happen"
+            await asyncio.sleep(0.05)
+        # Writes to the replica wait (reads do not), so the next catch-up is held at its insert.
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE access_events_replica IN SHARE MODE")
+            await store_events(source, events_at([now], "second"))
+            while not await replica.fetchval(_WAITING_FOR_A_LOCK):
+                assert loop.time() < deadline, "the second catch-up never reached the replica"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(interval * 0.85)
+            # Stored after the held catch-up read the source: the next catch-up copies it.
+            await store_events(source, events_at([now], "third"))
+        released = loop.time()
+        while not await _replicated(replica, "third-0"):
+            assert loop.time() < deadline, "the third event was never replicated"
+            await asyncio.sleep(0.02)
+        waited = loop.time() - released
+    finally:
+        await service.close()
+        for conn in (source, replica, blocker):
+            await conn.close()
+    # An interval from the held catch-up's start is about 0.3 s after the release; from its end
+    # it would be a whole interval (2 s) after it.
+    assert waited < interval * 0.6, waited
