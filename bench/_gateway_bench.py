@@ -143,6 +143,13 @@ def usage(processes: list[psutil.Process]) -> tuple[float, float]:
     return cpu, waited
 
 
+def pin(processes: list[psutil.Process], cpus: set[int]) -> None:
+    """Keep these processes on `cpus` (a process gone meanwhile is skipped)."""
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.cpu_affinity(sorted(cpus))
+
+
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -152,6 +159,7 @@ __all__ = [
     "cpu_count",
     "event_bytes",
     "fresh_database",
+    "pin",
     "process_tree",
     "processor_process",
     "produce",

@@ -39,7 +39,7 @@ import httpx
 import psutil
 import yaml
 
-from bench._gateway_bench import cpu_count, fresh_database, process_tree, servers, unique_name
+from bench._gateway_bench import cpu_count, fresh_database, pin, process_tree, servers, unique_name
 from bench._http_load import drive
 from tools.dev.fleet import ServiceProcess
 
@@ -81,12 +81,6 @@ def _measured(
 _REPORTED = ("cpu_us_per_request", "runnable_waiting_cores", "p99_ms")
 
 
-def _pin(processes: list[psutil.Process], cpus: set[int]) -> None:
-    for proc in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.cpu_affinity(sorted(cpus))
-
-
 def _layout(
     analytics: ServiceProcess,
     gateway: ServiceProcess,
@@ -100,8 +94,8 @@ def _layout(
     watch = {"analytics": process_tree(analytics.proc.pid), "gateway": process_tree(gateway.proc.pid)}
     every = set(range(psutil.cpu_count() or 1))
     analytics_cpus, gateway_cpus = placement or (every, every)
-    _pin(watch["analytics"], analytics_cpus)
-    _pin(watch["gateway"], gateway_cpus)
+    pin(watch["analytics"], analytics_cpus)
+    pin(watch["gateway"], gateway_cpus)
     try:
         direct: list[float] = []
         via: list[float] = []
@@ -114,7 +108,7 @@ def _layout(
             direct.append(rounds["direct"]["requests_per_s"])
             via.append(rounds["via_gateway"]["requests_per_s"])
     finally:
-        _pin(watch["analytics"] + watch["gateway"], every)
+        pin(watch["analytics"] + watch["gateway"], every)
     direct_rps = sum(direct) / len(direct)
     via_rps = sum(via) / len(via)
     return {

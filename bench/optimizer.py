@@ -26,10 +26,12 @@ Objective, stated before the numbers: per phase, work completed per second —
 The constraint: the replica stays fresh. During every phase the replicator's
 `replication_backlog_seconds` is sampled (its maximum must stay within the optimizer's
 `OPTIMIZER_REPLICATION_BACKLOG_BUDGET`, 60 s, well under the 300 s alert), and after every
-phase the fleet must have replicated every row before the next phase starts anywhere: the
-time that takes is reported per phase (`catch_up_s`), outside the phase's own seconds; then
-both of the fleet's tables are vacuumed, so neither fleet's leftover background work
-(replication, autovacuum) slows the other's measured phase.
+phase the fleet must have replicated every row, and rolled every row up, before the next phase
+starts anywhere: the time each takes is reported per phase (`catch_up_s`, `rollup_catch_up_s`),
+outside the phase's own seconds; then both of the fleet's tables are vacuumed, so neither
+fleet's leftover background work (replication, rollups, autovacuum) slows the other's measured
+phase. Failed requests are counted per kind (`error_kinds`: a timeout, or the status and error
+code of the answer).
 The score is the geometric mean over the phases of optimized ÷ static. Every decision the
 optimizer took (and, for the static fleet, what it only recommended) is in the output.
 """
@@ -44,6 +46,7 @@ import math
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +59,7 @@ import httpx
 import orjson
 
 from bench._gateway_bench import count_rows, fresh_database, servers, unique_name
+from services.analytics import rollups
 from services.optimizer.scrape import Scrape, Window
 from shared.kafka import ensure_topics
 from tools.dev.fleet import ServiceProcess
@@ -138,7 +142,14 @@ class PhaseResult:
     unit: str = ""
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
+    # What each failure was ("timeout", "HTTP 503 database_unavailable", ...) and how often: a
+    # count alone cannot tell a slow fleet from a broken one.
+    error_kinds: Counter[str] = field(default_factory=Counter)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def failed(self, kind: str) -> None:
+        self.errors += 1
+        self.error_kinds[kind] += 1
 
     def as_dict(self) -> dict[str, Any]:
         p50, p95 = percentile(self.latencies_s, 0.5), percentile(self.latencies_s, 0.95)
@@ -149,6 +160,7 @@ class PhaseResult:
             "per_second": round(self.rate, 1),
             "requests": len(self.latencies_s),
             "errors": self.errors,
+            "error_kinds": dict(self.error_kinds.most_common()),
             "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
             "p95_ms": round(p95 * 1000, 1) if p95 is not None else None,
             **self.extra,
@@ -157,6 +169,20 @@ class PhaseResult:
     @property
     def rate(self) -> float:
         return self.work / self.seconds if self.seconds else 0.0
+
+
+def answer_kind(answer: httpx.Response) -> str:
+    """A failed answer as "HTTP <status> <error code>", the code read from the fleet's envelope."""
+    try:
+        code = answer.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = "no envelope"
+    return f"HTTP {answer.status_code} {code}"
+
+
+def failure_kind(exc: httpx.HTTPError) -> str:
+    """A request that got no answer: "timeout" past the client's limit, else the error's type."""
+    return "timeout" if isinstance(exc, httpx.TimeoutException) else type(exc).__name__
 
 
 async def upload_phase(gateway: str, files: list[Path], p: Profile) -> PhaseResult:
@@ -175,7 +201,7 @@ async def upload_phase(gateway: str, files: list[Path], p: Profile) -> PhaseResu
                 body = answer.json()
                 result.work += body["rows_inserted"] + body["rows_rejected"]
             else:
-                result.errors += 1
+                result.failed(answer_kind(answer))
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=gateway, timeout=300) as http:
@@ -214,13 +240,13 @@ async def query_phase(gateway: str, p: Profile) -> PhaseResult:
             t0 = time.perf_counter()
             try:
                 answer = await http.get(next(urls))
-            except httpx.HTTPError:
-                result.errors += 1
+            except httpx.HTTPError as exc:
+                result.failed(failure_kind(exc))
                 continue
             elapsed = time.perf_counter() - t0
             result.latencies_s.append(elapsed)
             if answer.status_code != 200:
-                result.errors += 1
+                result.failed(answer_kind(answer))
                 continue
             result.work += 1
             if elapsed * 1000 <= QUERY_TARGET_MS:
@@ -269,14 +295,14 @@ async def ingest_phase(gateway: str, dsn: str, p: Profile, seed: int = 1_000) ->
             t0 = time.perf_counter()
             try:
                 answer = await http.post("/api/v1/events", content=body, headers=headers)
-            except httpx.HTTPError:
-                result.errors += 1
+            except httpx.HTTPError as exc:
+                result.failed(failure_kind(exc))
                 continue
             result.latencies_s.append(time.perf_counter() - t0)
             if answer.status_code == 202:
                 accepted += int(answer.json()["accepted"])
             else:
-                result.errors += 1
+                result.failed(answer_kind(answer))
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=gateway, timeout=30, limits=limits) as http:
@@ -429,6 +455,22 @@ async def wait_replicated(fleet: Fleet, timeout_s: float = 300.0) -> float:
     raise RuntimeError(f"{fleet.label}: the replica did not catch up within {timeout_s:.0f}s")
 
 
+async def wait_rolled_up(fleet: Fleet, timeout_s: float = 300.0) -> float:
+    """Seconds until analytics has rolled up every stored row (`rollup_backlog_seconds` is 0).
+    Uploads hold the rollups back while they write; until they catch up, cold answers read the
+    rows not rolled up yet raw, so a query phase right after the uploads would measure that."""
+    started = time.perf_counter()
+    conn = await asyncpg.connect(fleet.dsn)
+    try:
+        while time.perf_counter() - started < timeout_s:
+            if await rollups.backlog_seconds(conn) == 0.0:
+                return time.perf_counter() - started
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+    raise RuntimeError(f"{fleet.label}: the rollups did not catch up within {timeout_s:.0f}s")
+
+
 async def settle(fleet: Fleet) -> None:
     """VACUUM ANALYZE both of the fleet's tables after its phase, outside the measured time.
 
@@ -454,12 +496,14 @@ async def run_phase(name: str, fleet: Fleet, files: list[Path], p: Profile) -> P
         else:
             result = await ingest_phase(fleet.gateway.url, fleet.dsn, p)
         catch_up_s = await wait_replicated(fleet)
+        rollup_catch_up_s = await wait_rolled_up(fleet)
     finally:
         stop.set()
         await sampler
     await settle(fleet)
     result.extra["replication_backlog_max_s"] = round(peak[0], 2)
     result.extra["catch_up_s"] = round(catch_up_s, 2)
+    result.extra["rollup_catch_up_s"] = round(rollup_catch_up_s, 2)
     return result
 
 
@@ -562,6 +606,7 @@ def _combine(phases: list[PhaseResult]) -> PhaseResult:
         out.seconds += phase.seconds
         out.work += phase.work
         out.errors += phase.errors
+        out.error_kinds.update(phase.error_kinds)
         out.latencies_s.extend(phase.latencies_s)
     if len(phases) == 1:
         out.extra = dict(phases[0].extra)
@@ -570,6 +615,7 @@ def _combine(phases: list[PhaseResult]) -> PhaseResult:
             "per_round": [round(phase.rate, 1) for phase in phases],
             "replication_backlog_max_s": max(p.extra["replication_backlog_max_s"] for p in phases),
             "catch_up_s_per_round": [p.extra["catch_up_s"] for p in phases],
+            "rollup_catch_up_s_per_round": [p.extra["rollup_catch_up_s"] for p in phases],
         }
         if phases[0].name == "ingest":
             out.extra["event_to_stored_p95_ms_per_round"] = [

@@ -10,6 +10,10 @@ never wrong. Several
 analytics processes may run it: a refresh that finds another in progress returns at once, and
 so does one that finds an upload writing (`rollups.holding_refresh_back`): the upload's rows
 are rolled up once it ends, instead of the two competing for the database's cores.
+
+After each turn it reads how far behind the rollups are (`rollup_backlog_seconds`: the age of
+the oldest stored event not rolled up yet), so a dashboard sees a refresher that is stopped,
+failing, held back or outpaced, like `replication_backlog_seconds` for the replica.
 """
 
 from __future__ import annotations
@@ -20,10 +24,21 @@ import logging
 import time
 
 import asyncpg
+from prometheus_client import Counter, Gauge
 
 from services.analytics import rollups
 
 log = logging.getLogger(__name__)
+
+ROLLUP_BACKLOG = Gauge(
+    "rollup_backlog_seconds",
+    "Age of the oldest stored event not rolled up yet (cold answers read it raw); 0 when caught up",
+)
+ROLLUP_ROWS = Counter("rollup_rows_total", "Stored events rolled up")
+ROLLUP_HELD_BACK = Counter(
+    "rollup_refreshes_held_back_total", "Refresher turns skipped because an upload was writing"
+)
+ROLLUP_FAILURES = Counter("rollup_refresh_failures_total", "Refresher turns that failed (database away)")
 
 
 class RollupRefresher:
@@ -52,10 +67,12 @@ class RollupRefresher:
         async with self.pool.acquire() as conn:
             if await rollups.upload_writing(conn):
                 self.held_back += 1
+                ROLLUP_HELD_BACK.inc()
                 return 0
             done = int(
                 await conn.fetchval(rollups.REFRESH_SQL, self.batch_rows, timeout=self.statement_timeout_s)
             )
+        ROLLUP_ROWS.inc(done)
         self.rows_total += done
         self.seconds_total += time.perf_counter() - started
         return done
@@ -65,11 +82,13 @@ class RollupRefresher:
         while True:
             try:
                 done = await self.refresh_once()
+                ROLLUP_BACKLOG.set(await rollups.backlog_seconds(self.pool))
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: try again later, answers stay correct
                 done = 0
+                ROLLUP_FAILURES.inc()
                 if self.last_error is None:
                     log.warning("rollup refresh failed (%s: %s); retrying", type(exc).__name__, exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"

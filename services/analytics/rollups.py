@@ -298,6 +298,27 @@ async def upload_writing(conn: Connection) -> bool:
     return bool(await conn.fetchval(_UPLOAD_WRITING_SQL, *UPLOAD_LOCK_KEYS, timeout=_LOCK_TIMEOUT_S))
 
 
+# Age of the oldest stored event not rolled up yet (by when it was stored), NULL when caught up:
+# the first row past the watermark in commit order, one step down the replication cursor's index.
+_BACKLOG_SQL = """
+SELECT greatest(0, extract(epoch FROM clock_timestamp() - e.ingested_at))::float8
+  FROM access_rollup_state s
+  CROSS JOIN LATERAL (
+        SELECT ingested_at FROM access_events
+         WHERE (ingest_xid, seq) > (s.last_xid, s.last_seq)
+         ORDER BY ingest_xid, seq
+         LIMIT 1) e
+ WHERE s.id
+"""
+
+
+async def backlog_seconds(executor: asyncpg.Pool | Connection, *, timeout_s: float = 10.0) -> float:
+    """How long the oldest stored event not rolled up yet has waited; 0 when caught up. While it
+    grows, cold answers read more raw rows (still right, slower)."""
+    age = await executor.fetchval(_BACKLOG_SQL, timeout=timeout_s)
+    return float(age) if age is not None else 0.0
+
+
 async def refresh(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -> int:
     """Roll up at most `max_rows` more rows; returns how many (0: caught up or another session
     is refreshing)."""

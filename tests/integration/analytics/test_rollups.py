@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from services.analytics import anomalies, patterns, rollups
 from services.analytics.anomalies import AnomalyParameters, AnomalyWindow
@@ -208,6 +209,33 @@ async def test_an_upload_writing_holds_the_refresher_back_until_it_ends(pool: as
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.2)
     assert refresher.held_back == 1
+
+
+async def test_the_backlog_gauge_grows_while_held_back_and_is_zero_once_rolled_up(pool: asyncpg.Pool) -> None:
+    events = [AccessEvent.model_validate(e) for e in planted_events()[:50]]
+    assert await rollups.backlog_seconds(pool) == 0.0  # nothing stored: nothing behind
+    refresher = RollupRefresher(pool, interval_s=0.1, batch_rows=200)
+    try:
+        async with pool.acquire() as writer, rollups.holding_refresh_back(writer):
+            refresher.start()
+            await store_events(pool, events)
+            await asyncio.sleep(0.6)
+            assert await rollups.backlog_seconds(pool) >= 0.6
+            # The refresher, held back, still says how far behind it is.
+            gauge = REGISTRY.get_sample_value("rollup_backlog_seconds")
+            assert gauge is not None
+            assert gauge >= 0.3, gauge
+            assert await _rolled_up(pool) == 0
+        for _ in range(600):  # up to 60 s
+            if REGISTRY.get_sample_value("rollup_backlog_seconds") == 0.0 and await _rolled_up(pool) == 50:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await refresher.stop()
+    assert await _rolled_up(pool) == len(events)
+    assert REGISTRY.get_sample_value("rollup_backlog_seconds") == 0.0
+    assert await rollups.backlog_seconds(pool) == 0.0
+    assert refresher.held_back >= 1
 
 
 async def test_a_hold_left_on_a_pooled_connection_ends_when_it_goes_back(pool: asyncpg.Pool) -> None:
