@@ -4,10 +4,9 @@ Every `interval_s` (and straight away again while a batch came back full) it rol
 stored since the last refresh, in commit order (`access_rollups_refresh`, primary migration
 0006, extended by 0007, upserting in key order since 0008). Large, infrequent batches are
 cheaper per row: the count of a person at a door is updated once per batch, however many of
-their events the batch holds (measured by `python -m bench patterns`). Answers never depend on it being current: readers take the rows
-not rolled up yet from `access_events`, so a stopped refresher only makes cold answers slower,
-never wrong. Several
-analytics processes may run it: a refresh that finds another in progress returns at once, and
+their events the batch holds (measured by `python -m bench patterns`). Answers never depend on
+it being current: readers take the rows not rolled up yet from `access_events`, so a stopped
+refresher only makes cold answers slower, never wrong. Several analytics processes may run it: a refresh that finds another in progress returns at once, and
 so does one that finds an upload writing (`rollups.holding_refresh_back`): the upload's rows
 are rolled up once it ends, instead of the two competing for the database's cores.
 
