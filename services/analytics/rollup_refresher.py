@@ -6,9 +6,10 @@ stored since the last refresh, in commit order (`access_rollups_refresh`, primar
 cheaper per row: the count of a person at a door is updated once per batch, however many of
 their events the batch holds (measured by `python -m bench patterns`). Answers never depend on
 it being current: readers take the rows not rolled up yet from `access_events`, so a stopped
-refresher only makes cold answers slower, never wrong. Several analytics processes may run it: a refresh that finds another in progress returns at once, and
-so does one that finds an upload writing (`rollups.holding_refresh_back`): the upload's rows
-are rolled up once it ends, instead of the two competing for the database's cores.
+refresher only makes cold answers slower, never wrong. Several analytics processes may run it: a
+refresh that finds another in progress returns at once, and so does one that finds an upload
+writing (`rollups.holding_refresh_back`): the upload's rows are rolled up once it ends, instead
+of the two competing for the database's cores.
 
 After each turn it reads how far behind the rollups are (`rollup_backlog_seconds`: the age of
 the oldest stored event not rolled up yet), so a dashboard sees a refresher that is stopped,
