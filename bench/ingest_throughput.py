@@ -1,8 +1,8 @@
 """Sustained ingestion against the database's own idempotent bulk-store rate, same run.
 
-The topic (4 partitions) is filled first, then event-processor processes (`python
--m services.gateway.event_processor`) drain it: one, two in one consumer group, one, two again,
-each time as a new consumer group (so from the topic's start) into a new database; each figure
+The topic (4 partitions) is filled first, then event-processor processes
+(`python -m services.gateway.event_processor`) drain it: one, two in one consumer group, one,
+two again, each time as a new consumer group (so from the topic's start) into a new database; each figure
 is the mean of its two drains, so the machine's drift reaches both alike. The rate is the
 processors' own count of stored events, sampled every 200 ms from `/status` (a `count(*)` would
 take database CPU from the system measured), between the first stored event and the last;
