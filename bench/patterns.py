@@ -14,8 +14,9 @@ Measures, in one run on the same data (the same 28 days of a site: 5,000 people,
   every denial), checked equal (both use the partial indexes on denials and flagged rows);
 - `cold_pandas_s` (small size only): every row moved into pandas instead (the reason SQL
   aggregation was chosen);
-- the rollups' cost to ingestion: the processor's store path (batches of 1,000 events) with
-  and without a refresher running against the same database, and the refresh's database time
+- the rollups' cost to ingestion: the processor's store path (binary COPY, batches of 5,000
+  events, two stores at once) with and without a refresher running against the same database,
+  how many rows the rollups were behind when the stores ended, and the refresh's database time
   per row as a share of the store's;
 - via the gateway at the small size: the first request (cold, HTTP), warm p50/p95 (L1 hits),
   and the same warm requests straight to analytics.
@@ -45,8 +46,8 @@ from services.analytics.filters import EventFilter
 from services.analytics.rollup_refresher import RollupRefresher
 from services.analytics.summary import access_summary
 from services.analytics.worker_pool import WorkerPool
-from shared.event_store import store_events
-from shared.events import AccessEvent, AccessResult
+from shared.event_store import store_event_rows
+from shared.events import AccessEvent, AccessResult, event_record
 from tools.dev.fleet import ServiceProcess
 from tools.dev.servers import unique_name
 
@@ -203,37 +204,54 @@ async def _pandas(dsn: str) -> dict[str, Any]:
         await pool.close()
 
 
-def _store_batches(count: int, batch: int) -> list[list[AccessEvent]]:
+# The event processor's defaults: rows per batch, batches being stored at once.
+INGEST_BATCH = 5_000
+INGEST_STORES_IN_FLIGHT = 2
+
+
+def _store_batches(count: int, batch: int) -> list[list[tuple[Any, ...]]]:
+    """Rows (EVENT_COLUMNS order) of `count` events of one day, in time order, as a live stream."""
     start = datetime(2025, 2, 3, tzinfo=UTC)
-    events = [
-        AccessEvent(
-            event_id=f"ingest-{i}",
-            timestamp=start + timedelta(seconds=i * 86400 / count),  # a live stream: in time order
-            person_id=f"p{(i * 31) % 5000}",
-            door_id=f"d{(i * 17) % 200}",
-            badge_id=f"b{(i * 31) % 5000}",
-            access_result=AccessResult.DENIED if i % 13 == 0 else AccessResult.GRANTED,
-            facility_id=f"f{i % 3}",
+    rows = [
+        event_record(
+            AccessEvent(
+                event_id=f"ingest-{i}",
+                timestamp=start + timedelta(seconds=i * 86400 / count),
+                person_id=f"p{(i * 31) % 5000}",
+                door_id=f"d{(i * 17) % 200}",
+                badge_id=f"b{(i * 31) % 5000}",
+                access_result=AccessResult.DENIED if i % 13 == 0 else AccessResult.GRANTED,
+                facility_id=f"f{i % 3}",
+            )
         )
         for i in range(count)
     ]
-    return [events[i : i + batch] for i in range(0, count, batch)]
+    return [rows[i : i + batch] for i in range(0, count, batch)]
 
 
 async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
-    """The store path of the event processor (one unnest INSERT per batch of 1,000), alone and
-    with the analytics service's refresher rolling up behind it, on the same database; and the
-    refresh's own time per row against the store's, each measured alone."""
-    batches = _store_batches(count, 1000)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    """The event processor's store path (`store_event_rows`: binary COPY, batches of
+    INGEST_BATCH, INGEST_STORES_IN_FLIGHT stores at once on their own connections), alone and with
+    the analytics service's refresher rolling up behind it, on the same database; how far behind
+    the rollups were when the stores ended; and the refresh's own time per row against the
+    store's, each measured alone."""
+    batches = _store_batches(count, INGEST_BATCH)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=INGEST_STORES_IN_FLIGHT, max_size=INGEST_STORES_IN_FLIGHT + 2
+    )
     assert pool is not None
     try:
 
-        async def store(offset: str) -> float:
-            renamed = [[e.model_copy(update={"event_id": e.event_id + offset}) for e in b] for b in batches]
+        async def store(suffix: str) -> float:
+            renamed = [[(f"{row[0]}{suffix}", *row[1:]) for row in b] for b in batches]
+
+            async def writer(index: int) -> None:
+                async with pool.acquire() as conn:
+                    for b in renamed[index::INGEST_STORES_IN_FLIGHT]:
+                        await store_event_rows(conn, b)
+
             t0 = time.perf_counter()
-            for b in renamed:
-                await store_events(pool, b)
+            await asyncio.gather(*(writer(i) for i in range(INGEST_STORES_IN_FLIGHT)))
             return time.perf_counter() - t0
 
         await store("-warm")
@@ -244,6 +262,10 @@ async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
         refresher.start()
         try:
             with_refresh_s = await store("-with")
+            behind = int(
+                await pool.fetchval("SELECT count(*) FROM access_events")
+                - await pool.fetchval("SELECT rows_total FROM access_rollup_state")
+            )
         finally:
             await refresher.stop()
         refresh_s, rows = await _refresh(dsn)
@@ -258,9 +280,12 @@ async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
     per_row_share = (solo_s / max(1, solo_rows)) / (alone_s / count)
     return {
         "ingest_events": count,
+        "ingest_batch": INGEST_BATCH,
+        "ingest_stores_in_flight": INGEST_STORES_IN_FLIGHT,
         "ingest_rate_alone": round(alone_rate),
         "ingest_rate_with_refresher": round(with_rate),
         "ingest_rate_ratio": round(with_rate / alone_rate, 3),
+        "rows_not_rolled_up_when_stores_ended": behind,
         "refresh_rows_per_s_alone": round(solo_rows / solo_s) if solo_s else None,
         "refresh_time_share_of_store_time": round(per_row_share, 3),
     }
@@ -355,7 +380,7 @@ def run(quick: bool) -> dict[str, Any]:
             **asyncio.run(_cold(dsn, raw_patterns=True)),
         }
     with servers() as (pg, _kafka), fresh_database(pg) as dsn:
-        result["ingest"] = asyncio.run(_ingest_cost(dsn, 20_000 if quick else 100_000))
+        result["ingest"] = asyncio.run(_ingest_cost(dsn, 200_000 if quick else 1_000_000))
     small_doc, large_doc = result["small"], result["large"]
     result["ratios"] = {
         "cold_patterns_large_over_small": round(
