@@ -472,7 +472,7 @@ def _can_pin_backends(pg_server: str) -> bool:
             backend = psutil.Process(int(await conn.fetchval("SELECT pg_backend_pid()")))
             backend.cpu_affinity(backend.cpu_affinity())
             return True
-        except psutil.AccessDenied:
+        except (psutil.AccessDenied, psutil.NoSuchProcess):  # not allowed, or not on this machine
             return False
         finally:
             await conn.close()
