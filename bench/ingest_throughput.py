@@ -170,6 +170,12 @@ async def _status(client: httpx.AsyncClient, process: ServiceProcess) -> dict[st
         return {}
 
 
+# The database's backends other than the asking session's own.
+_OTHER_BACKENDS_SQL = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
 async def _pin_backends(dsn: str, cpus: set[int], stop: asyncio.Event) -> None:
     """Pin every backend of the database to `cpus` as it connects, until `stop` (looked at every
     20 ms: the processor's pool opens its connections at its first store)."""
@@ -177,10 +183,7 @@ async def _pin_backends(dsn: str, cpus: set[int], stop: asyncio.Event) -> None:
     pinned: set[int] = set()
     try:
         while not stop.is_set():
-            rows = await conn.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid()"
-            )
+            rows = await conn.fetch(_OTHER_BACKENDS_SQL)
             for pid in {int(row["pid"]) for row in rows} - pinned:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     pin([psutil.Process(pid)], cpus)
@@ -310,10 +313,7 @@ async def _table(dsn: str) -> dict[str, int]:
 async def _backend_pids(dsn: str) -> list[int]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        return [int(r["pid"]) for r in rows]
+        return [int(r["pid"]) for r in await conn.fetch(_OTHER_BACKENDS_SQL)]
     finally:
         await conn.close()
 
