@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import shlex
 import shutil
@@ -46,9 +47,36 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+# The lowest port handed out for a listener chosen here.
+_LISTEN_PORTS_FROM = 10_000
+
+
+def listen_ports() -> range | None:
+    """Ports below the kernel's ephemeral range (`ip_local_port_range`), where no outgoing
+    connection is ever given a source port; None when that range cannot be read or leaves too
+    few below it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(_LISTEN_PORTS_FROM, low) if low - _LISTEN_PORTS_FROM >= 1_000 else None
+
+
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a process started later.
+
+    Taken below the ephemeral range when the kernel says where that is: a port the kernel picks
+    (bind to 0) lies inside it, and between here and the later bind any process's outgoing
+    connection may be given it as its source port, so the listener fails with "address already
+    in use" (seen when a fleet started while its siblings opened their database connections)."""
     if preferred and port_is_free(preferred, host):
         return preferred
+    ports = listen_ports()
+    if ports is not None:
+        for _ in range(100):
+            port = random.choice(ports)  # noqa: S311  not a secret: spread over the range
+            if port_is_free(port, host):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
