@@ -71,7 +71,11 @@ async def _open_resources(
     """Open everything the routes use, in dependency order; `stack` closes it in reverse."""
     dsn = settings.require_database_url()
     pool = await _open_database(app, dsn, settings, stack)
-    refresher = RollupRefresher(pool)  # keeps the rollups behind the stored events
+    refresher = RollupRefresher(  # keeps the rollups behind the stored events
+        pool,
+        busy_rows_per_s=settings.rollup_defer_above_rows_per_s,
+        max_defer_s=settings.rollup_max_defer_s,
+    )
     refresher.start()
     stack.push_async_callback(refresher.stop)
     app.state.rollup_refresher = refresher

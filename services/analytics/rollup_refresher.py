@@ -11,6 +11,14 @@ refresh that finds another in progress returns at once, and so does one that fin
 writing (`rollups.holding_refresh_back`): the upload's rows are rolled up once it ends, instead
 of the two competing for the database's cores.
 
+It also defers to a burst of ingestion, for the same reason: while writers offer rows faster
+than `busy_rows_per_s` (a replay after an outage, a backfill through the broker), rolling up
+behind them takes database time from them, and `bench patterns` measured the stores at about
+half their rate until the rollups had caught up. So it waits while the burst lasts, up to a lag
+of `max_defer_s`; past that it refreshes at full speed, so the rollups never fall further behind
+than that while the database can keep up. The deferred rows cost the same when they are rolled
+up after the burst; deferring moves the work to when the database has time for it.
+
 After each turn it reads how far behind the rollups are (`rollup_backlog_seconds`: the age of
 the oldest stored event not rolled up yet), so a dashboard sees a refresher that is stopped,
 failing, held back or outpaced, like `replication_backlog_seconds` for the replica.
@@ -38,6 +46,10 @@ ROLLUP_ROWS = Counter("rollup_rows_total", "Stored events rolled up")
 ROLLUP_HELD_BACK = Counter(
     "rollup_refreshes_held_back_total", "Refresher turns skipped because an upload was writing"
 )
+ROLLUP_DEFERRED = Counter(
+    "rollup_refreshes_deferred_total",
+    "Refresher turns skipped because writers were offering rows faster than busy_rows_per_s",
+)
 ROLLUP_FAILURES = Counter("rollup_refresh_failures_total", "Refresher turns that failed (database away)")
 
 
@@ -49,14 +61,21 @@ class RollupRefresher:
         interval_s: float = 2.0,
         batch_rows: int = 200_000,
         statement_timeout_s: float = 120.0,
+        busy_rows_per_s: float = 20_000.0,
+        max_defer_s: float = 600.0,
     ) -> None:
         self.pool = pool
         self.interval_s = interval_s
         self.batch_rows = batch_rows
         self.statement_timeout_s = statement_timeout_s
+        self.busy_rows_per_s = busy_rows_per_s
+        self.max_defer_s = max_defer_s
         self.rows_total = 0
         self.seconds_total = 0.0
         self.held_back = 0  # turns skipped because an upload was writing
+        self.deferred = 0  # turns skipped because ingestion was busy
+        self.turns = 0
+        self.probe_s = min(0.5, interval_s)  # how long a turn looks at the writers' pace
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -77,12 +96,35 @@ class RollupRefresher:
         self.seconds_total += time.perf_counter() - started
         return done
 
+    async def _ingestion_busy(self) -> bool:
+        """Whether writers are offering rows faster than `busy_rows_per_s` now: over a short
+        look (half a second at most), not since the last turn, so that a burst that has just
+        ended does not defer the rolling up of what it stored."""
+        first, started = await rollups.rows_offered(self.pool), time.monotonic()
+        await asyncio.sleep(self.probe_s)
+        offered, elapsed = await rollups.rows_offered(self.pool), time.monotonic() - started
+        return (offered - first) / max(elapsed, 1e-3) > self.busy_rows_per_s
+
+    async def turn(self) -> int:
+        """One turn of the background task: defer to a burst of ingestion while the backlog is
+        younger than `max_defer_s`, else `refresh_once`; then publish the backlog."""
+        self.turns += 1
+        if await self._ingestion_busy():
+            backlog = await rollups.backlog_seconds(self.pool)
+            if backlog < self.max_defer_s:
+                self.deferred += 1
+                ROLLUP_DEFERRED.inc()
+                ROLLUP_BACKLOG.set(backlog)
+                return 0
+        done = await self.refresh_once()
+        ROLLUP_BACKLOG.set(await rollups.backlog_seconds(self.pool))
+        return done
+
     async def _run(self) -> None:
         await asyncio.sleep(self.interval_s)  # let the service finish starting first
         while True:
             try:
-                done = await self.refresh_once()
-                ROLLUP_BACKLOG.set(await rollups.backlog_seconds(self.pool))
+                done = await self.turn()
                 self.last_error = None
             except asyncio.CancelledError:
                 raise

@@ -323,3 +323,14 @@ async def refresh(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -
     """Roll up at most `max_rows` more rows; returns how many (0: caught up or another session
     is refreshing)."""
     return int(await executor.fetchval(REFRESH_SQL, max_rows))
+
+
+# Every row a store offers access_events draws a value from the identity sequence behind `seq`,
+# stored or refused as a duplicate: how fast it grows is how hard the writers are working the
+# database, read without a scan (a sequence is one tuple) and without waiting for statistics.
+_ROWS_OFFERED_SQL = "SELECT last_value FROM access_events_seq_seq"
+
+
+async def rows_offered(executor: asyncpg.Pool | Connection, *, timeout_s: float = 10.0) -> int:
+    """A counter of the rows writers have offered access_events so far (it only grows)."""
+    return int(await executor.fetchval(_ROWS_OFFERED_SQL, timeout=timeout_s))

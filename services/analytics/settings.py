@@ -38,6 +38,20 @@ class AnalyticsSettings(FleetSettings):
         description="longest span the anomaly analysis covers; a longer request is 422",
     )
 
+    rollup_defer_above_rows_per_s: float = Field(
+        20_000,
+        gt=0,
+        validation_alias="ROLLUP_DEFER_ABOVE_ROWS_PER_S",
+        description="while writers offer rows faster than this, the rollup refresher waits",
+    )
+    rollup_max_defer_s: float = Field(
+        600,
+        ge=0,
+        le=86_400,
+        validation_alias="ROLLUP_MAX_DEFER_S",
+        description="longest the refresher waits for a burst of ingestion (rollup lag); 0: never",
+    )
+
     @field_validator("upload_spool_dir", mode="before")
     @classmethod
     def _empty_spool_is_unset(cls, value: object) -> object:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -236,6 +236,89 @@ async def test_the_backlog_gauge_grows_while_held_back_and_is_zero_once_rolled_u
     assert REGISTRY.get_sample_value("rollup_backlog_seconds") == 0.0
     assert await rollups.backlog_seconds(pool) == 0.0
     assert refresher.held_back >= 1
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout_s} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+class _Burst:
+    """A writer storing batches of new events back to back until stopped: ingestion far above
+    the thresholds the tests give the refresher."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.stored = pool, 0
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        batch = 0
+        while not self._stop.is_set():
+            events = _random_events(10_000 + batch, 200)
+            batch += 1
+            await store_events(self.pool, events)
+            self.stored += len(events)
+
+    async def until_stored(self, rows: int) -> None:
+        async def stored() -> bool:
+            return self.stored >= rows
+
+        await _until(stored, f"{rows} rows stored")
+
+    @property
+    def writing(self) -> bool:
+        return not self._task.done()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._task
+
+
+async def test_the_refresher_defers_to_a_burst_of_ingestion_and_rolls_it_up_after(pool: asyncpg.Pool) -> None:
+    deferred_before = REGISTRY.get_sample_value("rollup_refreshes_deferred_total") or 0.0
+    burst = _Burst(pool)
+    refresher = RollupRefresher(pool, interval_s=0.2, busy_rows_per_s=50, max_defer_s=600)
+    try:
+        await burst.until_stored(400)
+        refresher.start()
+
+        async def deferred_three_turns() -> bool:
+            return refresher.deferred >= 3
+
+        await _until(deferred_three_turns, "three turns deferred to the burst")
+        await burst.stop()
+
+        async def all_rolled_up() -> bool:
+            return await _rolled_up(pool) == burst.stored
+
+        await _until(all_rolled_up, "the burst rolled up once it ended")
+    finally:
+        await burst.stop()
+        await refresher.stop()
+    assert await _rollup_total(pool) == burst.stored
+    deferred_after = REGISTRY.get_sample_value("rollup_refreshes_deferred_total") or 0.0
+    assert deferred_after - deferred_before == refresher.deferred
+    await _assert_same(pool, [EventFilter(), EventFilter(facility_id="hq")])
+
+
+async def test_rows_waiting_longer_than_max_defer_are_rolled_up_during_the_burst(pool: asyncpg.Pool) -> None:
+    burst = _Burst(pool)
+    refresher = RollupRefresher(pool, interval_s=0.2, busy_rows_per_s=50, max_defer_s=0.5)
+    try:
+        await burst.until_stored(400)
+        refresher.start()
+
+        async def some_rolled_up() -> bool:
+            return await _rolled_up(pool) > 0
+
+        await _until(some_rolled_up, "rows older than max_defer_s rolled up")
+        assert burst.writing  # still writing: the refresher did not wait for its end
+    finally:
+        await burst.stop()
+        await refresher.stop()
 
 
 async def test_a_hold_left_on_a_pooled_connection_ends_when_it_goes_back(pool: asyncpg.Pool) -> None:
