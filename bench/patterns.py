@@ -234,7 +234,8 @@ def _store_batches(count: int, batch: int) -> list[list[tuple[Any, ...]]]:
 async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
     """The event processor's store path (`store_event_rows`: binary COPY, batches of
     INGEST_BATCH, INGEST_STORES_IN_FLIGHT stores at once on their own connections), alone and with
-    the analytics service's refresher running behind it, on the same database.
+    the analytics service's refresher running behind it, on the same database, in the order
+    alone, with, with, alone.
 
     The refresher runs as the service runs it (deferring to a burst of ingestion, see
     `RollupRefresher`) and has taken a turn before the stores start, as in a running fleet. With
@@ -261,52 +262,65 @@ async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
             await asyncio.gather(*(writer(i) for i in range(INGEST_STORES_IN_FLIGHT)))
             return time.perf_counter() - t0
 
+        async def with_refresher(suffix: str) -> dict[str, float]:
+            refresher = RollupRefresher(pool)
+            refresher.start()
+            try:
+                started = time.perf_counter()
+                while refresher.turns == 0:  # a running fleet's refresher, not one starting up
+                    if time.perf_counter() - started > 60:
+                        raise RuntimeError("the refresher took no turn within 60 s")
+                    await asyncio.sleep(0.05)
+                store_s = await store(suffix)
+                deferred = refresher.deferred
+                stored = int(await pool.fetchval("SELECT count(*) FROM access_events"))
+                behind = stored - int(await pool.fetchval("SELECT rows_total FROM access_rollup_state"))
+                # The refresher keeps going until it has rolled up everything: stored *and*
+                # rolled up is what a fleet sustains when a burst never ends.
+                started = time.perf_counter()
+                while int(await pool.fetchval("SELECT rows_total FROM access_rollup_state")) < stored:
+                    if time.perf_counter() - started > 600:
+                        raise RuntimeError("the refresher did not catch up within 600 s")
+                    await asyncio.sleep(0.05)
+                catch_up_s = time.perf_counter() - started
+            finally:
+                await refresher.stop()
+            return {"store_s": store_s, "catch_up_s": catch_up_s, "deferred": deferred, "behind": behind}
+
         await store("-warm")
         await _refresh(dsn)
-        alone_s = await store("-alone")
-        await _refresh(dsn)
-        refresher = RollupRefresher(pool)
-        refresher.start()
-        try:
-            started = time.perf_counter()
-            while refresher.turns == 0:  # a running fleet's refresher, not one starting up
-                if time.perf_counter() - started > 60:
-                    raise RuntimeError("the refresher took no turn within 60 s")
-                await asyncio.sleep(0.05)
-            with_refresh_s = await store("-with")
-            deferred = refresher.deferred
-            stored = int(await pool.fetchval("SELECT count(*) FROM access_events"))
-            behind = stored - int(await pool.fetchval("SELECT rows_total FROM access_rollup_state"))
-            # The refresher keeps going until it has rolled up everything: stored *and* rolled up
-            # is what a fleet with rollups sustains, so that time counts against the rollups.
-            started = time.perf_counter()
-            while int(await pool.fetchval("SELECT rows_total FROM access_rollup_state")) < stored:
-                if time.perf_counter() - started > 600:
-                    raise RuntimeError("the refresher did not catch up within 600 s")
-                await asyncio.sleep(0.05)
-            catch_up_s = time.perf_counter() - started
-        finally:
-            await refresher.stop()
-        refresh_s, rows = await _refresh(dsn)
-        refresh_s += refresher.seconds_total
-        rows += refresher.rows_total
+        # Alone, with, with, alone: every store adds `count` rows to the same table, and the
+        # order cancels a drift as it grows; each figure is the mean of its two.
+        alone: list[float] = []
+        runs: list[dict[str, float]] = []
+        for phase in ("alone", "with", "with", "alone"):
+            if phase == "alone":
+                alone.append(await store(f"-alone{len(alone)}"))
+            else:
+                runs.append(await with_refresher(f"-with{len(runs)}"))
+            await _refresh(dsn)
         # Rolling up alone, without concurrent stores: its database time per row.
         await store("-solo")
         solo_s, solo_rows = await _refresh(dsn)
     finally:
         await pool.close()
-    alone_rate, with_rate = count / alone_s, count / with_refresh_s
-    sustained = count / (with_refresh_s + catch_up_s)
+    alone_s = statistics.mean(alone)
+    with_s = statistics.mean(r["store_s"] for r in runs)
+    catch_up_s = statistics.mean(r["catch_up_s"] for r in runs)
+    alone_rate, with_rate = count / alone_s, count / with_s
+    sustained = count / (with_s + catch_up_s)
     per_row_share = (solo_s / max(1, solo_rows)) / (alone_s / count)
     return {
         "ingest_events": count,
         "ingest_batch": INGEST_BATCH,
         "ingest_stores_in_flight": INGEST_STORES_IN_FLIGHT,
         "ingest_rate_alone": round(alone_rate),
+        "ingest_rate_alone_runs": [round(count / a) for a in alone],
         "ingest_rate_with_refresher": round(with_rate),
+        "ingest_rate_with_refresher_runs": [round(count / r["store_s"]) for r in runs],
         "ingest_rate_ratio": round(with_rate / alone_rate, 3),
-        "refresher_turns_deferred_while_storing": deferred,
-        "rows_not_rolled_up_when_stores_ended": behind,
+        "refresher_turns_deferred_while_storing": [int(r["deferred"]) for r in runs],
+        "rows_not_rolled_up_when_stores_ended": [int(r["behind"]) for r in runs],
         "refresher_catch_up_s": round(catch_up_s, 2),
         # Stored and rolled up, from the first store until the rollups hold the last event.
         "ingest_rate_stored_and_rolled_up": round(sustained),
