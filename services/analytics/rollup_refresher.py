@@ -48,7 +48,7 @@ ROLLUP_HELD_BACK = Counter(
 )
 ROLLUP_DEFERRED = Counter(
     "rollup_refreshes_deferred_total",
-    "Refresher turns skipped because writers were offering rows faster than busy_rows_per_s",
+    "Refresher turns skipped because writers offered rows faster than ROLLUP_DEFER_ABOVE_ROWS_PER_S",
 )
 ROLLUP_FAILURES = Counter("rollup_refresh_failures_total", "Refresher turns that failed (database away)")
 
@@ -74,7 +74,7 @@ class RollupRefresher:
         self.seconds_total = 0.0
         self.held_back = 0  # turns skipped because an upload was writing
         self.deferred = 0  # turns skipped because ingestion was busy
-        self.turns = 0
+        self.turns = 0  # turns the background task has finished
         self.probe_s = min(0.5, interval_s)  # how long a turn looks at the writers' pace
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -105,26 +105,29 @@ class RollupRefresher:
         offered, elapsed = await rollups.rows_offered(self.pool), time.monotonic() - started
         return (offered - first) / max(elapsed, 1e-3) > self.busy_rows_per_s
 
-    async def turn(self) -> int:
+    async def _turn(self) -> int | None:
         """One turn of the background task: defer to a burst of ingestion while the backlog is
-        younger than `max_defer_s`, else `refresh_once`; then publish the backlog."""
-        self.turns += 1
-        if await self._ingestion_busy():
-            backlog = await rollups.backlog_seconds(self.pool)
-            if backlog < self.max_defer_s:
-                self.deferred += 1
-                ROLLUP_DEFERRED.inc()
-                ROLLUP_BACKLOG.set(backlog)
-                return 0
-        done = await self.refresh_once()
-        ROLLUP_BACKLOG.set(await rollups.backlog_seconds(self.pool))
-        return done
+        younger than `max_defer_s` (None), else `refresh_once` (rows rolled up); then publish
+        the backlog."""
+        try:
+            if await self._ingestion_busy():
+                backlog = await rollups.backlog_seconds(self.pool)
+                if backlog < self.max_defer_s:
+                    self.deferred += 1
+                    ROLLUP_DEFERRED.inc()
+                    ROLLUP_BACKLOG.set(backlog)
+                    return None
+            done = await self.refresh_once()
+            ROLLUP_BACKLOG.set(await rollups.backlog_seconds(self.pool))
+            return done
+        finally:
+            self.turns += 1
 
     async def _run(self) -> None:
         await asyncio.sleep(self.interval_s)  # let the service finish starting first
         while True:
             try:
-                done = await self.turn()
+                done = await self._turn()
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
@@ -134,7 +137,9 @@ class RollupRefresher:
                 if self.last_error is None:
                     log.warning("rollup refresh failed (%s: %s); retrying", type(exc).__name__, exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            if done < self.batch_rows:
+            # A deferred turn looks again at once: its look at the writers paced it, and the
+            # rolling up starts within `probe_s` of the burst's end.
+            if done is not None and done < self.batch_rows:
                 await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:
