@@ -328,7 +328,9 @@ async def refresh(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -
 # Every row a store offers access_events draws a value from the identity sequence behind `seq`,
 # stored or refused as a duplicate: how fast it grows is how hard the writers are working the
 # database, read without a scan (a sequence is one tuple) and without waiting for statistics.
-_ROWS_OFFERED_SQL = "SELECT last_value FROM access_events_seq_seq"
+_ROWS_OFFERED_SQL = (
+    "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('access_events', 'seq')::regclass), 0)"
+)
 
 
 async def rows_offered(executor: asyncpg.Pool | Connection, *, timeout_s: float = 10.0) -> int:
