@@ -111,7 +111,7 @@ class RollupRefresher:
         younger than `max_defer_s` (None), else `refresh_once` (rows rolled up); then publish
         the backlog."""
         try:
-            if await self._ingestion_busy():
+            if self.max_defer_s > 0 and await self._ingestion_busy():  # 0: never defers, never looks
                 backlog = await rollups.backlog_seconds(self.pool)
                 if backlog < self.max_defer_s:
                     self.deferred += 1

@@ -321,6 +321,24 @@ async def test_rows_waiting_longer_than_max_defer_are_rolled_up_during_the_burst
         await refresher.stop()
 
 
+async def test_a_refresher_told_never_to_defer_rolls_up_beside_the_burst(pool: asyncpg.Pool) -> None:
+    burst = _Burst(pool)
+    refresher = RollupRefresher(pool, interval_s=0.2, busy_rows_per_s=50, max_defer_s=0)
+    try:
+        await burst.until_stored(400)
+        refresher.start()
+
+        async def some_rolled_up() -> bool:
+            return await _rolled_up(pool) > 0
+
+        await _until(some_rolled_up, "rows rolled up beside the burst")
+        assert burst.writing
+        assert refresher.deferred == 0
+    finally:
+        await burst.stop()
+        await refresher.stop()
+
+
 async def test_a_hold_left_on_a_pooled_connection_ends_when_it_goes_back(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as writer:
         await writer.execute("SELECT pg_advisory_lock_shared($1, $2)", *rollups.UPLOAD_LOCK_KEYS)
