@@ -17,7 +17,8 @@ behind them takes database time from them: `bench patterns` measured stores at t
 limit at 0.75-0.82 of their rate beside a refresher that did not defer, and 0.96-1.04 beside
 one that did. So it waits while the burst lasts, up to a lag
 of `max_defer_s`; past that it refreshes at full speed, so the rollups never fall further behind
-than that while the database can keep up. The deferred rows cost the same when they are rolled
+than that while the database can keep up. An upload writing is held back for, not deferred to
+(it holds the refresher back for as long as it writes). The deferred rows cost the same when they are rolled
 up after the burst; deferring moves the work to when the database has time for it.
 
 After each turn it reads how far behind the rollups are (`rollup_backlog_seconds`: the age of
@@ -106,12 +107,20 @@ class RollupRefresher:
         offered, elapsed = await rollups.rows_offered(self.pool), time.monotonic() - started
         return (offered - first) / max(elapsed, 1e-3) > self.busy_rows_per_s
 
+    async def _defers(self) -> bool:
+        """Whether this turn waits for a burst of ingestion. An upload writing is not a burst to
+        defer to: `refresh_once` holds back for it, counted as held back, for as long as it
+        writes. With `max_defer_s` 0 it never looks."""
+        if self.max_defer_s <= 0 or await rollups.upload_writing(self.pool):
+            return False
+        return await self._ingestion_busy()
+
     async def _turn(self) -> int | None:
         """One turn of the background task: defer to a burst of ingestion while the backlog is
         younger than `max_defer_s` (None), else `refresh_once` (rows rolled up); then publish
         the backlog."""
         try:
-            if self.max_defer_s > 0 and await self._ingestion_busy():  # 0: never defers, never looks
+            if await self._defers():
                 backlog = await rollups.backlog_seconds(self.pool)
                 if backlog < self.max_defer_s:
                     self.deferred += 1

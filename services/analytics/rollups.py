@@ -293,9 +293,9 @@ async def holding_refresh_back(conn: Connection) -> AsyncIterator[None]:
             await conn.execute(_RELEASE_SQL, *UPLOAD_LOCK_KEYS, timeout=_LOCK_TIMEOUT_S)
 
 
-async def upload_writing(conn: Connection) -> bool:
+async def upload_writing(executor: asyncpg.Pool | Connection) -> bool:
     """Whether some session holds `UPLOAD_LOCK_KEYS` (an upload is writing)."""
-    return bool(await conn.fetchval(_UPLOAD_WRITING_SQL, *UPLOAD_LOCK_KEYS, timeout=_LOCK_TIMEOUT_S))
+    return bool(await executor.fetchval(_UPLOAD_WRITING_SQL, *UPLOAD_LOCK_KEYS, timeout=_LOCK_TIMEOUT_S))
 
 
 # Age of the oldest stored event not rolled up yet (by when it was stored), NULL when caught up:

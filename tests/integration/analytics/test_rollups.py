@@ -339,6 +339,27 @@ async def test_a_refresher_told_never_to_defer_rolls_up_beside_the_burst(pool: a
         await refresher.stop()
 
 
+async def test_an_upload_writing_during_a_burst_holds_the_refresher_back_rather_than_defers_it(
+    pool: asyncpg.Pool,
+) -> None:
+    burst = _Burst(pool)
+    refresher = RollupRefresher(pool, interval_s=0.2, busy_rows_per_s=50, max_defer_s=600)
+    try:
+        async with pool.acquire() as writer, rollups.holding_refresh_back(writer):
+            await burst.until_stored(400)
+            refresher.start()
+
+            async def held_back_twice() -> bool:
+                return refresher.held_back >= 2
+
+            await _until(held_back_twice, "two turns held back by the upload")
+            assert refresher.deferred == 0
+            assert await _rolled_up(pool) == 0
+    finally:
+        await burst.stop()
+        await refresher.stop()
+
+
 async def test_a_hold_left_on_a_pooled_connection_ends_when_it_goes_back(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as writer:
         await writer.execute("SELECT pg_advisory_lock_shared($1, $2)", *rollups.UPLOAD_LOCK_KEYS)
