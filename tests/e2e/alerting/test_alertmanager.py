@@ -201,12 +201,17 @@ def test_a_stopped_service_fires_then_resolves_through_alertmanager(
 
     _wait_for(probe_firing, 20, "the latency alert firing in Prometheus")
     time.sleep(2)  # two group intervals: it would have been notified by now
+    # The latency alert of the down service fired in Prometheus but ServiceDown inhibited it.
+    # Asserted while the service is down: at the restart both alerts resolve, but Prometheus may
+    # resolve ServiceDown one evaluation before the probe (a scrape can land between the two
+    # rules' queries), and for that second Alertmanager no longer inhibits the probe (seen once
+    # in CI). Shipped latency alerts are computed from the service's own samples, not from `up`,
+    # so they do not switch with ServiceDown the way this probe does.
+    assert not any("LatencyProbe" in t for t in _titles(slack_receiver)), _titles(slack_receiver)
     start_service("services.optimizer", env, port=port).wait_for("/health")
     resolved_after = _wait_for(
         lambda: any(t.startswith("[RESOLVED") and "ServiceDown" in t for t in _titles(slack_receiver)),
         RESOLVED_WITHIN_S,
         "the resolved ServiceDown notification",
     )
-    # The latency alert of the down service fired in Prometheus but ServiceDown inhibited it.
-    assert not any("LatencyProbe" in t for t in _titles(slack_receiver)), _titles(slack_receiver)
     print(f"firing after {fired_after:.1f} s, resolved {resolved_after:.1f} s after the restart")
