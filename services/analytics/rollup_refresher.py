@@ -111,9 +111,10 @@ class RollupRefresher:
         """Whether this turn waits for a burst of ingestion. An upload writing is not a burst to
         defer to: `refresh_once` holds back for it, counted as held back, for as long as it
         writes. With `max_defer_s` 0 it never looks."""
-        if self.max_defer_s <= 0 or await rollups.upload_writing(self.pool):
+        if self.max_defer_s <= 0 or not await self._ingestion_busy():
             return False
-        return await self._ingestion_busy()
+        # Asked only in a burst: otherwise `refresh_once` asks, and a turn asks once.
+        return not await rollups.upload_writing(self.pool)
 
     async def _turn(self) -> int | None:
         """One turn of the background task: defer to a burst of ingestion while the backlog is

@@ -304,9 +304,12 @@ async def test_the_refresher_defers_to_a_burst_of_ingestion_and_rolls_it_up_afte
     await _assert_same(pool, [EventFilter(), EventFilter(facility_id="hq")])
 
 
-async def test_rows_waiting_longer_than_max_defer_are_rolled_up_during_the_burst(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("max_defer_s", [0.5, 0.0], ids=["waited-longer-than-max-defer", "never-defers"])
+async def test_rows_are_rolled_up_during_the_burst_past_max_defer_or_without_deferring(
+    pool: asyncpg.Pool, max_defer_s: float
+) -> None:
     burst = _Burst(pool)
-    refresher = RollupRefresher(pool, interval_s=0.2, busy_rows_per_s=50, max_defer_s=0.5)
+    refresher = RollupRefresher(pool, interval_s=0.2, busy_rows_per_s=50, max_defer_s=max_defer_s)
     try:
         await burst.until_stored(400)
         refresher.start()
@@ -314,26 +317,10 @@ async def test_rows_waiting_longer_than_max_defer_are_rolled_up_during_the_burst
         async def some_rolled_up() -> bool:
             return await _rolled_up(pool) > 0
 
-        await _until(some_rolled_up, "rows older than max_defer_s rolled up")
+        await _until(some_rolled_up, f"rows rolled up during the burst (max_defer_s {max_defer_s})")
         assert burst.writing  # still writing: the refresher did not wait for its end
-    finally:
-        await burst.stop()
-        await refresher.stop()
-
-
-async def test_a_refresher_told_never_to_defer_rolls_up_beside_the_burst(pool: asyncpg.Pool) -> None:
-    burst = _Burst(pool)
-    refresher = RollupRefresher(pool, interval_s=0.2, busy_rows_per_s=50, max_defer_s=0)
-    try:
-        await burst.until_stored(400)
-        refresher.start()
-
-        async def some_rolled_up() -> bool:
-            return await _rolled_up(pool) > 0
-
-        await _until(some_rolled_up, "rows rolled up beside the burst")
-        assert burst.writing
-        assert refresher.deferred == 0
+        if max_defer_s == 0:
+            assert refresher.deferred == 0
     finally:
         await burst.stop()
         await refresher.stop()
