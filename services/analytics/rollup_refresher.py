@@ -21,6 +21,11 @@ than that while the database can keep up. An upload writing is held back for, no
 (it holds the refresher back for as long as it writes). The deferred rows cost the same when they are rolled
 up after the burst; deferring moves the work to when the database has time for it.
 
+Once caught up, a turn also rebuilds the months and weeks of the people and hours rollups that
+have ended and that no batch has touched for `settle_s` (`rollups.compact`, primary migration
+0010), a few per turn: a batch writes only their days, and readers read a bucket not rebuilt yet
+from its days.
+
 After each turn it reads how far behind the rollups are (`rollup_backlog_seconds`: the age of
 the oldest stored event not rolled up yet), so a dashboard sees a refresher that is stopped,
 failing, held back or outpaced, like `replication_backlog_seconds` for the replica.
@@ -52,6 +57,10 @@ ROLLUP_DEFERRED = Counter(
     "rollup_refreshes_deferred_total",
     "Refresher turns skipped because writers offered rows faster than ROLLUP_DEFER_ABOVE_ROWS_PER_S",
 )
+ROLLUP_BUCKETS_BUILT = Counter(
+    "rollup_coarse_buckets_built_total",
+    "Months and weeks of the people and hours rollups rebuilt from their days once they had ended",
+)
 ROLLUP_FAILURES = Counter("rollup_refresh_failures_total", "Refresher turns that failed (database away)")
 
 
@@ -65,6 +74,8 @@ class RollupRefresher:
         statement_timeout_s: float = 120.0,
         busy_rows_per_s: float = 20_000.0,
         max_defer_s: float = 600.0,
+        settle_s: float = 60.0,
+        buckets_per_turn: int = 4,
     ) -> None:
         self.pool = pool
         self.interval_s = interval_s
@@ -72,6 +83,9 @@ class RollupRefresher:
         self.statement_timeout_s = statement_timeout_s
         self.busy_rows_per_s = busy_rows_per_s
         self.max_defer_s = max_defer_s
+        self.settle_s = settle_s
+        self.buckets_per_turn = buckets_per_turn
+        self.buckets_built = 0
         self.rows_total = 0
         self.seconds_total = 0.0
         self.held_back = 0  # turns skipped because an upload was writing
@@ -83,7 +97,8 @@ class RollupRefresher:
 
     async def refresh_once(self) -> int:
         """Roll up the next rows; 0 when caught up, another session is refreshing, or an upload
-        is writing (`rollups.holding_refresh_back`: the rows are rolled up once it ends)."""
+        is writing (`rollups.holding_refresh_back`: the rows are rolled up once it ends). Caught
+        up (fewer than `batch_rows`), rebuild the coarse buckets that are due."""
         started = time.perf_counter()
         async with self.pool.acquire() as conn:
             if await rollups.upload_writing(conn):
@@ -93,6 +108,15 @@ class RollupRefresher:
             done = int(
                 await conn.fetchval(rollups.REFRESH_SQL, self.batch_rows, timeout=self.statement_timeout_s)
             )
+            if done < self.batch_rows:
+                built = await rollups.compact(
+                    conn,
+                    settled_s=self.settle_s,
+                    max_buckets=self.buckets_per_turn,
+                    timeout_s=self.statement_timeout_s,
+                )
+                self.buckets_built += built
+                ROLLUP_BUCKETS_BUILT.inc(built)
         ROLLUP_ROWS.inc(done)
         self.rows_total += done
         self.seconds_total += time.perf_counter() - started

@@ -5,8 +5,11 @@ A rollup holds counts per bucket of event time at a coarse level (a month or an 
 a fine one (a day or an hour). `cover()` splits `[start, end)` greedily: whole months from the month table,
 then whole fine buckets for what is left at either end, then raw rows for the rest (less than
 one fine bucket at each end). Rows stored after the rollup's watermark (not rolled up yet) are
-read raw too, for the part of the range the rollups cover. The watermark, the rollups and the
-raw rows are read in one REPEATABLE READ snapshot, so every row counts exactly once.
+read raw too, for the part of the range the rollups cover. The people and hours rollups build a
+coarse bucket from its fine ones once it has ended (`compact`, primary migration 0010); until
+then it is marked stale and read from the fine level. The watermark, the stale marks, the
+rollups and the raw rows are read in one REPEATABLE READ snapshot, so every row counts exactly
+once.
 
 `parts()` turns that plan into one SQL relation of partial aggregates with the same columns
 whichever source a part comes from; the analyses aggregate it like they would aggregate raw
@@ -131,9 +134,15 @@ def _utc(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def cover(start: datetime | None, end: datetime | None, levels: tuple[Level, ...]) -> list[Piece]:
+def cover(
+    start: datetime | None,
+    end: datetime | None,
+    levels: tuple[Level, ...],
+    stale: frozenset[datetime] = frozenset(),
+) -> list[Piece]:
     """Pieces that partition `[start, end)`: as much as possible from the coarsest level, then
-    the finer ones for what is left at either end, raw rows for the rest."""
+    the finer ones for what is left at either end, raw rows for the rest. The coarsest level's
+    buckets in `stale` (not rebuilt since their fine rows changed) are read from the finer ones."""
     start, end = _utc(start), _utc(end)
     if start is not None and end is not None and start >= end:
         return []
@@ -148,7 +157,7 @@ def cover(start: datetime | None, end: datetime | None, levels: tuple[Level, ...
             # so that no piece left to finer levels (or raw rows) spans a whole bucket.
             return cover(start, first, finer) + cover(first, end, finer)
         return cover(start, end, finer)
-    pieces = [Piece(level, first, last)]
+    pieces = _around(level, first, last, stale, finer)
     if start is not None and first is not None and start < first:
         pieces = cover(start, first, finer) + pieces
     if end is not None and last is not None and last < end:
@@ -156,12 +165,38 @@ def cover(start: datetime | None, end: datetime | None, levels: tuple[Level, ...
     return pieces
 
 
+def _around(
+    level: Level,
+    start: datetime | None,
+    end: datetime | None,
+    stale: frozenset[datetime],
+    finer: tuple[Level, ...],
+) -> list[Piece]:
+    """Whole `level` buckets `[start, end)`, with those in `stale` covered by the finer levels."""
+    inside = sorted(b for b in stale if (start is None or b >= start) and (end is None or b < end))
+    pieces, at = [], start
+    for bucket in inside:
+        if at is None or at < bucket:
+            pieces.append(Piece(level, at, bucket))
+        at = _next(bucket, level)
+        pieces += cover(bucket, at, finer)
+    if at is None or end is None or at < end:
+        pieces.append(Piece(level, at, end))
+    return pieces
+
+
 @dataclass(frozen=True)
 class Watermark:
-    """The last row rolled up, in commit order (xid8 as text: it can exceed a signed 64-bit int)."""
+    """What the rollups hold in a snapshot: every row up to the last one rolled up, in commit
+    order (xid8 as text: it can exceed a signed 64-bit int), except in the coarse buckets marked
+    stale (rollup name, bucket start: primary migration 0010), whose fine rows hold it instead."""
 
     last_xid: str
     last_seq: int
+    stale: frozenset[tuple[str, datetime]] = frozenset()
+
+    def stale_buckets(self, rollup: Rollup) -> frozenset[datetime]:
+        return frozenset(bucket for name, bucket in self.stale if name == rollup.name)
 
 
 class Params:
@@ -216,7 +251,7 @@ def parts(
         return raw(_range_sql("time", flt.start, flt.end, params))
     out: list[str] = []
     edges: list[str] = []
-    for piece in cover(flt.start, flt.end, rollup.levels):
+    for piece in cover(flt.start, flt.end, rollup.levels, watermark.stale_buckets(rollup)):
         if piece.level is None:
             edge = _range_sql("time", piece.start, piece.end, params)
             edges.append("(" + " AND ".join(edge or ["TRUE"]) + ")")
@@ -237,6 +272,7 @@ def parts(
 
 
 _WATERMARK_SQL = "SELECT last_xid::text AS last_xid, last_seq FROM access_rollup_state WHERE id"
+_STALE_SQL = "SELECT rollup, bucket FROM access_rollup_stale"
 
 
 @asynccontextmanager
@@ -254,7 +290,8 @@ async def snapshot(
             row = await conn.fetchrow(_WATERMARK_SQL)
             if row is None:
                 raise RuntimeError("access_rollup_state has lost its row: apply the primary migrations")
-            watermark = Watermark(row["last_xid"], int(row["last_seq"]))
+            stale = frozenset((r["rollup"], r["bucket"]) for r in await conn.fetch(_STALE_SQL))
+            watermark = Watermark(row["last_xid"], int(row["last_seq"]), stale)
         yield conn, watermark
 
 
@@ -323,6 +360,18 @@ async def refresh(executor: asyncpg.Pool | Connection, max_rows: int = 50_000) -
     """Roll up at most `max_rows` more rows; returns how many (0: caught up or another session
     is refreshing)."""
     return int(await executor.fetchval(REFRESH_SQL, max_rows))
+
+
+COMPACT_SQL = "SELECT access_rollups_compact(make_interval(secs => $1), $2)"
+
+
+async def compact(
+    executor: asyncpg.Pool | Connection, *, settled_s: float, max_buckets: int = 4, timeout_s: float = 120.0
+) -> int:
+    """Rebuild at most `max_buckets` stale coarse buckets (months, weeks) from their fine rows,
+    those that have ended and that no refresh has touched for `settled_s`; returns how many (0:
+    none due, or a refresh holds the lock)."""
+    return int(await executor.fetchval(COMPACT_SQL, settled_s, max_buckets, timeout=timeout_s))
 
 
 # Every row a store offers access_events draws a value from the identity sequence behind `seq`,

@@ -106,9 +106,31 @@ async def _refresh_until(pool: asyncpg.Pool, rows_total: int, max_rows: int = 50
 _HOURS_TOTAL = " + ".join(rollups.HOURS_OF_DAY)
 
 
+async def _build_all(pool: asyncpg.Pool) -> int:
+    """Rebuild every stale coarse bucket that has ended; returns how many."""
+    built = 0
+    while done := await rollups.compact(pool, settled_s=0, max_buckets=3):
+        built += done
+    return built
+
+
+async def _stale(pool: asyncpg.Pool) -> set[tuple[str, datetime]]:
+    return {
+        (r["rollup"], r["bucket"]) for r in await pool.fetch("SELECT rollup, bucket FROM access_rollup_stale")
+    }
+
+
 async def _rollup_total(pool: asyncpg.Pool) -> int:
-    """Events counted by the rollups, checked the same in every table that holds them all."""
+    """Events counted by the rollups, checked the same in every table that holds them all once
+    the coarse buckets are rebuilt."""
+    await _build_all(pool)
+    assert await _stale(pool) == set()
     total = int(await pool.fetchval("SELECT coalesce(sum(n), 0) FROM access_rollup_time_month"))
+    for level in rollups.PEOPLE.levels:
+        assert (
+            int(await pool.fetchval(f"SELECT coalesce(sum(n), 0) FROM {rollups.PEOPLE.table(level)}"))
+            == total
+        )
     for level in rollups.HOURS.levels:
         table = rollups.HOURS.table(level)
         assert int(await pool.fetchval(f"SELECT coalesce(sum({_HOURS_TOTAL}), 0) FROM {table}")) == total
@@ -166,28 +188,72 @@ async def test_planted_data_partly_rolled_up_redelivered_and_uploaded(pool: asyn
     assert raw["summary"]["total_events"] == len(events)
 
 
+async def test_a_month_or_week_is_built_from_its_days_once_it_has_ended_and_settled(
+    pool: asyncpg.Pool,
+) -> None:
+    events = [AccessEvent.model_validate(e) for e in planted_events()]
+    first, late = events[:1000], events[1000:]
+    await store_events(pool, first)
+    await _refresh_until(pool, len(first))
+    marked = await _stale(pool)
+    assert ("people", datetime(2025, 3, 1, tzinfo=_UTC)) in marked
+    assert ("hours", datetime(2025, 3, 3, tzinfo=_UTC)) in marked  # a Monday
+    assert await pool.fetchval("SELECT count(*) FROM access_rollup_people_month") == 0
+    await _assert_same(pool, PLANTED_FILTERS)  # the stale months and weeks are read from their days
+
+    assert await rollups.compact(pool, settled_s=3600) == 0  # touched a moment ago: not settled
+    assert await rollups.compact(pool, settled_s=0, max_buckets=1) == 1
+    assert len(await _stale(pool)) == len(marked) - 1
+    await _assert_same(pool, PLANTED_FILTERS)  # some built, some not
+    await _build_all(pool)
+    assert await _stale(pool) == set()
+    await _assert_same(pool, PLANTED_FILTERS)
+
+    # Late events of months already built mark them again, until they are built again.
+    await store_events(pool, late)
+    await _refresh_until(pool, len(events))
+    assert await _stale(pool)
+    await _assert_same(pool, PLANTED_FILTERS)
+    assert await _rollup_total(pool) == len(events)
+    await _assert_same(pool, PLANTED_FILTERS)
+
+    # The month and week under way have not ended: they stay marked, read from their days.
+    now = datetime.now(_UTC)
+    current = AccessEvent.model_validate(
+        {**planted_events()[0], "event_id": "now", "timestamp": now.isoformat()}
+    )
+    await store_events(pool, [current])
+    await _refresh_until(pool, len(events) + 1)
+    assert await rollups.compact(pool, settled_s=0) == 0
+    assert ("people", rollups.floor_to(now, "month")) in await _stale(pool)
+    await _assert_same(pool, [EventFilter(), EventFilter(start=now - timedelta(days=40))])
+
+
 async def test_a_refresh_in_progress_elsewhere_is_not_waited_for(pool: asyncpg.Pool) -> None:
     await store_events(pool, [AccessEvent.model_validate(e) for e in planted_events()[:10]])
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute("SELECT 1 FROM access_rollup_state FOR UPDATE")
         assert await asyncio.wait_for(rollups.refresh(pool), timeout=10) == 0
+        assert await asyncio.wait_for(rollups.compact(pool, settled_s=0), timeout=10) == 0
     await _refresh_until(pool, 10)
 
 
 async def test_the_service_refresher_rolls_up_what_is_stored(pool: asyncpg.Pool) -> None:
     events = [AccessEvent.model_validate(e) for e in planted_events()[:500]]
-    refresher = RollupRefresher(pool, interval_s=0.1, batch_rows=200)
+    refresher = RollupRefresher(pool, interval_s=0.1, batch_rows=200, settle_s=0)
     refresher.start()
     try:
         await store_events(pool, events[:250])
         await store_events(pool, events[250:])
         for _ in range(600):  # up to 60 s
-            if await _rolled_up(pool) >= len(events):
+            if await _rolled_up(pool) >= len(events) and not await _stale(pool):
                 break
             await asyncio.sleep(0.1)
     finally:
         await refresher.stop()
     assert await _rolled_up(pool) == len(events)
+    assert await _stale(pool) == set()  # the refresher built the months and weeks once caught up
+    assert refresher.buckets_built >= 2
     assert await _rollup_total(pool) == len(events)
     assert refresher.rows_total == len(events)
     await _assert_same(pool, PLANTED_FILTERS[:3])
@@ -420,6 +486,7 @@ async def _reset(conn: asyncpg.Connection) -> None:
     ):
         if await conn.fetchval("SELECT to_regclass($1)", table) is not None:
             await conn.execute(f"DELETE FROM {table}")
+    await conn.execute("DELETE FROM access_rollup_stale")
     await conn.execute("UPDATE access_rollup_state SET last_xid = '0', last_seq = 0, rows_total = 0")
 
 
@@ -441,9 +508,12 @@ def test_random_data_and_ranges(
             async with pool.acquire() as conn:
                 await _reset(conn)
             events = _random_events(seed, count)
+            builds = random.Random(seed)
             for i in range(0, len(events), batch):
                 await store_events(pool, events[i : i + batch])
                 await rollups.refresh(pool, max_rows=refresh_rows)
+                if builds.random() < 0.5:  # some months and weeks built, some stale
+                    await rollups.compact(pool, settled_s=0, max_buckets=builds.randrange(1, 4))
                 await store_events(pool, events[: i // 2])  # redeliveries
             await _assert_same(pool, filters)
         finally:

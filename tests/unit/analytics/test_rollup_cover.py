@@ -1,6 +1,6 @@
 """How a range is split between rollup levels and raw rows: the pieces partition the range
-exactly, every rollup piece is whole buckets of its level, and raw rows are only read for less
-than one fine bucket at each end."""
+exactly, every rollup piece is whole buckets of its level, raw rows are only read for less
+than one fine bucket at each end, and coarse buckets marked stale are read from the fine level."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def _aligned(t: datetime | None, level: str) -> bool:
 def test_pieces_partition_the_range(
     levels: tuple[str, ...], start: datetime | None, end: datetime | None
 ) -> None:
-    pieces = cover(start, end, levels)  # type: ignore[arg-type]
+    _assert_partition(cover(start, end, levels), start, end)  # type: ignore[arg-type]
+
+
+def _assert_partition(pieces: list[Piece], start: datetime | None, end: datetime | None) -> None:
     if start is not None and end is not None and start >= end:
         assert pieces == []
         return
@@ -86,3 +89,39 @@ def test_weeks_are_iso_weeks_and_whole_ones_come_from_the_week_level(start: date
         assert weeks == []
     # days only for the partial weeks: less than a week at each end
     assert all(p.end - p.start < timedelta(days=7) for p in pieces if p.level == "day" and p.start and p.end)
+
+
+@pytest.mark.parametrize("levels", [LEVELS, ("week", "day")])
+@given(start=bounds, end=bounds, marked=st.lists(instants, max_size=6))
+def test_stale_coarse_buckets_are_read_from_the_finer_level(
+    levels: tuple[str, ...], start: datetime | None, end: datetime | None, marked: list[datetime]
+) -> None:
+    coarse = levels[0]
+    stale = frozenset(floor_to(t, coarse) for t in marked)  # type: ignore[arg-type]
+    pieces = cover(start, end, levels, stale)  # type: ignore[arg-type]
+    _assert_partition(pieces, start, end)
+    for piece in pieces:
+        if piece.level == coarse:
+            assert not any(
+                (piece.start is None or b >= piece.start) and (piece.end is None or b < piece.end)
+                for b in stale
+            ), piece
+    # Nothing else changes: the coarse level covers what it covered, less the stale buckets.
+    for piece in cover(start, end, levels):  # type: ignore[arg-type]
+        if piece.level == coarse:
+            for bucket in stale:
+                inside = (piece.start is None or bucket >= piece.start) and (
+                    piece.end is None or bucket < piece.end
+                )
+                if inside:
+                    following = ceil_to(bucket + timedelta(seconds=1), coarse)  # type: ignore[arg-type]
+                    assert Piece(levels[1], bucket, following) in pieces  # type: ignore[arg-type]
+
+
+def test_a_stale_month_inside_an_unbounded_range() -> None:
+    march = datetime(2025, 3, 1, tzinfo=UTC)
+    assert cover(None, None, LEVELS, frozenset({march})) == [
+        Piece("month", None, march),
+        Piece("day", march, datetime(2025, 4, 1, tzinfo=UTC)),
+        Piece("month", datetime(2025, 4, 1, tzinfo=UTC), None),
+    ]
