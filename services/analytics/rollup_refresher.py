@@ -92,6 +92,10 @@ class RollupRefresher:
         self.deferred = 0  # turns skipped because ingestion was busy
         self.turns = 0  # turns the background task has finished
         self.probe_s = min(0.5, interval_s)  # how long a turn looks at the writers' pace
+        self.looks = 0  # turns that looked at the writers' pace for `probe_s`
+        # The writers' pace while the last batch was rolled up, when it came back full (the
+        # next turn follows at once): that turn's look, instead of `probe_s` more of waiting.
+        self._pace: float | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -105,9 +109,14 @@ class RollupRefresher:
                 self.held_back += 1
                 ROLLUP_HELD_BACK.inc()
                 return 0
+            watch = self.max_defer_s > 0
+            offered, looked = (await rollups.rows_offered(conn), time.monotonic()) if watch else (0, 0.0)
             done = int(
                 await conn.fetchval(rollups.REFRESH_SQL, self.batch_rows, timeout=self.statement_timeout_s)
             )
+            elapsed = time.monotonic() - looked
+            if watch and done == self.batch_rows and elapsed >= self.probe_s:
+                self._pace = (await rollups.rows_offered(conn) - offered) / elapsed
             if done < self.batch_rows:
                 built = await rollups.compact(
                     conn,
@@ -125,7 +134,14 @@ class RollupRefresher:
     async def _ingestion_busy(self) -> bool:
         """Whether writers are offering rows faster than `busy_rows_per_s` now: over a short
         look (half a second at most), not since the last turn, so that a burst that has just
-        ended does not defer the rolling up of what it stored."""
+        ended does not defer the rolling up of what it stored. While it catches up (the last
+        batch came back full and this turn follows it at once) the pace during that batch is
+        the look: half a second of waiting per batch made catching up with 1,000,000 rows take
+        a third longer (`bench patterns`)."""
+        if self._pace is not None:
+            pace, self._pace = self._pace, None
+            return pace > self.busy_rows_per_s
+        self.looks += 1
         first, started = await rollups.rows_offered(self.pool), time.monotonic()
         await asyncio.sleep(self.probe_s)
         offered, elapsed = await rollups.rows_offered(self.pool), time.monotonic() - started

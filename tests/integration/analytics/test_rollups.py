@@ -370,6 +370,28 @@ async def test_the_refresher_defers_to_a_burst_of_ingestion_and_rolls_it_up_afte
     await _assert_same(pool, [EventFilter(), EventFilter(facility_id="hq")])
 
 
+async def test_catching_up_in_full_batches_looks_at_the_writers_pace_once(pool: asyncpg.Pool) -> None:
+    """While it catches up, the writers' pace during the last full batch is the next turn's look:
+    no wait of `probe_s` per batch."""
+    events = _random_events(77, 40_000)
+    for i in range(0, len(events), 5_000):
+        await store_events(pool, events[i : i + 5_000])
+    refresher = RollupRefresher(pool, interval_s=1.0, batch_rows=4_000)
+    refresher.probe_s = 0.01  # every batch of 4,000 rows takes longer than that
+
+    async def all_rolled_up() -> bool:
+        return await _rolled_up(pool) >= len(events)
+
+    refresher.start()
+    try:
+        await _until(all_rolled_up, "all rolled up")
+    finally:
+        await refresher.stop()
+    assert refresher.rows_total == len(events)
+    assert refresher.deferred == 0
+    assert refresher.looks <= 2, refresher.looks  # 10 batches: one look before the first
+
+
 @pytest.mark.parametrize("max_defer_s", [0.5, 0.0], ids=["waited-longer-than-max-defer", "never-defers"])
 async def test_rows_are_rolled_up_during_the_burst_past_max_defer_or_without_deferring(
     pool: asyncpg.Pool, max_defer_s: float
