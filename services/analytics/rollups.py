@@ -172,14 +172,21 @@ def _around(
     stale: frozenset[datetime],
     finer: tuple[Level, ...],
 ) -> list[Piece]:
-    """Whole `level` buckets `[start, end)`, with those in `stale` covered by the finer levels."""
-    inside = sorted(b for b in stale if (start is None or b >= start) and (end is None or b < end))
+    """Whole `level` buckets `[start, end)`, with those in `stale` covered by the finer levels:
+    each run of consecutive stale buckets as one range (a backfill of years marks hundreds of
+    months and weeks until they are built, and every piece is a branch of the query)."""
+    runs: list[tuple[datetime, datetime]] = []
+    for bucket in sorted(b for b in stale if (start is None or b >= start) and (end is None or b < end)):
+        if runs and runs[-1][1] == bucket:
+            runs[-1] = (runs[-1][0], _next(bucket, level))
+        else:
+            runs.append((bucket, _next(bucket, level)))
     pieces, at = [], start
-    for bucket in inside:
-        if at is None or at < bucket:
-            pieces.append(Piece(level, at, bucket))
-        at = _next(bucket, level)
-        pieces += cover(bucket, at, finer)
+    for run_start, run_end in runs:
+        if at is None or at < run_start:
+            pieces.append(Piece(level, at, run_start))
+        pieces += cover(run_start, run_end, finer)
+        at = run_end
     if at is None or end is None or at < end:
         pieces.append(Piece(level, at, end))
     return pieces
