@@ -193,6 +193,11 @@ def _install_dependency_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(ConnectionError)
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # A refused connection or an unknown host is the database being away. Any other
+        # connection error (reset, a broken pipe, a connection in a wrong state) keeps its
+        # traceback in the log, which says where it came from.
+        expected = isinstance(exc, asyncpg.PostgresConnectionError | socket.gaierror | ConnectionRefusedError)
+        log.error("database unavailable: %r", exc, exc_info=None if expected else exc)
         return error_response(
             503,
             "the database is unavailable and nothing is cached to serve",
