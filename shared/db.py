@@ -7,9 +7,11 @@ starters (several services, several replicas) apply each file exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -27,6 +29,32 @@ _LOCK_KEY = 0x5E17_1E1  # any constant shared by every starter
 # two lost queries and stays well inside what the gateway allows analytics' reads (30 s) and
 # uploads (5 min).
 CONNECT_TIMEOUT_S = 12.0
+_RESOLVE_RETRY_S = 0.25
+
+
+async def connect_resolving_again(
+    *args: Any,
+    timeout: float = CONNECT_TIMEOUT_S,  # noqa: ASYNC109  the pool passes it among its connect kwargs
+    **kwargs: Any,
+) -> asyncpg.Connection:
+    """`asyncpg.connect`, tried again while the server's name fails to resolve for now
+    (`EAI_AGAIN`), within one budget of `timeout` seconds for all the tries.
+
+    The resolver gives up with `EAI_AGAIN` once its own tries are lost (5 s each by default),
+    which can be before the budget is spent; on a container network whose DNS server drops
+    queries while it reloads, a new connection then failed after 9-10 s where asking again a
+    moment later would have resolved. A name that does not exist (`EAI_NONAME`) fails at once,
+    as before."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await asyncpg.connect(*args, timeout=max(0.001, deadline - loop.time()), **kwargs)
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_AGAIN or loop.time() + _RESOLVE_RETRY_S >= deadline:
+                raise
+            log.warning("database host name did not resolve for now (%s); asking again", exc)
+            await asyncio.sleep(_RESOLVE_RETRY_S)
 
 
 async def create_pool(
@@ -47,6 +75,7 @@ async def create_pool(
         command_timeout=command_timeout,
         timeout=CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout,
         max_inactive_connection_lifetime=300,
+        connect=connect_resolving_again,
     )
     assert pool is not None  # noqa: S101  type narrowing for mypy; the code above guarantees it
     return pool

@@ -1,8 +1,9 @@
 """An upload that needs a new database connection while the name server is slow or failing.
 
 A lost DNS query is sent again by the system resolver only after its timeout (5 s by default),
-so a connection's budget must outlast it; and when the database really cannot be reached in
-time, the answer is a 503 with Retry-After, never a 500.
+so a connection's budget must outlast it; a name the resolver failed to resolve for now
+(EAI_AGAIN) is asked again within that budget; and when the database really cannot be reached
+in time, the answer is a 503 with Retry-After, never a 500.
 """
 
 from __future__ import annotations
@@ -54,19 +55,24 @@ class SlowResolver:
         self.delay_s = 0.0
         self.error: OSError | None = None
         self.calls = 0
+        self.failing_calls: int | None = None
         self._lock = threading.Lock()
         self._real: Callable[..., Any] = socket.getaddrinfo
 
-    def lose(self, delay_s: float = 0.0, error: OSError | None = None) -> None:
-        """From now on answer after `delay_s`, or fail with `error`; calls are counted from here."""
-        self.delay_s, self.error, self.calls = delay_s, error, 0
+    def lose(
+        self, delay_s: float = 0.0, error: OSError | None = None, failing_calls: int | None = None
+    ) -> None:
+        """From now on answer after `delay_s`, or fail with `error` (the first `failing_calls`
+        calls only, when given); calls are counted from here."""
+        self.delay_s, self.error, self.calls, self.failing_calls = delay_s, error, 0, failing_calls
 
     def __call__(self, host: Any, *args: Any, **kwargs: Any) -> Any:
         if host in (DATABASE_NAME, DATABASE_NAME.encode()):
             with self._lock:
                 self.calls += 1
+                call = self.calls
             time.sleep(self.delay_s)  # a blocking resolver, as glibc's is (it runs in a thread)
-            if self.error is not None:
+            if self.error is not None and (self.failing_calls is None or call <= self.failing_calls):
                 raise self.error
             host = _REAL_HOST[DATABASE_NAME]
         return self._real(host, *args, **kwargs)
@@ -127,13 +133,48 @@ async def test_a_connection_not_made_in_time_is_a_503_with_retry_after(
         assert answer.json()["error"]["details"] == {"dependency": "database"}
 
 
-async def test_a_database_name_that_does_not_resolve_is_a_503(
+_FOR_NOW = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+
+async def test_a_name_that_fails_to_resolve_for_now_is_asked_again(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resolver gave up on lost queries (EAI_AGAIN) before the connection's budget was spent:
+    asking again a moment later resolves, and the upload goes through."""
+    resolver = _resolving(monkeypatch)
+    async for http in _app(database_url, tmp_path):
+        resolver.lose(delay_s=0.5, error=_FOR_NOW, failing_calls=1)
+        answer = await _upload(http)
+        assert resolver.calls >= 2
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["rows_inserted"] == 1
+
+
+async def test_a_name_that_keeps_failing_to_resolve_is_a_503_within_the_budget(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared.db, "CONNECT_TIMEOUT_S", 1.0)
+    resolver = _resolving(monkeypatch)
+    async for http in _app(database_url, tmp_path):
+        resolver.lose(error=_FOR_NOW)
+        began = time.monotonic()
+        answer = await _upload(http)
+        assert time.monotonic() - began < 10  # one budget for every try, per connection
+        assert resolver.calls >= 2
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "5"
+        assert answer.json()["error"]["code"] == "dependency_unavailable"
+
+
+async def test_a_database_name_that_does_not_exist_is_a_503_at_once(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resolver = _resolving(monkeypatch)
     async for http in _app(database_url, tmp_path):
-        resolver.lose(error=socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
+        resolver.lose(error=socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+        began = time.monotonic()
         answer = await _upload(http)
+        assert time.monotonic() - began < 5
         assert resolver.calls >= 1
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "5"
