@@ -46,7 +46,7 @@ import pandas as pd
 from bench._gateway_bench import fresh_database, servers
 from services.analytics import anomalies, patterns, rollups
 from services.analytics.filters import EventFilter
-from services.analytics.rollup_refresher import RollupRefresher
+from services.analytics.rollup_refresher import BATCH_ROWS, RollupRefresher
 from services.analytics.summary import access_summary
 from services.analytics.worker_pool import WorkerPool
 from shared.event_store import store_event_rows
@@ -104,7 +104,7 @@ async def _refresh(dsn: str) -> tuple[float, int]:
         started, rows, idle_since = time.perf_counter(), 0, time.perf_counter()
         stored = int(await conn.fetchval("SELECT count(*) FROM access_events"))
         while int(await conn.fetchval("SELECT rows_total FROM access_rollup_state")) < stored:
-            done = await rollups.refresh(conn, 200_000)
+            done = await rollups.refresh(conn, BATCH_ROWS)
             rows += done
             if done == 0:
                 if time.perf_counter() - idle_since > 120:
