@@ -33,11 +33,12 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -49,6 +50,7 @@ from services.analytics.filters import EventFilter
 from services.analytics.rollup_refresher import BATCH_ROWS, RollupRefresher
 from services.analytics.summary import access_summary
 from services.analytics.worker_pool import WorkerPool
+from shared.db import drop_database, with_database
 from shared.event_store import store_event_rows
 from shared.events import AccessEvent, AccessResult, event_record
 from tools.dev.fleet import ServiceProcess
@@ -235,11 +237,41 @@ def _store_batches(count: int, batch: int) -> list[list[tuple[Any, ...]]]:
     return [rows[i : i + batch] for i in range(0, count, batch)]
 
 
-async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
+async def _prepare_ingest(dsn: str, count: int) -> None:
+    """The database every phase of `_ingest_cost` starts from: `count` events of the same day
+    already stored and rolled up, as in a running fleet."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for batch in _store_batches(count, INGEST_BATCH):
+            await store_event_rows(conn, [(f"{row[0]}-warm", *row[1:]) for row in batch])
+    finally:
+        await conn.close()
+    await _refresh(dsn)
+
+
+@contextlib.asynccontextmanager
+async def _copy_of(server_dsn: str, template: str) -> AsyncIterator[str]:
+    """A new database holding what database `template` holds, made by copying its files (which
+    starts with a checkpoint): every phase of `_ingest_cost` starts from the same table, indexes,
+    rollups and WAL position, where phases sharing one database would each find the table
+    grown by the ones before (the stores ran 20-40 % slower after five phases)."""
+    name = unique_name("bench_ingest")
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY', timeout=600)
+    finally:
+        await conn.close()
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        await drop_database(server_dsn, name)
+
+
+async def _ingest_cost(server_dsn: str, template: str, count: int) -> dict[str, Any]:
     """The event processor's store path (`store_event_rows`: binary COPY, batches of
     INGEST_BATCH, INGEST_STORES_IN_FLIGHT stores at once on their own connections), alone and with
-    the analytics service's refresher running behind it, and with one that never defers, on
-    the same database.
+    the analytics service's refresher running behind it, and with one that never defers, each
+    phase on its own copy of database `template` (which holds `count` events, rolled up).
 
     The refresher runs as the service runs it (deferring to a burst of ingestion, see
     `RollupRefresher`) and has taken a turn before the stores start, as in a running fleet. With
@@ -249,74 +281,70 @@ async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
     work: what a fleet sustains when a burst never ends). And the refresh's own time per row
     against the store's, each measured alone."""
     batches = _store_batches(count, INGEST_BATCH)
-    pool = await asyncpg.create_pool(
-        dsn, min_size=INGEST_STORES_IN_FLIGHT, max_size=INGEST_STORES_IN_FLIGHT + 2
-    )
-    assert pool is not None
-    try:
 
-        async def store(suffix: str) -> float:
-            renamed = [[(f"{row[0]}{suffix}", *row[1:]) for row in b] for b in batches]
+    async def store(pool: asyncpg.Pool) -> float:
+        async def writer(index: int) -> None:
+            async with pool.acquire() as conn:
+                for b in batches[index::INGEST_STORES_IN_FLIGHT]:
+                    await store_event_rows(conn, b)
 
-            async def writer(index: int) -> None:
-                async with pool.acquire() as conn:
-                    for b in renamed[index::INGEST_STORES_IN_FLIGHT]:
-                        await store_event_rows(conn, b)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer(i) for i in range(INGEST_STORES_IN_FLIGHT)))
+        return time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*(writer(i) for i in range(INGEST_STORES_IN_FLIGHT)))
-            return time.perf_counter() - t0
+    async def with_refresher(pool: asyncpg.Pool, *, eager: bool) -> dict[str, float]:
+        # Months and weeks built as soon as caught up (the service waits a minute): their
+        # cost is counted in the catch-up.
+        refresher = RollupRefresher(pool, settle_s=0, **({"max_defer_s": 0} if eager else {}))
+        refresher.start()
+        try:
+            started = time.perf_counter()
+            while refresher.turns == 0:  # a running fleet's refresher, not one starting up
+                if time.perf_counter() - started > 60:
+                    raise RuntimeError("the refresher took no turn within 60 s")
+                await asyncio.sleep(0.05)
+            store_s = await store(pool)
+            deferred = refresher.deferred
+            stored = int(await pool.fetchval("SELECT count(*) FROM access_events"))
+            behind = stored - int(await pool.fetchval("SELECT rows_total FROM access_rollup_state"))
+            # The refresher keeps going until it has rolled up everything: stored *and*
+            # rolled up is what a fleet sustains when a burst never ends.
+            started = time.perf_counter()
+            while (
+                int(await pool.fetchval("SELECT rows_total FROM access_rollup_state")) < stored
+                or await pool.fetchval("SELECT count(*) FROM access_rollup_stale") > 0
+            ):
+                if time.perf_counter() - started > 600:
+                    raise RuntimeError("the refresher did not catch up within 600 s")
+                await asyncio.sleep(0.05)
+            catch_up_s = time.perf_counter() - started
+        finally:
+            await refresher.stop()
+        return {"store_s": store_s, "catch_up_s": catch_up_s, "deferred": deferred, "behind": behind}
 
-        async def with_refresher(suffix: str, *, eager: bool) -> dict[str, float]:
-            # Months and weeks built as soon as caught up (the service waits a minute): their
-            # cost is counted in the catch-up.
-            refresher = RollupRefresher(pool, settle_s=0, **({"max_defer_s": 0} if eager else {}))
-            refresher.start()
+    # The service's refresher (deferring to the burst), and one that never defers (rolls up
+    # beside the stores: max_defer_s 0), against the stores alone, in the order alone,
+    # deferring, eager, eager, deferring, alone, so that a drift of the machine reaches each
+    # alike; each figure is the mean of its two.
+    alone: list[float] = []
+    runs: dict[str, list[dict[str, float]]] = {"deferring": [], "eager": []}
+    solo_s, solo_rows = 0.0, 0
+    for phase in ("alone", "deferring", "eager", "eager", "deferring", "alone", "solo"):
+        async with _copy_of(server_dsn, template) as dsn:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=INGEST_STORES_IN_FLIGHT, max_size=INGEST_STORES_IN_FLIGHT + 2
+            )
+            assert pool is not None
             try:
-                started = time.perf_counter()
-                while refresher.turns == 0:  # a running fleet's refresher, not one starting up
-                    if time.perf_counter() - started > 60:
-                        raise RuntimeError("the refresher took no turn within 60 s")
-                    await asyncio.sleep(0.05)
-                store_s = await store(suffix)
-                deferred = refresher.deferred
-                stored = int(await pool.fetchval("SELECT count(*) FROM access_events"))
-                behind = stored - int(await pool.fetchval("SELECT rows_total FROM access_rollup_state"))
-                # The refresher keeps going until it has rolled up everything: stored *and*
-                # rolled up is what a fleet sustains when a burst never ends.
-                started = time.perf_counter()
-                while (
-                    int(await pool.fetchval("SELECT rows_total FROM access_rollup_state")) < stored
-                    or await pool.fetchval("SELECT count(*) FROM access_rollup_stale") > 0
-                ):
-                    if time.perf_counter() - started > 600:
-                        raise RuntimeError("the refresher did not catch up within 600 s")
-                    await asyncio.sleep(0.05)
-                catch_up_s = time.perf_counter() - started
+                if phase == "alone":
+                    alone.append(await store(pool))
+                elif phase == "solo":  # rolling up alone, without stores: its time per row
+                    await store(pool)
+                    solo_s, solo_rows = await _refresh(dsn)
+                else:
+                    runs[phase].append(await with_refresher(pool, eager=phase == "eager"))
             finally:
-                await refresher.stop()
-            return {"store_s": store_s, "catch_up_s": catch_up_s, "deferred": deferred, "behind": behind}
-
-        await store("-warm")
-        await _refresh(dsn)
-        # The service's refresher (deferring to the burst), and one that never defers (rolls up
-        # beside the stores: max_defer_s 0), against the stores alone, in the order alone,
-        # deferring, eager, eager, deferring, alone: every store adds `count` rows to the same
-        # table, and the order cancels a drift as it grows. Each figure is the mean of its two.
-        alone: list[float] = []
-        runs: dict[str, list[dict[str, float]]] = {"deferring": [], "eager": []}
-        for phase in ("alone", "deferring", "eager", "eager", "deferring", "alone"):
-            if phase == "alone":
-                alone.append(await store(f"-alone{len(alone)}"))
-            else:
-                suffix = f"-{phase}{len(runs[phase])}"
-                runs[phase].append(await with_refresher(suffix, eager=phase == "eager"))
-            await _refresh(dsn)
-        # Rolling up alone, without concurrent stores: its database time per row.
-        await store("-solo")
-        solo_s, solo_rows = await _refresh(dsn)
-    finally:
-        await pool.close()
+                await pool.close()
     alone_s = statistics.mean(alone)
     alone_rate = count / alone_s
 
@@ -332,6 +360,7 @@ async def _ingest_cost(dsn: str, count: int) -> dict[str, Any]:
             "turns_deferred_while_storing": [int(r["deferred"]) for r in measured],
             "rows_not_rolled_up_when_stores_ended": [int(r["behind"]) for r in measured],
             "catch_up_s": round(catch_up_s, 2),
+            "catch_up_s_runs": [round(r["catch_up_s"], 2) for r in measured],
             "ingest_rate_stored_and_rolled_up": round(sustained),
             "stored_and_rolled_up_ratio": round(sustained / alone_rate, 3),
         }
@@ -440,7 +469,9 @@ def run(quick: bool) -> dict[str, Any]:
             **asyncio.run(_cold(dsn, raw_patterns=True)),
         }
     with servers() as (pg, _kafka), fresh_database(pg) as dsn:
-        result["ingest"] = asyncio.run(_ingest_cost(dsn, 200_000 if quick else 1_000_000))
+        count = 200_000 if quick else 1_000_000
+        asyncio.run(_prepare_ingest(dsn, count))
+        result["ingest"] = asyncio.run(_ingest_cost(pg, urlsplit(dsn).path.lstrip("/"), count))
     small_doc, large_doc = result["small"], result["large"]
     result["ratios"] = {
         "cold_patterns_large_over_small": round(
