@@ -16,7 +16,8 @@ Measures, in one run on the same data (the same 28 days of a site: 5,000 people,
 - `cold_pandas_s` (small size only): every row moved into pandas instead (the reason SQL
   aggregation was chosen);
 - the rollups' cost to ingestion: the processor's store path (binary COPY, batches of 5,000
-  events, two stores at once) alone, against the same stores with the service's refresher
+  events, two stores at once; each phase on its own copy of one database that already holds as
+  many events, rolled up) alone, against the same stores with the service's refresher
   running (which defers to a burst of ingestion), and until the rollups hold every event and
   the months and weeks are built (stored and rolled up: the cost when ingestion never pauses),
   how many rows the rollups were behind when the stores ended, and the refresh's database time
