@@ -241,7 +241,7 @@ def _store_batches(count: int, batch: int) -> list[list[tuple[Any, ...]]]:
 async def _prepare_ingest(dsn: str, count: int) -> None:
     """The database every phase of `_ingest_cost` starts from: `count` events of the same day
     already stored and rolled up, as in a running fleet."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=10)
     try:
         for batch in _store_batches(count, INGEST_BATCH):
             await store_event_rows(conn, [(f"{row[0]}-warm", *row[1:]) for row in batch])
@@ -255,9 +255,9 @@ async def _copy_of(server_dsn: str, template: str) -> AsyncIterator[str]:
     """A new database holding what database `template` holds, made by copying its files (which
     starts with a checkpoint): every phase of `_ingest_cost` starts from the same table, indexes,
     rollups and WAL position, where phases sharing one database would each find the table
-    grown by the ones before (the stores ran 20-40 % slower after five phases)."""
+    grown by the ones before (there a run's last store alone ran 4-27 % slower than its first)."""
     name = unique_name("bench_ingest")
-    conn = await asyncpg.connect(server_dsn)
+    conn = await asyncpg.connect(server_dsn, timeout=10)
     try:
         await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY', timeout=600)
     finally:
