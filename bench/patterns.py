@@ -255,7 +255,7 @@ async def _copy_of(server_dsn: str, template: str) -> AsyncIterator[str]:
     """A new database holding what database `template` holds, made by copying its files (which
     starts with a checkpoint): every phase of `_ingest_cost` starts from the same table, indexes,
     rollups and WAL position, where phases sharing one database would each find the table
-    grown by the ones before (there a run's last store alone ran 4-27 % slower than its first)."""
+    grown by the ones before (there a run's last store alone ran 3-27 % slower than its first)."""
     name = unique_name("bench_ingest")
     conn = await asyncpg.connect(server_dsn, timeout=10)
     try:
