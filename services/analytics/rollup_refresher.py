@@ -69,8 +69,8 @@ ROLLUP_FAILURES = Counter("rollup_refresh_failures_total", "Refresher turns that
 # of 500,000 against 2.5-2.7 s in batches of 200,000, and in 1.8 s in one batch. Where nearly
 # every event is a row of its own (a year of a million people) there is nothing to share and
 # the larger batch costs 2-5 % more. A statement's memory (its batch, materialised, and a hash
-# table per rollup) and its time (up to 12 s on that worst case) grow with the batch, so it
-# stops at the size where the gain levels off.
+# table per rollup) and its time (about 6 s on that worst case) grow with the batch, so it stops
+# at the size where the gain levels off.
 BATCH_ROWS = 500_000
 
 
