@@ -178,7 +178,8 @@ def _install_dependency_error_handlers(app: FastAPI) -> None:
     async def _database_timeout(_: Request, exc: TimeoutError) -> JSONResponse:
         # asyncpg's only error for a connection not made within its budget, or a query past
         # DATABASE_TIMEOUT: the database did not answer in time, the request was fine.
-        log.error("database timeout: %r", exc)
+        # With its traceback: where it waited (a connection, a lock, a commit) is the cause.
+        log.error("database timeout: %r", exc, exc_info=exc)
         return error_response(
             503,
             "the database did not answer in time and nothing is cached to serve",
