@@ -238,12 +238,12 @@ def _store_batches(count: int, batch: int) -> list[list[tuple[Any, ...]]]:
     return [rows[i : i + batch] for i in range(0, count, batch)]
 
 
-async def _prepare_ingest(dsn: str, count: int) -> None:
-    """The database every phase of `_ingest_cost` starts from: `count` events of the same day
-    already stored and rolled up, as in a running fleet."""
+async def _prepare_ingest(dsn: str, batches: list[list[tuple[Any, ...]]]) -> None:
+    """The database every phase of `_ingest_cost` starts from: the events of `batches` (under
+    other ids) already stored and rolled up, as in a running fleet."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        for batch in _store_batches(count, INGEST_BATCH):
+        for batch in batches:
             await store_event_rows(conn, [(f"{row[0]}-warm", *row[1:]) for row in batch])
     finally:
         await conn.close()
@@ -268,11 +268,13 @@ async def _copy_of(server_dsn: str, template: str) -> AsyncIterator[str]:
         await drop_database(server_dsn, name)
 
 
-async def _ingest_cost(server_dsn: str, template: str, count: int) -> dict[str, Any]:
+async def _ingest_cost(
+    server_dsn: str, template: str, batches: list[list[tuple[Any, ...]]]
+) -> dict[str, Any]:
     """The event processor's store path (`store_event_rows`: binary COPY, batches of
     INGEST_BATCH, INGEST_STORES_IN_FLIGHT stores at once on their own connections), alone and with
     the analytics service's refresher running behind it, and with one that never defers, each
-    phase on its own copy of database `template` (which holds `count` events, rolled up).
+    phase on its own copy of database `template` (`_prepare_ingest`).
 
     The refresher runs as the service runs it (deferring to a burst of ingestion, see
     `RollupRefresher`) and has taken a turn before the stores start, as in a running fleet. With
@@ -281,7 +283,7 @@ async def _ingest_cost(server_dsn: str, template: str, count: int) -> dict[str, 
     events touched are built (the work deferred is still
     work: what a fleet sustains when a burst never ends). And the refresh's own time per row
     against the store's, each measured alone."""
-    batches = _store_batches(count, INGEST_BATCH)
+    count = sum(len(batch) for batch in batches)
 
     async def store(pool: asyncpg.Pool) -> float:
         async def writer(index: int) -> None:
@@ -470,9 +472,9 @@ def run(quick: bool) -> dict[str, Any]:
             **asyncio.run(_cold(dsn, raw_patterns=True)),
         }
     with servers() as (pg, _kafka), fresh_database(pg) as dsn:
-        count = 200_000 if quick else 1_000_000
-        asyncio.run(_prepare_ingest(dsn, count))
-        result["ingest"] = asyncio.run(_ingest_cost(pg, urlsplit(dsn).path.lstrip("/"), count))
+        batches = _store_batches(200_000 if quick else 1_000_000, INGEST_BATCH)
+        asyncio.run(_prepare_ingest(dsn, batches))
+        result["ingest"] = asyncio.run(_ingest_cost(pg, urlsplit(dsn).path.lstrip("/"), batches))
     small_doc, large_doc = result["small"], result["large"]
     result["ratios"] = {
         "cold_patterns_large_over_small": round(
